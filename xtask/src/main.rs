@@ -1,0 +1,107 @@
+//! `cargo xtask`: repository automation for sdrt (layering check, tidy, ONNX Runtime provisioning, CI).
+
+mod layers;
+mod provision;
+mod tidy;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+const USAGE: &str = "\
+usage: cargo xtask <command>
+
+commands:
+  layers [--metadata FILE]  check the crate layering rules against `cargo metadata` (or a saved JSON)
+  tidy                      check //! headers, stub macros and exact dependency pins
+  provision-ort             install the pinned ONNX Runtime library into the cache folder (idempotent)
+  test [ARGS…]              provision-ort, then `cargo test --workspace ARGS…`
+  sdrt [ARGS…]              provision-ort, then run the release `sdrt` binary with ARGS
+  ci                        everything CI checks: fmt, clippy, layers, tidy, provider features, tests";
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let command = args.next().unwrap_or_default();
+    let rest: Vec<String> = args.collect();
+    let root = workspace_root();
+    match command.as_str() {
+        "layers" => run_layers(&root, &rest),
+        "tidy" => run_tidy(&root),
+        "provision-ort" => provision::provision().map(|path| println!("ONNX Runtime ready: {}", path.display())),
+        "test" => {
+            provision::provision()?;
+            cargo(&root, &[&["test", "--workspace"][..], &as_strs(&rest)].concat())
+        }
+        "sdrt" => {
+            provision::provision()?;
+            let args =
+                [&["run", "--quiet", "--release", "--package", "sdrt-cli", "--bin", "sdrt", "--"][..], &as_strs(&rest)]
+                    .concat();
+            cargo(&root, &args)
+        }
+        "ci" => run_ci(&root),
+        "" | "help" | "--help" | "-h" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        other => bail!("unknown xtask command `{other}`\n\n{USAGE}"),
+    }
+}
+
+fn run_layers(root: &Path, args: &[String]) -> Result<()> {
+    let metadata = match args {
+        [flag, file] if flag == "--metadata" => {
+            std::fs::read_to_string(file).with_context(|| format!("reading metadata file {file}"))?
+        }
+        [] => layers::cargo_metadata(root)?,
+        _ => bail!("usage: cargo xtask layers [--metadata FILE]"),
+    };
+    let violations = layers::check(&serde_json::from_str(&metadata).context("parsing cargo metadata JSON")?)?;
+    report("layers", &violations)
+}
+
+fn run_tidy(root: &Path) -> Result<()> {
+    let metadata = serde_json::from_str(&layers::cargo_metadata(root)?)?;
+    report("tidy", &tidy::check(root, &metadata)?)
+}
+
+fn report(check: &str, violations: &[String]) -> Result<()> {
+    for violation in violations {
+        eprintln!("{check}: {violation}");
+    }
+    if violations.is_empty() {
+        println!("{check}: ok");
+        Ok(())
+    } else {
+        bail!("{check}: {} violation(s)", violations.len())
+    }
+}
+
+fn run_ci(root: &Path) -> Result<()> {
+    cargo(root, &["fmt", "--all", "--check"])?;
+    cargo(root, &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+    run_layers(root, &[])?;
+    run_tidy(root)?;
+    cargo(root, &["check", "--package", "sdrt-models", "--features", "cuda,tensorrt,coreml"])?;
+    provision::provision()?;
+    cargo(root, &["test", "--workspace"])
+}
+
+fn cargo(root: &Path, args: &[&str]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    eprintln!("$ cargo {}", args.join(" "));
+    let status = Command::new(cargo).args(args).current_dir(root).status().context("starting cargo")?;
+    if !status.success() {
+        bail!("`cargo {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn as_strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+}
