@@ -1,3 +1,28 @@
 //! Wire types of sdrt's A1111-compatible `/sdapi/v1` API: requests, responses, sampler and scheduler names.
 //!
 //! This is the bottom of the crate stack: it knows serde and nothing about files, models or tensors.
+//!
+//! - [`Txt2ImgRequest`] / [`Img2ImgRequest`]: every field optional with A1111 v1.10's defaults, `null` = default,
+//!   unknown fields kept in `extra`; [`Txt2ImgRequest::validate`] reports every bad field with its fix.
+//! - [`ImageResponse`] with [`GenerationInfo`] (the double-encoded `info` string), [`ProgressResponse`],
+//!   [`PngInfoResponse`], [`Options`], [`SamplerItem`], [`SchedulerItem`].
+//! - [`SAMPLERS`] / [`SCHEDULERS`]: A1111's name tables; [`resolve_sampler_and_scheduler`] splits legacy names
+//!   such as "DPM++ 2M Karras".
+
+mod error;
+mod names;
+mod request;
+mod response;
+mod validate;
+
+pub use error::{Error, FieldProblem, Result};
+pub use names::{
+    API_DEFAULT_SAMPLER, SAMPLERS, SCHEDULERS, SamplerChoice, SamplerFamily, SamplerInfo, SchedulerInfo,
+    automatic_scheduler, find_sampler, find_scheduler, resolve_sampler_and_scheduler, sampler_names, scheduler_names,
+};
+pub use request::{ExtraFields, GenerationRequest, Img2ImgRequest, Txt2ImgRequest};
+pub use response::{
+    GenerationInfo, ImageResponse, Options, PngInfoRequest, PngInfoResponse, ProgressRequest, ProgressResponse,
+    ProgressState, SamplerItem, SchedulerItem, SdModelItem, sampler_items, scheduler_items,
+};
+pub use validate::{MAX_BATCH_SIZE, MAX_STEPS, SIDE_RANGE, ValidatedSampling};

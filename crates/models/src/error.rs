@@ -25,6 +25,21 @@ pub enum Error {
     /// A tensor does not have the name, dtype or shape the caller or the model expects.
     #[error("{component}: tensor `{tensor}` {problem}")]
     Tensor { component: String, tensor: String, problem: String },
+    /// An execution provider the user asked for could not be used; sdrt never falls back to CPU silently.
+    #[error("execution provider {provider} could not be registered for {component}: {reason}")]
+    Provider { provider: &'static str, component: String, reason: String },
+    /// A configuration file of a model folder is missing a field or has a value sdrt cannot use.
+    #[error("{path}: {field}: {problem}")]
+    Config { path: PathBuf, field: String, problem: String },
+    /// A model folder is not the kind of model the caller asked for, or its parts do not fit together.
+    #[error("{folder}: {problem}")]
+    Family { folder: PathBuf, problem: String },
+    /// An ONNX file could not be parsed (corrupt, truncated, or not ONNX at all).
+    #[error("{path}: not a readable ONNX model: {reason}")]
+    OnnxFile { path: PathBuf, reason: String },
+    /// The tokenizer files could not be loaded or a text could not be tokenized.
+    #[error("tokenizer {path}: {reason}")]
+    Tokenizer { path: PathBuf, reason: String },
 }
 
 /// `Result` with [`Error`].

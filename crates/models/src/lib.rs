@@ -1,15 +1,32 @@
 //! ONNX Runtime for sdrt: finding and loading the runtime, sessions, execution providers, the CLIP
-//! tokenizer, and typed text-encoder / UNet / VAE components on `ndarray` arrays.
+//! tokenizer, model folders and typed text-encoder / UNet / VAE components on `ndarray` arrays.
 //!
-//! This is the only crate that depends on `ort`; no `ort` type appears in its public API.
+//! This is the only crate that depends on `ort`; no `ort` type appears in its public API. Callers pass and
+//! receive f32 arrays whatever the export's dtypes; see `docs/models.md` for family detection and the
+//! tensor conventions.
 
 mod error;
+mod folder;
+mod onnx_proto;
+mod options;
+mod pipeline;
 mod runtime_library;
 mod session;
+mod text_encoder;
+mod tokenizer;
+mod unet;
+mod vae;
 
 pub use error::{Error, Result};
+pub use folder::{ModelFamily, ModelFolder, PredictionType, SchedulerConfig, TokenizerFiles};
+pub use options::{ExecutionProvider, OptimizationLevel, SessionConfig};
+pub use pipeline::LoadedModel;
 pub use runtime_library::{
     MIN_ORT_MINOR, PROVISIONED_ORT_VERSION, RuntimeLocation, RuntimeSearch, ensure_runtime, locate_runtime,
     ort_cache_dir, provisioned_library_path,
 };
 pub use session::{OnnxModel, TensorInfo};
+pub use text_encoder::{TextEncoder, TextEncoding, TextLayer};
+pub use tokenizer::{BOS_TOKEN_ID, CLIP_SEQUENCE_LENGTH, ClipTokenizer, EOS_TOKEN_ID};
+pub use unet::{Unet, UnetInput};
+pub use vae::{LatentDistribution, VaeDecoder, VaeEncoder};

@@ -1,0 +1,45 @@
+//! One UNet call on the sd15-tiny fixture (batch 2, 8×8 latents): through the typed `Unet` wrapper vs the
+//! raw `OnnxModel::run_f32` session call, to show what the wrapper's checks and conversions cost.
+
+use std::path::PathBuf;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use ndarray::{Array1, Array3, Array4, ArrayD, IxDyn};
+use sdrt_models::{OnnxModel, SessionConfig, Unet, UnetInput};
+
+fn sd15_tiny_unet() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/models/sd15-tiny/unet/model.onnx")
+}
+
+fn pseudo_random(len: usize, seed: u32) -> Vec<f32> {
+    (0..len)
+        .map(|i| ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) as f32 / (1 << 24) as f32 - 0.5)
+        .collect()
+}
+
+fn unet_call(c: &mut Criterion) {
+    let config = SessionConfig { intra_op_threads: Some(1), ..SessionConfig::default() };
+    let sample = Array4::from_shape_vec((2, 4, 8, 8), pseudo_random(512, 1)).expect("shape");
+    let cond = Array3::from_shape_vec((2, 77, 8), pseudo_random(2 * 77 * 8, 2)).expect("shape");
+    let timesteps = Array1::from_elem(2, 500.0f32);
+
+    let mut unet = Unet::load(&sd15_tiny_unet(), &config).expect("sd15-tiny unet loads");
+    c.bench_function("unet sd15-tiny wrapper", |b| {
+        b.iter(|| unet.predict(&UnetInput::new(sample.view(), timesteps.view(), cond.view())).expect("runs"))
+    });
+
+    let mut raw = OnnxModel::load_with("unet", &sd15_tiny_unet(), &config).expect("loads");
+    c.bench_function("unet sd15-tiny raw session", |b| {
+        b.iter(|| {
+            raw.run_f32(vec![
+                ("sample", sample.clone().into_dyn()),
+                ("timestep", ArrayD::from_elem(IxDyn(&[]), 500.0f32)),
+                ("encoder_hidden_states", cond.clone().into_dyn()),
+            ])
+            .expect("runs")
+        })
+    });
+}
+
+criterion_group!(benches, unet_call);
+criterion_main!(benches);

@@ -1,0 +1,186 @@
+//! The CLIP BPE tokenizer as A1111 uses it: transformers' slow `CLIPTokenizer` (with ftfy) reproduced on
+//! the `tokenizers` crate.
+//!
+//! Pipeline: HTML entities unescaped (`html.unescape`, as ftfy's `fix_text` does for text without `<`)
+//! → NFC → whitespace runs collapsed to one space → lowercase → split with CLIP's regex (contractions, letter
+//! runs, single digits, other non-space runs) → byte-level BPE with `</w>` word ends. Ids are returned per
+//! text fragment without BOS/EOS, because A1111 tokenizes every weighted fragment of a prompt separately
+//! and builds 77-token chunks itself.
+//!
+//! Known differences from the slow tokenizer with ftfy, all from ftfy fixes not reproduced here: mojibake
+//! repair, Latin ligatures (`ﬁ`), full-width characters and curly quotes turned straight.
+
+use std::path::{Path, PathBuf};
+
+use tokenizers::models::bpe::BPE;
+use tokenizers::normalizers::replace::ReplacePattern;
+use tokenizers::normalizers::{Lowercase, NFC, Replace, Sequence as NormalizerSequence};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::sequence::Sequence as PreTokenizerSequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::{AddedToken, NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer};
+
+use crate::error::{Error, Result};
+use crate::folder::TokenizerFiles;
+
+/// `<|startoftext|>`.
+pub const BOS_TOKEN_ID: u32 = 49406;
+/// `<|endoftext|>`.
+pub const EOS_TOKEN_ID: u32 = 49407;
+/// Positions per CLIP sequence (75 tokens + BOS + EOS).
+pub const CLIP_SEQUENCE_LENGTH: usize = 77;
+
+const CLIP_SPLIT_PATTERN: &str =
+    r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
+
+/// A CLIP tokenizer loaded from a `tokenizer/` folder.
+pub struct ClipTokenizer {
+    dir: PathBuf,
+    inner: Tokenizer,
+    pad_id: u32,
+    comma_id: u32,
+}
+
+impl std::fmt::Debug for ClipTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClipTokenizer").field("dir", &self.dir).field("pad_id", &self.pad_id).finish()
+    }
+}
+
+impl ClipTokenizer {
+    /// Loads the tokenizer described by `files` (from [`ModelFolder`](crate::ModelFolder)).
+    pub fn load(files: &TokenizerFiles) -> Result<Self> {
+        Self::from_dir(&files.dir, &files.pad_token)
+    }
+
+    /// Loads `tokenizer.json` when present, else `vocab.json` + `merges.txt`, with padding token `pad_token`.
+    pub fn from_dir(dir: &Path, pad_token: &str) -> Result<Self> {
+        let _span = tracing::info_span!("models::load_tokenizer", dir = %dir.display()).entered();
+        let error = |reason: String| Error::Tokenizer { path: dir.to_owned(), reason };
+        let json = dir.join("tokenizer.json");
+        let mut inner = if json.is_file() {
+            Tokenizer::from_file(&json).map_err(|e| error(format!("tokenizer.json: {e}")))?
+        } else {
+            bpe_tokenizer(dir).map_err(error)?
+        };
+        // Normalisation is the same whatever the file says: A1111's slow tokenizer defines it.
+        inner.with_normalizer(Some(clip_normalizer().map_err(error)?));
+        inner.with_pre_tokenizer(Some(clip_pre_tokenizer().map_err(error)?));
+        inner.with_post_processor(None::<tokenizers::PostProcessorWrapper>);
+        inner.add_special_tokens(&[AddedToken::from("<|startoftext|>", true), AddedToken::from("<|endoftext|>", true)]);
+        let id = |token: &str, what: &str| {
+            inner.token_to_id(token).ok_or_else(|| error(format!("{what} `{token}` is not in the vocabulary")))
+        };
+        if id("<|startoftext|>", "BOS token")? != BOS_TOKEN_ID || id("<|endoftext|>", "EOS token")? != EOS_TOKEN_ID {
+            return Err(error(format!("not a CLIP vocabulary: BOS/EOS are not {BOS_TOKEN_ID}/{EOS_TOKEN_ID}")));
+        }
+        let pad_id = id(pad_token, "pad_token from tokenizer_config.json")?;
+        let comma_id = id(",</w>", "comma")?;
+        Ok(Self { dir: dir.to_owned(), inner, pad_id, comma_id })
+    }
+
+    /// Token ids of each fragment, without BOS/EOS.
+    pub fn tokenize(&self, fragments: &[&str]) -> Result<Vec<Vec<u32>>> {
+        fragments.iter().map(|text| self.tokenize_one(text)).collect()
+    }
+
+    fn tokenize_one(&self, text: &str) -> Result<Vec<u32>> {
+        // Rust's `to_lowercase` knows word-final sigma like Python's `lower()`; the normaliser's per-char
+        // lowercase alone would not.
+        let cleaned = unescape_html(text).to_lowercase();
+        let encoding = self.inner.encode(cleaned.as_str(), false).map_err(|e| Error::Tokenizer {
+            path: self.dir.clone(),
+            reason: format!("could not tokenize {text:?}: {e}"),
+        })?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// BOS + the first 75 ids of `text` + EOS, padded with the pad token to 77 (what a plain CLIP call gets).
+    pub fn encode_padded(&self, text: &str) -> Result<Vec<u32>> {
+        let mut ids = vec![BOS_TOKEN_ID];
+        ids.extend(self.tokenize_one(text)?.into_iter().take(CLIP_SEQUENCE_LENGTH - 2));
+        ids.push(EOS_TOKEN_ID);
+        ids.resize(CLIP_SEQUENCE_LENGTH, self.pad_id);
+        Ok(ids)
+    }
+
+    /// The padding id (49407 for OpenAI CLIP, 0 = `!` for OpenCLIP / SD 2.x / SDXL's second tokenizer).
+    pub fn pad_id(&self) -> u32 {
+        self.pad_id
+    }
+
+    /// The id of `,` as a word (`,</w>`), used by A1111 to break chunks at commas.
+    pub fn comma_id(&self) -> u32 {
+        self.comma_id
+    }
+
+    /// `<|startoftext|>`.
+    pub fn bos_id(&self) -> u32 {
+        BOS_TOKEN_ID
+    }
+
+    /// `<|endoftext|>`.
+    pub fn eos_id(&self) -> u32 {
+        EOS_TOKEN_ID
+    }
+}
+
+/// HTML entities unescaped as ftfy's `fix_text(unescape_html="auto")` does: only when the text has no `<`,
+/// and repeatedly (ftfy re-applies its fixes until the text stops changing, so `&amp;amp;` becomes `&`).
+fn unescape_html(text: &str) -> String {
+    let mut current = text.to_owned();
+    if current.contains('<') {
+        return current;
+    }
+    for _ in 0..8 {
+        if !current.contains('&') {
+            break;
+        }
+        let next = htmlize::unescape(current.as_str()).into_owned();
+        if next == current {
+            break;
+        }
+        current = next;
+    }
+    current
+}
+
+fn bpe_tokenizer(dir: &Path) -> std::result::Result<Tokenizer, String> {
+    let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let model = BPE::from_file(&path("vocab.json"), &path("merges.txt"))
+        .unk_token("<|endoftext|>".to_owned())
+        .end_of_word_suffix("</w>".to_owned())
+        .build()
+        .map_err(|e| format!("vocab.json / merges.txt: {e}"))?;
+    Ok(Tokenizer::new(model))
+}
+
+fn clip_normalizer() -> std::result::Result<NormalizerWrapper, String> {
+    let whitespace = Replace::new(ReplacePattern::Regex(r"\s+".to_owned()), " ").map_err(|e| e.to_string())?;
+    Ok(NormalizerWrapper::Sequence(NormalizerSequence::new(vec![
+        NormalizerWrapper::NFC(NFC),
+        NormalizerWrapper::Replace(whitespace),
+        NormalizerWrapper::Lowercase(Lowercase),
+    ])))
+}
+
+fn clip_pre_tokenizer() -> std::result::Result<PreTokenizerWrapper, String> {
+    let split = Split::new(SplitPattern::Regex(CLIP_SPLIT_PATTERN.to_owned()), SplitDelimiterBehavior::Removed, true)
+        .map_err(|e| e.to_string())?;
+    Ok(PreTokenizerWrapper::Sequence(PreTokenizerSequence::new(vec![
+        PreTokenizerWrapper::Split(split),
+        PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, false, false)),
+    ])))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn html_is_unescaped_unless_the_text_looks_like_markup() {
+        assert_eq!(unescape_html("fish &amp; chips"), "fish & chips");
+        assert_eq!(unescape_html("fish &amp;amp; chips"), "fish & chips");
+        assert_eq!(unescape_html("<b>&amp;</b>"), "<b>&amp;</b>");
+    }
+}
