@@ -190,7 +190,7 @@ impl Sampler {
         check_steps(steps)?;
         if self.kind.is_timestep_sampler() {
             let ts = timesteps::a1111_timesteps(steps + usize::from(self.kind.discards_penultimate_sigma()));
-            return self.run_timesteps(model, denoiser, noise_source, noise.clone(), &ts, false, hooks);
+            return self.sample_timesteps(model, denoiser, noise_source, noise.clone(), &ts, false, hooks);
         }
         let sigmas = self.sigmas(steps, model)?;
         let x = noise.mapv(|v| (f64::from(v) * sigmas[0]) as f32);
@@ -235,7 +235,7 @@ impl Sampler {
             let ts = timesteps::a1111_timesteps(steps + usize::from(self.kind.discards_penultimate_sigma()));
             let a = model.alphas_cumprod()[ts[t_enc]];
             let x = ops::lin2(a.sqrt(), init_latent, (1.0 - a).sqrt(), noise);
-            return self.run_timesteps(model, denoiser, noise_source, x, &ts[..t_enc], true, hooks);
+            return self.sample_timesteps(model, denoiser, noise_source, x, &ts[..t_enc], true, hooks);
         }
         let sigmas = self.sigmas(steps, model)?;
         let used = &sigmas[steps - t_enc - 1..];
@@ -272,7 +272,31 @@ impl Sampler {
         img2img: bool,
         hooks: Hooks<'_>,
     ) -> Result<Sampled> {
-        self.run_timesteps(model, denoiser, noise_source, x, timesteps, img2img, hooks)
+        if let Some(&bad) = timesteps.iter().find(|&&t| t >= model.sigmas().len()) {
+            return Err(Error::InvalidParameter {
+                field: "timesteps",
+                problem: format!("timestep {bad} is outside the model's {} levels", model.sigmas().len()),
+            });
+        }
+        if timesteps.is_empty() {
+            return Err(Error::InvalidParameter { field: "steps", problem: "no timesteps to sample".into() });
+        }
+        let mut ctx = Ctx::new(denoiser, noise_source, hooks, timesteps.len().saturating_sub(1), &x);
+        let eta = self.params.eta.unwrap_or(0.0);
+        let result = match self.kind {
+            SamplerKind::Ddim => timesteps::ddim(&mut ctx, model, x, timesteps, eta, false),
+            SamplerKind::DdimCfgPp => timesteps::ddim(&mut ctx, model, x, timesteps, eta, true),
+            SamplerKind::Plms => timesteps::plms(&mut ctx, model, x, timesteps),
+            SamplerKind::UniPc => {
+                ctx.total = timesteps.len();
+                unipc::sample(&mut ctx, model, x, timesteps, img2img, &self.params.unipc)
+            }
+            other => Err(Error::InvalidParameter {
+                field: "sampler",
+                problem: format!("{} samples over sigmas, not timesteps; use sample_sigmas", other.label()),
+            }),
+        };
+        ctx.finish(result)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -318,44 +342,6 @@ impl Sampler {
             }
             K::DpmAdaptive => dpm_solver::adaptive(&mut ctx, x, range.sigma_min, range.sigma_max, eta, s_noise),
             K::Ddim | K::DdimCfgPp | K::Plms | K::UniPc => unreachable_timestep(self.kind),
-        };
-        ctx.finish(result)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn run_timesteps(
-        &self,
-        model: &ModelSchedule,
-        denoiser: &mut dyn Denoiser,
-        noise_source: &mut dyn NoiseSource,
-        x: Tensor,
-        timesteps: &[usize],
-        img2img: bool,
-        hooks: Hooks<'_>,
-    ) -> Result<Sampled> {
-        if let Some(&bad) = timesteps.iter().find(|&&t| t >= model.sigmas().len()) {
-            return Err(Error::InvalidParameter {
-                field: "timesteps",
-                problem: format!("timestep {bad} is outside the model's {} levels", model.sigmas().len()),
-            });
-        }
-        if timesteps.is_empty() {
-            return Err(Error::InvalidParameter { field: "steps", problem: "no timesteps to sample".into() });
-        }
-        let mut ctx = Ctx::new(denoiser, noise_source, hooks, timesteps.len().saturating_sub(1), &x);
-        let eta = self.params.eta.unwrap_or(0.0);
-        let result = match self.kind {
-            SamplerKind::Ddim => timesteps::ddim(&mut ctx, model, x, timesteps, eta, false),
-            SamplerKind::DdimCfgPp => timesteps::ddim(&mut ctx, model, x, timesteps, eta, true),
-            SamplerKind::Plms => timesteps::plms(&mut ctx, model, x, timesteps),
-            SamplerKind::UniPc => {
-                ctx.total = timesteps.len();
-                unipc::sample(&mut ctx, model, x, timesteps, img2img, &self.params.unipc)
-            }
-            other => Err(Error::InvalidParameter {
-                field: "sampler",
-                problem: format!("{} samples over sigmas, not timesteps; use sample_sigmas", other.label()),
-            }),
         };
         ctx.finish(result)
     }
