@@ -24,13 +24,20 @@ pub enum Stage {
     Finalize,
 }
 
-impl std::fmt::Display for Stage {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+impl Stage {
+    /// The stage's name, also its key in [`JobMetrics`].
+    pub fn name(self) -> &'static str {
+        match self {
             Self::Prepare => "prepare",
             Self::Execute => "execute",
             Self::Finalize => "finalize",
-        })
+        }
+    }
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -184,12 +191,7 @@ impl ProcessingRunner {
         self.notify(HookPoint::Before(stage), &context.info);
         let started = Instant::now();
         let result = body(context);
-        let name = match stage {
-            Stage::Prepare => "prepare",
-            Stage::Execute => "execute",
-            Stage::Finalize => "finalize",
-        };
-        context.metrics.record(name, started.elapsed());
+        context.metrics.record(stage.name(), started.elapsed());
         let value = result.map_err(|message| Error::Stage { stage, message })?;
         self.notify(HookPoint::After(stage), &context.info);
         Ok(value)
