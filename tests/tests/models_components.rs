@@ -147,7 +147,7 @@ fn check_pipeline(pipeline: &str) {
             }
             "vae_encoder" => {
                 let image = input("sample").into_dimensionality::<Ix4>().expect("rank 4");
-                let encoder = model.vae_encoder.as_mut().expect("vae encoder loaded");
+                let encoder = model.vae_encoder().expect("vae encoder loads on first use");
                 let dist = encoder.encode(image.view()).expect("encodes");
                 match &call["derived"] {
                     serde_json::Value::Null => {
@@ -252,4 +252,13 @@ fn fp16_models_take_and_return_f32_for_callers() {
     let sample = model.unet.model().inputs().into_iter().find(|t| t.name == "sample").expect("sample input");
     assert_eq!(sample.dtype, "f16");
     assert!(Path::new(model.unet.model().path()).is_file());
+}
+
+#[test]
+fn the_vae_encoder_loads_only_when_first_asked_for() {
+    let mut model = load("sd15-tiny");
+    assert!(!model.vae_encoder_loaded(), "txt2img never pays for the encoder");
+    assert!(model.has_vae_encoder());
+    model.vae_encoder().expect("loads on demand");
+    assert!(model.vae_encoder_loaded());
 }

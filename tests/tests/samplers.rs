@@ -41,15 +41,20 @@ struct EpsUnet {
 
 impl UNetModel for EpsUnet {
     type Cond = (f64, f64);
-    fn predict(&mut self, x_in: &Tensor, timestep: f32, cond: &(f64, f64)) -> Result<Tensor> {
+    fn predict(&mut self, x_in: &Tensor, timestep: f32, conds: &[&(f64, f64)]) -> Result<Tensor> {
         let t = f64::from(timestep).clamp(0.0, 999.0);
-        self.calls.borrow_mut().push(t);
         let sigma = self.table.t_to_sigma(t);
         let k = (1.0 + sigma * sigma).sqrt();
-        Ok(x_in.mapv(|v| {
-            let xk = f64::from(v) * k;
-            ((xk - (cond.0 * xk / (sigma * sigma + 1.0) + cond.1)) / sigma) as f32
-        }))
+        let mut out = x_in.clone();
+        // One recorded evaluation per batch row: guidance batches cond and uncond rows into one call.
+        for (mut row, cond) in out.axis_iter_mut(Axis(0)).zip(conds) {
+            self.calls.borrow_mut().push(t);
+            row.mapv_inplace(|v| {
+                let xk = f64::from(v) * k;
+                ((xk - (cond.0 * xk / (sigma * sigma + 1.0) + cond.1)) / sigma) as f32
+            });
+        }
+        Ok(out)
     }
 }
 
@@ -128,8 +133,8 @@ fn run_case(case: &serde_json::Value, index: &serde_json::Value, init: &Tensor, 
         let u = &m["uncond_for_cfgpp"];
         let inner = DiscreteDenoiser::new(unet(&calls), model.clone(), Prediction::Epsilon);
         let uncond = ScheduledCond::constant((u["c1"].as_f64().unwrap(), u["c2"].as_f64().unwrap()));
-        let conds = vec![(ScheduledCond::constant((c1, c2)), 1.0)];
-        Box::new(CfgDenoiser::new(inner, conds, uncond, case["cfg_scale"].as_f64().unwrap()).unwrap())
+        let conds = vec![vec![(ScheduledCond::constant((c1, c2)), 1.0)]];
+        Box::new(CfgDenoiser::new(inner, conds, vec![uncond], case["cfg_scale"].as_f64().unwrap()).unwrap())
     } else if kind == SamplerKind::Lcm || id.ends_with("eps_wrapper") {
         Box::new(Unguided::new(DiscreteDenoiser::new(unet(&calls), model.clone(), Prediction::Epsilon), (c1, c2)))
     } else {

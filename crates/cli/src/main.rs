@@ -1,8 +1,10 @@
-//! The `sdrt` binary: generate images from the command line, inspect models, serve the API.
+//! The `sdrt` binary: generate images from the command line, inspect images and models, benchmark.
 
-use std::path::PathBuf;
+mod bench;
+mod generate;
+mod inspect;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
@@ -15,14 +17,15 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Generate images from a text prompt.
-    Txt2img {
-        /// What to draw.
-        #[arg(long)]
-        prompt: String,
-        /// Model folder (optimum/diffusers ONNX layout); default: the bundled tiny random-weight pipeline.
-        #[arg(long)]
-        model: Option<PathBuf>,
-    },
+    Txt2img(generate::GenerateArgs),
+    /// Generate images from an init image and a prompt.
+    Img2img(generate::Img2ImgArgs),
+    /// Print the generation parameters (A1111 infotext) stored in an image.
+    PngInfo(inspect::PngInfoArgs),
+    /// Show what the loader detects in a model folder, or in each model folder inside a folder.
+    Models(inspect::ModelsArgs),
+    /// Time generations: per-stage medians, it/s, peak memory, as text and JSON.
+    Bench(bench::BenchArgs),
     /// Show where ONNX Runtime is loaded from.
     Doctor,
 }
@@ -32,17 +35,23 @@ fn main() -> Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
-        Command::Txt2img { prompt, model } => {
-            let model = model.unwrap_or_else(bundled_model);
-            let runtime = sdrt_models::ensure_runtime()?;
-            eprintln!("ONNX Runtime: {} ({})", runtime.path.display(), runtime.source);
-            bail!(
-                "txt2img for {prompt:?} on {}: the generation pipeline is not built yet (sdrt issue 7); \
-                 this command is the final one and will produce an image once it is",
-                model.display()
-            )
+    let result = run(Cli::parse().command);
+    // `sdrt models DIR | head` closes stdout early; that is not a failure.
+    match result {
+        Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) => {
+            Ok(())
         }
+        other => other,
+    }
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Txt2img(args) => generate::txt2img(&args),
+        Command::Img2img(args) => generate::img2img(&args),
+        Command::PngInfo(args) => inspect::png_info(&args),
+        Command::Models(args) => inspect::models(&args),
+        Command::Bench(args) => bench::bench(&args),
         Command::Doctor => {
             let runtime = sdrt_models::ensure_runtime()?;
             println!(
@@ -54,9 +63,4 @@ fn main() -> Result<()> {
             Ok(())
         }
     }
-}
-
-/// The tiny random-weight pipeline committed with the repository.
-fn bundled_model() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/models/sd15-tiny")
 }

@@ -17,6 +17,7 @@ mod infotext;
 mod model_hash;
 mod naming;
 mod png_meta;
+mod resize;
 
 pub use error::{Error, Result};
 pub use exif_meta::{
@@ -34,3 +35,4 @@ pub use naming::{
 pub use png_meta::{
     PARAMETERS_KEY, PngImage, decode_png, encode_png_rgb8, encode_png_with_infotext, is_latin1, read_png_texts,
 };
+pub use resize::{ResizeMode, resize_image};

@@ -13,6 +13,7 @@ mod pipeline;
 mod runtime_library;
 mod session;
 mod text_encoder;
+mod text_fix;
 mod tokenizer;
 mod unet;
 mod vae;

@@ -23,12 +23,13 @@ pub struct LoadedModel {
     pub text_encoder_2: Option<TextEncoder>,
     /// `unet/`.
     pub unet: Unet,
-    /// `vae_encoder/` (img2img, inpainting).
-    pub vae_encoder: Option<VaeEncoder>,
+    /// `vae_encoder/`, loaded on first use (only img2img and inpainting need it).
+    vae_encoder: Option<VaeEncoder>,
     /// `vae_decoder/`.
     pub vae_decoder: VaeDecoder,
     /// The execution provider every session runs on.
     pub provider: ExecutionProvider,
+    config: SessionConfig,
 }
 
 impl LoadedModel {
@@ -37,20 +38,18 @@ impl LoadedModel {
     pub fn load(folder: ModelFolder, config: &SessionConfig) -> Result<Self> {
         let _span = tracing::info_span!("models::load_model", model = %folder.name()).entered();
         let [eps_1, eps_2] = folder.text_encoder_layer_norm_eps;
-        let text_encoder = match &folder.text_encoder {
-            Some(path) => Some(TextEncoder::load("text_encoder", path, config, eps_1)?),
-            None => None,
-        };
-        let text_encoder_2 = match &folder.text_encoder_2 {
-            Some(path) => Some(TextEncoder::load("text_encoder_2", path, config, eps_2)?),
-            None => None,
-        };
-        let unet = Unet::load(&folder.unet, config)?;
-        let vae_encoder = match &folder.vae_encoder {
-            Some(path) => Some(VaeEncoder::load(path, config)?),
-            None => None,
-        };
-        let vae_decoder = VaeDecoder::load(&folder.vae_decoder, config)?;
+        // Sessions are independent, and creating one is mostly graph optimisation on one core, so the
+        // components load side by side; the UNet dominates, the others hide behind it.
+        let (text_encoder, text_encoder_2, unet, vae_decoder) = std::thread::scope(|scope| {
+            let text_1 =
+                scope.spawn(|| load_text_encoder("text_encoder", folder.text_encoder.as_deref(), config, eps_1));
+            let text_2 =
+                scope.spawn(|| load_text_encoder("text_encoder_2", folder.text_encoder_2.as_deref(), config, eps_2));
+            let decoder = scope.spawn(|| VaeDecoder::load(&folder.vae_decoder, config));
+            let unet = Unet::load(&folder.unet, config);
+            (joined(text_1), joined(text_2), unet, joined(decoder))
+        });
+        let (text_encoder, text_encoder_2, unet, vae_decoder) = (text_encoder?, text_encoder_2?, unet?, vae_decoder?);
         let tokenizer = folder.tokenizer.as_ref().map(ClipTokenizer::load).transpose()?;
         let tokenizer_2 = folder.tokenizer_2.as_ref().map(ClipTokenizer::load).transpose()?;
         let mut folder = folder;
@@ -62,11 +61,53 @@ impl LoadedModel {
             text_encoder,
             text_encoder_2,
             unet,
-            vae_encoder,
+            vae_encoder: None,
             vae_decoder,
             provider: config.provider,
+            config: config.clone(),
         })
     }
+
+    /// Whether the folder has a VAE encoder (img2img and inpainting need one).
+    pub fn has_vae_encoder(&self) -> bool {
+        self.folder.vae_encoder.is_some()
+    }
+
+    /// Whether the VAE encoder session exists yet.
+    pub fn vae_encoder_loaded(&self) -> bool {
+        self.vae_encoder.is_some()
+    }
+
+    /// The VAE encoder, loaded on first use.
+    pub fn vae_encoder(&mut self) -> Result<&mut VaeEncoder> {
+        let encoder = match self.vae_encoder.take() {
+            Some(encoder) => encoder,
+            None => {
+                let path = self.folder.vae_encoder.as_ref().ok_or_else(|| Error::Family {
+                    folder: self.folder.root.clone(),
+                    problem: "there is no vae_encoder/model.onnx, which img2img and inpainting need; export the \
+                              model with its VAE encoder"
+                        .to_owned(),
+                })?;
+                VaeEncoder::load(path, &self.config)?
+            }
+        };
+        Ok(self.vae_encoder.insert(encoder))
+    }
+}
+
+fn load_text_encoder(
+    component: &str,
+    path: Option<&std::path::Path>,
+    config: &SessionConfig,
+    eps: f32,
+) -> Result<Option<TextEncoder>> {
+    path.map(|path| TextEncoder::load(component, path, config, eps)).transpose()
+}
+
+/// The result of a scoped loader thread; a panic inside ONNX Runtime's loader is re-raised here.
+fn joined<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
 fn check_unet_family(folder: &mut ModelFolder, unet: &Unet) -> Result<()> {

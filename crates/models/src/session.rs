@@ -57,6 +57,9 @@ pub struct OnnxModel {
     inputs: Vec<TensorInfo>,
     outputs: Vec<TensorInfo>,
     session: Session,
+    /// Wall time spent inside `Session::run` and how many runs, for overhead measurements.
+    run_time: std::time::Duration,
+    runs: u64,
 }
 
 impl std::fmt::Debug for OnnxModel {
@@ -103,6 +106,8 @@ impl OnnxModel {
             inputs,
             outputs,
             session,
+            run_time: std::time::Duration::ZERO,
+            runs: 0,
         })
     }
 
@@ -144,6 +149,11 @@ impl OnnxModel {
         self.outputs.iter().map(|t| t.name.as_str())
     }
 
+    /// Total wall time spent inside ONNX Runtime's `run` for this session, and the number of runs.
+    pub fn run_stats(&self) -> (std::time::Duration, u64) {
+        (self.run_time, self.runs)
+    }
+
     /// Runs the model on named f32 inputs and returns every output as f32 (converting from and to the dtypes
     /// the model declares).
     pub fn run_f32(&mut self, inputs: Vec<(&str, ArrayD<f32>)>) -> Result<Vec<(String, ArrayD<f32>)>> {
@@ -166,11 +176,14 @@ impl OnnxModel {
             values.push((name, value));
         }
         let component = self.component.clone();
+        let started = std::time::Instant::now();
         let outputs = self.session.run(values).map_err(|e| Error::Session {
             component: component.clone(),
             action: "running",
             reason: e.to_string(),
         })?;
+        self.run_time += started.elapsed();
+        self.runs += 1;
         let mut result = Vec::with_capacity(wanted.len());
         for name in wanted {
             let value = outputs.get(name.as_str()).ok_or_else(|| Error::Tensor {

@@ -1,24 +1,26 @@
 //! The CLIP BPE tokenizer as A1111 uses it: transformers' slow `CLIPTokenizer` (with ftfy) reproduced on
 //! the `tokenizers` crate.
 //!
-//! Pipeline: HTML entities unescaped (`html.unescape`, as ftfy's `fix_text` does for text without `<`)
-//! → NFC → whitespace runs collapsed to one space → lowercase → split with CLIP's regex (contractions, letter
-//! runs, single digits, other non-space runs) → byte-level BPE with `</w>` word ends. Ids are returned per
-//! text fragment without BOS/EOS, because A1111 tokenizes every weighted fragment of a prompt separately
-//! and builds 77-token chunks itself.
+//! Pipeline, as the slow tokenizer runs it: the text is cut at the literal special tokens
+//! (`<|startoftext|>`, `<|endoftext|>`); each piece gets ftfy's `fix_text` ([`crate::text_fix`]: HTML
+//! entities, mojibake, ligatures, full-width forms, curly quotes, control characters, NFC), whitespace runs
+//! collapsed to one space and trimmed, and Python-style lowercasing; then CLIP's regex split (contractions,
+//! letter runs, single digits, other non-space runs) and byte-level BPE with `</w>` word ends. Ids are
+//! returned per text fragment without BOS/EOS, because A1111 tokenizes every weighted fragment of a prompt
+//! separately and builds 77-token chunks itself.
 //!
-//! Known differences from the slow tokenizer with ftfy, all from ftfy fixes not reproduced here: mojibake
-//! repair, Latin ligatures (`ﬁ`), full-width characters and curly quotes turned straight.
+//! Known differences from the slow tokenizer: only the mojibake that [`crate::text_fix`] documents is
+//! repaired.
 
 use std::path::{Path, PathBuf};
 
 use tokenizers::models::bpe::BPE;
-use tokenizers::normalizers::replace::ReplacePattern;
-use tokenizers::normalizers::{Lowercase, NFC, Replace, Sequence as NormalizerSequence};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::sequence::Sequence as PreTokenizerSequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{AddedToken, NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer};
+
+use crate::text_fix::fix_text;
 
 use crate::error::{Error, Result};
 use crate::folder::TokenizerFiles;
@@ -63,8 +65,8 @@ impl ClipTokenizer {
         } else {
             bpe_tokenizer(dir).map_err(error)?
         };
-        // Normalisation is the same whatever the file says: A1111's slow tokenizer defines it.
-        inner.with_normalizer(Some(clip_normalizer().map_err(error)?));
+        // Normalisation is ours whatever the file says (`clean_like_slow_clip`): A1111's slow tokenizer defines it.
+        inner.with_normalizer(None::<NormalizerWrapper>);
         inner.with_pre_tokenizer(Some(clip_pre_tokenizer().map_err(error)?));
         inner.with_post_processor(None::<tokenizers::PostProcessorWrapper>);
         inner.add_special_tokens(&[AddedToken::from("<|startoftext|>", true), AddedToken::from("<|endoftext|>", true)]);
@@ -85,9 +87,7 @@ impl ClipTokenizer {
     }
 
     fn tokenize_one(&self, text: &str) -> Result<Vec<u32>> {
-        // Rust's `to_lowercase` knows word-final sigma like Python's `lower()`; the normaliser's per-char
-        // lowercase alone would not.
-        let cleaned = unescape_html(text).to_lowercase();
+        let cleaned = clean_like_slow_clip(text);
         let encoding = self.inner.encode(cleaned.as_str(), false).map_err(|e| Error::Tokenizer {
             path: self.dir.clone(),
             reason: format!("could not tokenize {text:?}: {e}"),
@@ -125,24 +125,29 @@ impl ClipTokenizer {
     }
 }
 
-/// HTML entities unescaped as ftfy's `fix_text(unescape_html="auto")` does: only when the text has no `<`,
-/// and repeatedly (ftfy re-applies its fixes until the text stops changing, so `&amp;amp;` becomes `&`).
-fn unescape_html(text: &str) -> String {
-    let mut current = text.to_owned();
-    if current.contains('<') {
-        return current;
+const SPECIAL_TOKENS: [&str; 2] = ["<|startoftext|>", "<|endoftext|>"];
+
+/// The slow tokenizer's text preparation: split at special tokens, then per piece `fix_text`, whitespace
+/// runs to one space, trim, lowercase. The special tokens are put back untouched for the added-token split.
+fn clean_like_slow_clip(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some((start, token)) =
+        SPECIAL_TOKENS.iter().filter_map(|token| rest.find(token).map(|start| (start, *token))).min()
+    {
+        push_cleaned_piece(&mut out, &rest[..start]);
+        out.push_str(token);
+        rest = &rest[start + token.len()..];
     }
-    for _ in 0..8 {
-        if !current.contains('&') {
-            break;
-        }
-        let next = htmlize::unescape(current.as_str()).into_owned();
-        if next == current {
-            break;
-        }
-        current = next;
-    }
-    current
+    push_cleaned_piece(&mut out, rest);
+    out
+}
+
+fn push_cleaned_piece(out: &mut String, piece: &str) {
+    let fixed = fix_text(piece);
+    let collapsed = fixed.split_whitespace().collect::<Vec<_>>().join(" ");
+    // Rust's `to_lowercase` knows word-final sigma like Python's `lower()`.
+    out.push_str(&collapsed.to_lowercase());
 }
 
 fn bpe_tokenizer(dir: &Path) -> std::result::Result<Tokenizer, String> {
@@ -153,15 +158,6 @@ fn bpe_tokenizer(dir: &Path) -> std::result::Result<Tokenizer, String> {
         .build()
         .map_err(|e| format!("vocab.json / merges.txt: {e}"))?;
     Ok(Tokenizer::new(model))
-}
-
-fn clip_normalizer() -> std::result::Result<NormalizerWrapper, String> {
-    let whitespace = Replace::new(ReplacePattern::Regex(r"\s+".to_owned()), " ").map_err(|e| e.to_string())?;
-    Ok(NormalizerWrapper::Sequence(NormalizerSequence::new(vec![
-        NormalizerWrapper::NFC(NFC),
-        NormalizerWrapper::Replace(whitespace),
-        NormalizerWrapper::Lowercase(Lowercase),
-    ])))
 }
 
 fn clip_pre_tokenizer() -> std::result::Result<PreTokenizerWrapper, String> {
@@ -178,9 +174,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn html_is_unescaped_unless_the_text_looks_like_markup() {
-        assert_eq!(unescape_html("fish &amp; chips"), "fish & chips");
-        assert_eq!(unescape_html("fish &amp;amp; chips"), "fish & chips");
-        assert_eq!(unescape_html("<b>&amp;</b>"), "<b>&amp;</b>");
+    fn pieces_are_fixed_collapsed_and_lowercased() {
+        assert_eq!(clean_like_slow_clip("  Fish &amp;\t\u{3000}ＣＨＩＰＳ \n"), "fish & chips");
+        assert_eq!(clean_like_slow_clip("ΣΊΣΥΦΟΣ"), "σίσυφος");
+    }
+
+    #[test]
+    fn special_tokens_cut_the_text_before_fixing() {
+        // ftfy sees `<` only in the special token, so the entity after it is still decoded (as in transformers).
+        assert_eq!(clean_like_slow_clip("A <|endoftext|> B &amp; C"), "a<|endoftext|>b & c");
+        assert_eq!(clean_like_slow_clip("<|startoftext|><|endoftext|>"), "<|startoftext|><|endoftext|>");
     }
 }

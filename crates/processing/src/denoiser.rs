@@ -2,7 +2,7 @@
 //! an SD model (k-diffusion's `DiscreteSchedule`), the UNet adapter (`CompVisDenoiser` /
 //! `CompVisVDenoiser` / A1111's LCM wrapper) and classifier-free guidance with AND weights.
 
-use ndarray::{ArrayD, Zip};
+use ndarray::{ArrayD, Axis, Zip};
 
 use crate::error::{Error, Result};
 
@@ -57,14 +57,21 @@ pub enum Prediction {
     V,
 }
 
-/// A UNet: given the scaled latent `x_in`, the (possibly fractional) timestep and conditioning, returns its
-/// raw prediction (ε or v) with the shape of `x_in`. Implemented by `sdrt-models`' UNet and by test fakes.
+/// A UNet: given the scaled latent batch `x_in`, the (possibly fractional) timestep and one conditioning
+/// per row of `x_in`, returns its raw prediction (ε or v) with the shape of `x_in`. Implemented for
+/// `sdrt-models`' UNet in the pipeline and by test fakes.
 pub trait UNetModel {
-    /// The conditioning the UNet consumes (text embeddings, pooled embeddings, time ids …).
+    /// The conditioning of one batch row (text embeddings, pooled embeddings …).
     type Cond;
 
-    /// One forward pass.
-    fn predict(&mut self, x_in: &Tensor, timestep: f32, cond: &Self::Cond) -> Result<Tensor>;
+    /// One forward pass; `conds[i]` conditions row `i` of `x_in`.
+    fn predict(&mut self, x_in: &Tensor, timestep: f32, conds: &[&Self::Cond]) -> Result<Tensor>;
+
+    /// Length of the conditioning's token axis. Guidance batches cond and uncond rows into one call only
+    /// when their (padded) lengths agree, as A1111's `CFGDenoiser` does; fakes without a token axis keep 0.
+    fn sequence_len(&self, _cond: &Self::Cond) -> usize {
+        0
+    }
 }
 
 /// How σ maps to the UNet's timestep.
@@ -91,6 +98,22 @@ impl ModelSchedule {
     /// ᾱ is rounded to `f32` as the checkpoint's `alphas_cumprod` buffer is, then σ = √((1−ᾱ)/ᾱ).
     pub fn scaled_linear() -> Self {
         Self::from_alphas_cumprod(scaled_linear_alphas_cumprod())
+    }
+
+    /// A model's own β schedule from its `scheduler_config.json`: `scaled` = linear in √β (SD's
+    /// "scaled_linear"), otherwise linear in β. The SD defaults give [`ModelSchedule::scaled_linear`].
+    pub fn from_betas(beta_start: f64, beta_end: f64, timesteps: usize, scaled: bool) -> Result<Self> {
+        let valid = |b: f64| b.is_finite() && b > 0.0 && b < 1.0;
+        if !valid(beta_start) || !valid(beta_end) || timesteps < 2 {
+            return Err(Error::InvalidParameter {
+                field: "scheduler_config",
+                problem: format!(
+                    "beta_start {beta_start}, beta_end {beta_end}, num_train_timesteps {timesteps}: betas must be in \
+                     (0, 1) and there must be at least 2 timesteps"
+                ),
+            });
+        }
+        Ok(Self::from_alphas_cumprod(alphas_cumprod_from_betas(beta_start, beta_end, timesteps, scaled)))
     }
 
     /// A1111's LCM wrapper: every 20th ᾱ of the scaled-linear schedule (timesteps 19, 39, …, 999).
@@ -198,13 +221,21 @@ impl ModelSchedule {
 }
 
 fn scaled_linear_alphas_cumprod() -> Vec<f64> {
-    let start = BETA_START.sqrt();
-    let end = BETA_END.sqrt();
+    alphas_cumprod_from_betas(BETA_START, BETA_END, TRAINING_TIMESTEPS, true)
+}
+
+/// ᾱ in float64 as LDM's `register_schedule` computes it, each rounded to the float32 buffer.
+fn alphas_cumprod_from_betas(beta_start: f64, beta_end: f64, timesteps: usize, scaled: bool) -> Vec<f64> {
+    let betas: Vec<f64> = if scaled {
+        linspace(beta_start.sqrt(), beta_end.sqrt(), timesteps).into_iter().map(|r| r * r).collect()
+    } else {
+        linspace(beta_start, beta_end, timesteps)
+    };
     let mut product = 1.0f64;
-    linspace(start, end, TRAINING_TIMESTEPS)
+    betas
         .into_iter()
-        .map(|root_beta| {
-            product *= 1.0 - root_beta * root_beta;
+        .map(|beta| {
+            product *= 1.0 - beta;
             f64::from(product as f32)
         })
         .collect()
@@ -248,12 +279,12 @@ impl<M: UNetModel> DiscreteDenoiser<M> {
         &mut self.model
     }
 
-    /// x0 for one conditioning.
-    pub fn denoise_with(&mut self, x: &Tensor, sigma: f64, cond: &M::Cond) -> Result<Tensor> {
+    /// x0 of every row of `x`, row `i` conditioned on `conds[i]`.
+    pub fn denoise_with(&mut self, x: &Tensor, sigma: f64, conds: &[&M::Cond]) -> Result<Tensor> {
         let c_in = 1.0 / (sigma * sigma + 1.0).sqrt();
         let x_in = x.mapv(|v| (f64::from(v) * c_in) as f32);
         let timestep = self.schedule.sigma_to_t(sigma);
-        let out = self.model.predict(&x_in, timestep as f32, cond)?;
+        let out = self.model.predict(&x_in, timestep as f32, conds)?;
         if out.shape() != x.shape() {
             return Err(Error::Shape {
                 stage: "processing::denoise",
@@ -325,30 +356,45 @@ impl<C> ScheduledCond<C> {
     }
 }
 
-/// Classifier-free guidance over a [`DiscreteDenoiser`], as A1111's `CFGDenoiser`:
-/// x0 = uncond + Σᵢ wᵢ·cfg·(condᵢ − uncond), where the wᵢ are the `AND` weights.
+/// Classifier-free guidance over a [`DiscreteDenoiser`], as A1111's `CFGDenoiser`, for a batch of images:
+/// x0ᵢ = uncondᵢ + Σₖ wᵢₖ·cfg·(condᵢₖ − uncondᵢ), where the wᵢₖ are image i's `AND` weights.
+///
+/// Every sub-prompt row and every uncond row go through the UNet in one call when their token lengths
+/// agree; otherwise the cond rows and the uncond rows take a call each (A1111's default without
+/// `pad_cond_uncond`).
 pub struct CfgDenoiser<M: UNetModel> {
     inner: DiscreteDenoiser<M>,
-    conds: Vec<(ScheduledCond<M::Cond>, f64)>,
-    uncond: ScheduledCond<M::Cond>,
+    conds: Vec<Vec<(ScheduledCond<M::Cond>, f64)>>,
+    unconds: Vec<ScheduledCond<M::Cond>>,
     cfg_scale: f64,
     multiplier: f64,
     step: usize,
+    model_calls: usize,
     last_uncond: Option<Tensor>,
 }
 
 impl<M: UNetModel> CfgDenoiser<M> {
-    /// Guidance with `conds` (each with its AND weight), `uncond` and scale `cfg_scale`.
+    /// Guidance for a batch: per image its sub-prompts (each with its AND weight) and its uncond.
     pub fn new(
         inner: DiscreteDenoiser<M>,
-        conds: Vec<(ScheduledCond<M::Cond>, f64)>,
-        uncond: ScheduledCond<M::Cond>,
+        conds: Vec<Vec<(ScheduledCond<M::Cond>, f64)>>,
+        unconds: Vec<ScheduledCond<M::Cond>>,
         cfg_scale: f64,
     ) -> Result<Self> {
-        if conds.is_empty() {
+        if conds.is_empty() || conds.iter().any(Vec::is_empty) {
             return Err(Error::InvalidParameter {
                 field: "prompt",
-                problem: "guidance needs at least one positive conditioning".into(),
+                problem: "guidance needs at least one positive conditioning per image".into(),
+            });
+        }
+        if conds.len() != unconds.len() {
+            return Err(Error::InvalidParameter {
+                field: "negative_prompt",
+                problem: format!(
+                    "{} negative conditionings for {} images; pass one per image",
+                    unconds.len(),
+                    conds.len()
+                ),
             });
         }
         if !cfg_scale.is_finite() {
@@ -357,7 +403,7 @@ impl<M: UNetModel> CfgDenoiser<M> {
                 problem: format!("{cfg_scale} is not a finite number"),
             });
         }
-        Ok(Self { inner, conds, uncond, cfg_scale, multiplier: 1.0, step: 0, last_uncond: None })
+        Ok(Self { inner, conds, unconds, cfg_scale, multiplier: 1.0, step: 0, model_calls: 0, last_uncond: None })
     }
 
     /// The wrapped model denoiser.
@@ -365,27 +411,71 @@ impl<M: UNetModel> CfgDenoiser<M> {
         &self.inner
     }
 
-    /// How many times the model has been asked (A1111's `CFGDenoiser.step`).
+    /// How many times the sampler has asked (A1111's `CFGDenoiser.step`, the prompt-schedule counter).
     pub fn calls(&self) -> usize {
         self.step
     }
+
+    /// How many UNet forward calls were made.
+    pub fn model_calls(&self) -> usize {
+        self.model_calls
+    }
+
+    fn check_batch(&self, x: &Tensor) -> Result<()> {
+        if x.ndim() == 0 || x.shape()[0] != self.conds.len() {
+            return Err(Error::Shape {
+                stage: "processing::denoise",
+                tensor: "latent",
+                found: x.shape().to_vec(),
+                expected: format!("a batch of {} images (one per conditioning)", self.conds.len()),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Rows of `x` picked by image index (`rows[j]` is the image of output row `j`).
+fn gather_rows(x: &Tensor, rows: &[usize]) -> Tensor {
+    x.select(Axis(0), rows)
 }
 
 impl<M: UNetModel> Denoiser for CfgDenoiser<M> {
     fn denoise(&mut self, x: &Tensor, sigma: f64) -> Result<Tensor> {
+        self.check_batch(x)?;
         let step = self.step;
-        let uncond = self.inner.denoise_with(x, sigma, self.uncond.at(step))?;
-        let mut guided = uncond.clone();
+        let batch = self.conds.len();
+        let cond_images: Vec<usize> =
+            self.conds.iter().enumerate().flat_map(|(i, subs)| std::iter::repeat_n(i, subs.len())).collect();
+        let cond_rows: Vec<&M::Cond> = self.conds.iter().flatten().map(|(c, _)| c.at(step)).collect();
+        let uncond_rows: Vec<&M::Cond> = self.unconds.iter().map(|u| u.at(step)).collect();
+        let model = self.inner.model_mut();
+        let cond_len = cond_rows.iter().map(|c| model.sequence_len(c)).max().unwrap_or(0);
+        let uncond_len = uncond_rows.iter().map(|c| model.sequence_len(c)).max().unwrap_or(0);
+        let image_rows: Vec<usize> = (0..batch).collect();
+        let (cond_out, uncond_out) = if cond_len == uncond_len {
+            let all_images: Vec<usize> = cond_images.iter().chain(&image_rows).copied().collect();
+            let all_conds: Vec<&M::Cond> = cond_rows.iter().chain(&uncond_rows).copied().collect();
+            let out = self.inner.denoise_with(&gather_rows(x, &all_images), sigma, &all_conds)?;
+            self.model_calls += 1;
+            let n = cond_rows.len();
+            (out.slice_axis(Axis(0), (..n).into()).to_owned(), out.slice_axis(Axis(0), (n..).into()).to_owned())
+        } else {
+            let cond_out = self.inner.denoise_with(&gather_rows(x, &cond_images), sigma, &cond_rows)?;
+            let uncond_out = self.inner.denoise_with(x, sigma, &uncond_rows)?;
+            self.model_calls += 2;
+            (cond_out, uncond_out)
+        };
+        let mut guided = uncond_out.clone();
         let scale = self.cfg_scale * self.multiplier;
-        for (cond, weight) in &self.conds {
-            let denoised = self.inner.denoise_with(x, sigma, cond.at(step))?;
+        let weights = self.conds.iter().flatten().map(|(_, w)| *w);
+        for ((row, image), weight) in cond_out.axis_iter(Axis(0)).zip(&cond_images).zip(weights) {
             let w = weight * scale;
-            Zip::from(&mut guided)
-                .and(&denoised)
-                .and(&uncond)
+            Zip::from(guided.index_axis_mut(Axis(0), *image))
+                .and(&row)
+                .and(uncond_out.index_axis(Axis(0), *image))
                 .for_each(|g, &c, &u| *g = (f64::from(*g) + (f64::from(c) - f64::from(u)) * w) as f32);
         }
-        self.last_uncond = Some(uncond);
+        self.last_uncond = Some(uncond_out);
         self.step += 1;
         Ok(guided)
     }
@@ -400,7 +490,7 @@ impl<M: UNetModel> Denoiser for CfgDenoiser<M> {
     }
 }
 
-/// A [`DiscreteDenoiser`] with one fixed conditioning and no guidance (CFG scale 1 without negative prompt).
+/// A [`DiscreteDenoiser`] with one fixed conditioning for every row and no guidance.
 pub struct Unguided<M: UNetModel> {
     inner: DiscreteDenoiser<M>,
     cond: M::Cond,
@@ -415,7 +505,8 @@ impl<M: UNetModel> Unguided<M> {
 
 impl<M: UNetModel> Denoiser for Unguided<M> {
     fn denoise(&mut self, x: &Tensor, sigma: f64) -> Result<Tensor> {
-        self.inner.denoise_with(x, sigma, &self.cond)
+        let rows = vec![&self.cond; x.shape().first().copied().unwrap_or(1)];
+        self.inner.denoise_with(x, sigma, &rows)
     }
 }
 
@@ -432,9 +523,18 @@ mod tests {
 
     impl UNetModel for Linear {
         type Cond = f32;
-        fn predict(&mut self, x_in: &Tensor, timestep: f32, cond: &f32) -> Result<Tensor> {
-            self.seen.push((timestep, *cond));
-            Ok(x_in.mapv(|v| v * self.k + timestep / 1000.0 + cond))
+        fn predict(&mut self, x_in: &Tensor, timestep: f32, conds: &[&f32]) -> Result<Tensor> {
+            let mut out = x_in.mapv(|v| v * self.k + timestep / 1000.0);
+            for (mut row, cond) in out.axis_iter_mut(Axis(0)).zip(conds) {
+                self.seen.push((timestep, **cond));
+                row += **cond;
+            }
+            Ok(out)
+        }
+
+        fn sequence_len(&self, cond: &f32) -> usize {
+            // Negative conds stand for "another token length" so tests can force separate calls.
+            usize::from(*cond < 0.0)
         }
     }
 
@@ -448,6 +548,16 @@ mod tests {
         assert_eq!(s.sigmas().len(), 1000);
         assert!((s.sigma_min() - 0.029_167_6).abs() < 1e-6, "{}", s.sigma_min());
         assert!((s.sigma_max() - 14.614_642).abs() < 1e-4, "{}", s.sigma_max());
+    }
+
+    #[test]
+    fn config_betas_reproduce_the_sd_table_and_reject_nonsense() {
+        let from_config = ModelSchedule::from_betas(0.00085, 0.012, 1000, true).unwrap();
+        assert_eq!(from_config, ModelSchedule::scaled_linear());
+        let linear = ModelSchedule::from_betas(0.00085, 0.012, 1000, false).unwrap();
+        assert!(linear.sigma_max() > from_config.sigma_max(), "linear betas add noise faster");
+        assert!(ModelSchedule::from_betas(0.0, 0.012, 1000, true).is_err());
+        assert!(ModelSchedule::from_betas(0.00085, 0.012, 1, true).is_err());
     }
 
     #[test]
@@ -478,7 +588,7 @@ mod tests {
         let mut d = DiscreteDenoiser::new(model, ModelSchedule::scaled_linear(), Prediction::Epsilon);
         let sigma = 2.0;
         let t = d.schedule().sigma_to_t(sigma);
-        let out = d.denoise_with(&latent(3.0), sigma, &0.0).unwrap();
+        let out = d.denoise_with(&latent(3.0), sigma, &[&0.0]).unwrap();
         let eps = 3.0 / (5.0f64).sqrt() * 0.5 + t / 1000.0;
         let expected = 3.0 - sigma * eps;
         assert!((f64::from(out[[0, 0, 0, 0]]) - expected).abs() < 1e-5);
@@ -491,7 +601,7 @@ mod tests {
         let mut d = DiscreteDenoiser::new(model, ModelSchedule::scaled_linear(), Prediction::V);
         let sigma = 1.5;
         let t = d.schedule().sigma_to_t(sigma);
-        let out = d.denoise_with(&latent(2.0), sigma, &0.25).unwrap();
+        let out = d.denoise_with(&latent(2.0), sigma, &[&0.25]).unwrap();
         let v = t / 1000.0 + 0.25;
         let expected = 2.0 / (sigma * sigma + 1.0) - sigma / (sigma * sigma + 1.0).sqrt() * v;
         assert!((f64::from(out[[0, 1, 1, 1]]) - expected).abs() < 1e-5);
@@ -501,8 +611,8 @@ mod tests {
     fn cfg_combines_and_weights_and_keeps_uncond() {
         let model = Linear { k: 0.0, seen: Vec::new() };
         let inner = DiscreteDenoiser::new(model, ModelSchedule::scaled_linear(), Prediction::Epsilon);
-        let conds = vec![(ScheduledCond::constant(1.0), 1.0), (ScheduledCond::constant(2.0), 0.5)];
-        let mut cfg = CfgDenoiser::new(inner, conds, ScheduledCond::constant(0.0), 7.0).unwrap();
+        let conds = vec![vec![(ScheduledCond::constant(1.0), 1.0), (ScheduledCond::constant(2.0), 0.5)]];
+        let mut cfg = CfgDenoiser::new(inner, conds, vec![ScheduledCond::constant(0.0)], 7.0).unwrap();
         let sigma = 1.0;
         let x = latent(0.0);
         let out = cfg.denoise(&x, sigma).unwrap();
@@ -512,6 +622,27 @@ mod tests {
         assert!((f64::from(out[[0, 0, 0, 0]]) - expected).abs() < 1e-4);
         assert!((f64::from(cfg.last_uncond().unwrap()[[0, 0, 0, 0]]) - u).abs() < 1e-6);
         assert_eq!(cfg.calls(), 1);
+        assert_eq!(cfg.model_calls(), 1, "equal token lengths share one UNet call");
+    }
+
+    #[test]
+    fn cfg_batches_per_image_and_splits_calls_when_lengths_differ() {
+        let model = Linear { k: 0.0, seen: Vec::new() };
+        let inner = DiscreteDenoiser::new(model, ModelSchedule::scaled_linear(), Prediction::Epsilon);
+        let conds = vec![vec![(ScheduledCond::constant(1.0), 1.0)], vec![(ScheduledCond::constant(3.0), 1.0)]];
+        let unconds = vec![ScheduledCond::constant(-1.0), ScheduledCond::constant(-2.0)];
+        let mut cfg = CfgDenoiser::new(inner, conds, unconds, 2.0).unwrap();
+        let x = Tensor::zeros(IxDyn(&[2, 4, 2, 2]));
+        let out = cfg.denoise(&x, 1.0).unwrap();
+        assert_eq!(cfg.model_calls(), 2, "uncond of another token length takes its own call");
+        let t = ModelSchedule::scaled_linear().sigma_to_t(1.0) / 1000.0;
+        for (image, (c, u)) in [(1.0, -1.0), (3.0, -2.0)].into_iter().enumerate() {
+            let (dc, du) = (-(t + c), -(t + u));
+            let expected = du + 2.0 * (dc - du);
+            assert!((f64::from(out[[image, 0, 0, 0]]) - expected).abs() < 1e-4, "image {image}");
+        }
+        let wrong = Tensor::zeros(IxDyn(&[3, 4, 2, 2]));
+        assert!(cfg.denoise(&wrong, 1.0).is_err(), "a batch that does not match the conditionings is an error");
     }
 
     #[test]
@@ -530,12 +661,12 @@ mod tests {
         struct Bad;
         impl UNetModel for Bad {
             type Cond = ();
-            fn predict(&mut self, _x: &Tensor, _t: f32, _c: &()) -> Result<Tensor> {
+            fn predict(&mut self, _x: &Tensor, _t: f32, _c: &[&()]) -> Result<Tensor> {
                 Ok(Tensor::zeros(IxDyn(&[1, 4, 1, 1])))
             }
         }
         let mut d = DiscreteDenoiser::new(Bad, ModelSchedule::scaled_linear(), Prediction::Epsilon);
-        let err = d.denoise_with(&latent(1.0), 1.0, &()).unwrap_err();
+        let err = d.denoise_with(&latent(1.0), 1.0, &[&()]).unwrap_err();
         assert!(err.to_string().contains("unet output"), "{err}");
     }
 }

@@ -3,21 +3,31 @@
 //!
 //! Models are reached only through traits implemented by `sdrt-models`; this crate never sees ONNX Runtime.
 
+mod conditioning;
 mod denoiser;
 mod error;
 mod noise;
+mod pipeline;
 mod prompt;
 mod rng;
 mod sampling;
 mod schedules;
 mod seeds;
 
+pub use conditioning::{
+    CHUNK_TOKENS, COMMA_PADDING_BACKTRACK, ClipTextEncoder, Cond, Conditioner, Embedder, Emphasis, EncodedText,
+    PromptChunk, PromptSchedule, PromptTokenizer, TextEncoder, TokenizedPrompt, tokenize_prompt,
+};
 pub use denoiser::{
     CfgDenoiser, Denoiser, DiscreteDenoiser, ModelSchedule, Prediction, ScheduledCond, TRAINING_TIMESTEPS, Tensor,
     UNetModel, Unguided,
 };
 pub use error::{Error, Result};
 pub use noise::{ImageRng, NoiseParams};
+pub use pipeline::{
+    BatchConditioning, GenerationSpec, LATENT_CHANNELS, LATENT_FACTOR, Pipeline, RgbImage, SampleOutput,
+    images_to_tensor, latents_to_images,
+};
 pub use prompt::{
     BREAK_TEXT, BREAK_WEIGHT, MulticondList, ScheduleSteps, SubPrompt, WeightedText, multicond_prompt_list,
     parse_attention, prompt_schedules, split_and,

@@ -1,18 +1,66 @@
 //! The one error type of `sdrt-runtime`.
 
-/// What can go wrong while running a job; stage failures keep the underlying error.
+use std::path::PathBuf;
+
+/// What can go wrong while running a job.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A lifecycle stage failed.
+    /// A lifecycle stage failed; `message` says why.
     #[error("{stage} failed: {message}")]
-    Stage { stage: crate::lifecycle::Stage, message: String },
-    /// The execution queue's worker is gone (it panicked or was shut down).
+    Stage {
+        /// The stage that failed.
+        stage: crate::lifecycle::Stage,
+        /// Its error, rendered.
+        message: String,
+    },
+    /// The queue's worker is gone (a job panicked).
     #[error("the execution queue is closed; start a new runner")]
     QueueClosed,
     /// The job was interrupted before it produced anything.
     #[error("job {job} was interrupted")]
-    Interrupted { job: u64 },
+    Interrupted {
+        /// The job id.
+        job: u64,
+    },
+    /// A request names a model that is neither registered nor a folder.
+    #[error("model {name:?} is neither a registered model ({known}) nor a folder; pass a model folder path")]
+    UnknownModel {
+        /// What the request said.
+        name: String,
+        /// Registered names.
+        known: String,
+    },
+    /// Loading a model folder failed.
+    #[error("loading the model in {path}: {source}")]
+    Model {
+        /// The folder.
+        path: PathBuf,
+        /// The loader's error.
+        source: sdrt_models::Error,
+    },
+    /// Listing a folder of models failed.
+    #[error("reading the models folder {path}: {source}")]
+    ModelDirectory {
+        /// The folder.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Reading or writing files failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or folder involved.
+        path: PathBuf,
+        /// The io crate's error.
+        source: sdrt_io::Error,
+    },
+    /// The request is invalid.
+    #[error(transparent)]
+    Request(#[from] sdrt_api_types::Error),
+    /// A pipeline stage failed.
+    #[error(transparent)]
+    Processing(#[from] sdrt_processing::Error),
 }
 
-/// `Result` with [`Error`].
+/// Result with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -5,13 +5,20 @@
 //! metrics are the same for all callers.
 
 mod error;
+mod generation;
 mod lifecycle;
 mod metrics;
 mod progress;
+mod provider;
 mod queue;
 
 pub use error::{Error, Result};
+pub use generation::{
+    GeneratedImage, GenerationJob, GenerationOutput, GenerationSettings, ProcessingRequest, parse_randn_source,
+    randn_source_name,
+};
 pub use lifecycle::{HookPoint, JobContext, JobInfo, ProcessingJob, ProcessingRunner, RunnerHook, Stage};
 pub use metrics::{JobMetrics, RuntimeMetrics, STAGE_NAMES};
 pub use progress::{JobControl, NoProgress, ProgressEvent, ProgressSink, eta};
+pub use provider::{ModelHandle, ModelProvider, SharedModel};
 pub use queue::ExecutionQueue;

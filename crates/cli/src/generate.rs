@@ -1,0 +1,346 @@
+//! `sdrt txt2img` / `sdrt img2img`: A1111-named flags → an API request → the runner, with a progress bar.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use sdrt_api_types::{GenerationRequest, Img2ImgRequest, Txt2ImgRequest};
+use sdrt_models::{ExecutionProvider, SessionConfig};
+use sdrt_processing::RgbImage;
+use sdrt_runtime::{
+    GenerationJob, GenerationOutput, GenerationSettings, JobControl, JobMetrics, ModelProvider, ProcessingRequest,
+    ProcessingRunner, ProgressEvent, ProgressSink, parse_randn_source,
+};
+
+/// Flags shared by txt2img, img2img and bench, named and defaulted as A1111's UI.
+#[derive(Args, Debug, Clone)]
+pub struct GenerateArgs {
+    /// What to draw (A1111 prompt syntax: (x:1.2), [x], [a:b:0.5], AND, BREAK).
+    #[arg(long, default_value = "")]
+    pub prompt: String,
+    /// What to avoid.
+    #[arg(long, default_value = "")]
+    pub negative_prompt: String,
+    /// Sampling steps.
+    #[arg(long, default_value_t = 20)]
+    pub steps: u32,
+    /// Classifier-free guidance scale.
+    #[arg(long, default_value_t = 7.0)]
+    pub cfg_scale: f64,
+    /// Sampler (A1111 names: "DPM++ 2M", "Euler a", "Euler", "Heun", "DDIM", "UniPC", …).
+    #[arg(long, default_value = "DPM++ 2M")]
+    pub sampler: String,
+    /// Schedule type ("Automatic", "Karras", "Exponential", "Uniform", …).
+    #[arg(long, default_value = "Automatic")]
+    pub scheduler: String,
+    /// Seed; -1 picks a random one.
+    #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
+    pub seed: i64,
+    /// Variation seed; -1 picks a random one.
+    #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
+    pub subseed: i64,
+    /// Variation strength (0 = none).
+    #[arg(long, default_value_t = 0.0)]
+    pub subseed_strength: f64,
+    /// "Resize seed from width" (-1 = off).
+    #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
+    pub seed_resize_from_w: i64,
+    /// "Resize seed from height" (-1 = off).
+    #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
+    pub seed_resize_from_h: i64,
+    /// Width in pixels (multiple of 8).
+    #[arg(long, default_value_t = 512)]
+    pub width: u32,
+    /// Height in pixels (multiple of 8).
+    #[arg(long, default_value_t = 512)]
+    pub height: u32,
+    /// Images per batch.
+    #[arg(long, default_value_t = 1)]
+    pub batch_size: u32,
+    /// Batches.
+    #[arg(long, default_value_t = 1)]
+    pub n_iter: u32,
+    /// Clip skip (1 = last layer; SD 1.x models).
+    #[arg(long, default_value_t = 1)]
+    pub clip_skip: u32,
+    /// Random number source: gpu (A1111's default, computed with the NV algorithm), cpu or nv.
+    #[arg(long, default_value = "gpu")]
+    pub rng: String,
+    /// Eta noise seed delta (ENSD) for ancestral samplers.
+    #[arg(long, default_value_t = 0)]
+    pub ensd: u64,
+    /// Emphasis mode: "Original", "No norm" or "None".
+    #[arg(long, default_value = "Original")]
+    pub emphasis: String,
+    /// Model folder (optimum/diffusers ONNX layout); default: the bundled tiny random-weight pipeline.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Execution provider: cpu, cuda, tensorrt or coreml (the last three need the cargo feature).
+    #[arg(long, default_value = "cpu")]
+    pub provider: String,
+    /// ONNX Runtime intra-op threads (default: physical cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Output folder.
+    #[arg(long, default_value = "outputs")]
+    pub outdir: PathBuf,
+    /// Also save each image's final latents (before ÷ VAE scaling factor) as a float32 .npy beside it.
+    #[arg(long)]
+    pub save_latents: bool,
+    /// Print a JSON result instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// img2img adds the init image and how far to move from it.
+#[derive(Args, Debug, Clone)]
+pub struct Img2ImgArgs {
+    #[command(flatten)]
+    pub common: GenerateArgs,
+    /// The init image (PNG, JPEG or WebP).
+    #[arg(long)]
+    pub init_image: PathBuf,
+    /// How much to change the init image (0 = not at all, 1 = entirely).
+    #[arg(long, default_value_t = 0.75)]
+    pub denoising_strength: f64,
+    /// 0 just resize, 1 crop and resize, 2 resize and fill.
+    #[arg(long, default_value_t = 0)]
+    pub resize_mode: u32,
+}
+
+/// The tiny random-weight pipeline committed with the repository.
+pub fn bundled_model() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/models/sd15-tiny")
+}
+
+impl GenerateArgs {
+    pub fn base_request(&self) -> GenerationRequest {
+        GenerationRequest {
+            prompt: self.prompt.clone(),
+            negative_prompt: self.negative_prompt.clone(),
+            seed: self.seed,
+            subseed: self.subseed,
+            subseed_strength: self.subseed_strength,
+            seed_resize_from_w: self.seed_resize_from_w,
+            seed_resize_from_h: self.seed_resize_from_h,
+            sampler_name: Some(self.sampler.clone()),
+            scheduler: Some(self.scheduler.clone()),
+            batch_size: self.batch_size,
+            n_iter: self.n_iter,
+            steps: self.steps,
+            cfg_scale: self.cfg_scale,
+            width: self.width,
+            height: self.height,
+            ..GenerationRequest::default()
+        }
+    }
+
+    pub fn model_path(&self) -> PathBuf {
+        self.model.clone().unwrap_or_else(bundled_model)
+    }
+
+    pub fn session_config(&self) -> Result<SessionConfig> {
+        let provider = match self.provider.to_ascii_lowercase().as_str() {
+            "cpu" => ExecutionProvider::Cpu,
+            "cuda" => ExecutionProvider::Cuda { device_id: 0 },
+            "tensorrt" => ExecutionProvider::TensorRt { device_id: 0 },
+            "coreml" => ExecutionProvider::CoreMl,
+            other => bail!("--provider {other:?} is not a provider; use cpu, cuda, tensorrt or coreml"),
+        };
+        Ok(SessionConfig { provider, intra_op_threads: self.threads, ..SessionConfig::default() })
+    }
+
+    pub fn settings(&self, save: bool) -> Result<GenerationSettings> {
+        let randn_source = parse_randn_source(&self.rng)
+            .with_context(|| format!("--rng {:?} is not a source; use gpu, cpu or nv", self.rng))?;
+        let emphasis = self.emphasis.parse().map_err(|_| {
+            anyhow::anyhow!("--emphasis {:?}: use \"Original\", \"No norm\" or \"None\"", self.emphasis)
+        })?;
+        Ok(GenerationSettings {
+            model: Some(self.model_path().display().to_string()),
+            randn_source,
+            clip_skip: self.clip_skip,
+            eta_noise_seed_delta: self.ensd,
+            emphasis,
+            outdir: save.then(|| self.outdir.clone()),
+            save_latents: self.save_latents,
+            ..GenerationSettings::default()
+        })
+    }
+
+    /// Loads ONNX Runtime and makes a provider for the chosen model; says so when it is the bundled one.
+    pub fn provider(&self) -> Result<Arc<ModelProvider>> {
+        sdrt_models::ensure_runtime()?;
+        if self.model.is_none() && !self.json {
+            eprintln!(
+                "note: no --model given; using the bundled tiny pipeline {} — it has RANDOM weights, so the image \
+                 is noise-like by design. Pass --model DIR for a real model.",
+                bundled_model().display()
+            );
+        }
+        Ok(Arc::new(ModelProvider::new(self.session_config()?)))
+    }
+}
+
+/// A terminal progress bar fed by the runner's step events.
+pub struct BarProgress(pub ProgressBar);
+
+impl BarProgress {
+    pub fn new(hidden: bool) -> Self {
+        let bar = if hidden { ProgressBar::hidden() } else { ProgressBar::new(0) };
+        bar.set_style(
+            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} steps  eta {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        Self(bar)
+    }
+}
+
+impl ProgressSink for BarProgress {
+    fn on_progress(&self, event: &ProgressEvent) {
+        self.0.set_prefix(format!("batch {}", event.batch + 1));
+        self.0.set_length(event.total as u64);
+        self.0.set_position(event.step as u64);
+    }
+}
+
+pub fn run_job(
+    request: ProcessingRequest,
+    settings: GenerationSettings,
+    provider: Arc<ModelProvider>,
+    quiet: bool,
+) -> Result<(GenerationOutput, JobMetrics)> {
+    let runner = ProcessingRunner::new();
+    let progress = Arc::new(BarProgress::new(quiet));
+    let job = GenerationJob::new(request, settings, provider);
+    let result = runner.run_with(job, progress.clone(), JobControl::default());
+    progress.0.finish_and_clear();
+    Ok(result?)
+}
+
+pub fn txt2img(args: &GenerateArgs) -> Result<()> {
+    let request = Txt2ImgRequest { base: args.base_request(), ..Txt2ImgRequest::default() };
+    let provider = args.provider()?;
+    let (output, metrics) = run_job(ProcessingRequest::Txt2Img(request), args.settings(true)?, provider, args.json)?;
+    report(&output, &metrics, args.json)
+}
+
+pub fn img2img(args: &Img2ImgArgs) -> Result<()> {
+    let init = read_rgb(&args.init_image)?;
+    let request = Img2ImgRequest {
+        base: args.common.base_request(),
+        denoising_strength: args.denoising_strength,
+        resize_mode: args.resize_mode,
+        // Validation wants a non-empty list; the decoded image travels beside the request.
+        init_images: vec![args.init_image.display().to_string()],
+        ..Img2ImgRequest::default()
+    };
+    let provider = args.common.provider()?;
+    let job = ProcessingRequest::Img2Img { request, init_images: vec![init] };
+    let (output, metrics) = run_job(job, args.common.settings(true)?, provider, args.common.json)?;
+    report(&output, &metrics, args.common.json)
+}
+
+/// Decodes an image file to 8-bit RGB.
+pub fn read_rgb(path: &Path) -> Result<RgbImage> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading --init-image {}", path.display()))?;
+    let image = image::load_from_memory(&bytes)
+        .with_context(|| format!("--init-image {}: not a PNG, JPEG or WebP image", path.display()))?
+        .to_rgb8();
+    Ok(RgbImage { width: image.width(), height: image.height(), pixels: image.into_raw() })
+}
+
+fn report(output: &GenerationOutput, metrics: &JobMetrics, json: bool) -> Result<()> {
+    if json {
+        let images: Vec<serde_json::Value> = output
+            .images
+            .iter()
+            .map(|image| {
+                serde_json::json!({
+                    "path": image.path,
+                    "latents_path": image.latents_path,
+                    "seed": image.seed,
+                    "subseed": image.subseed,
+                    "infotext": image.infotext,
+                    "width": image.image.width,
+                    "height": image.image.height,
+                })
+            })
+            .collect();
+        let stages: serde_json::Map<String, serde_json::Value> = metrics
+            .stages
+            .iter()
+            .map(|(stage, time)| ((*stage).to_owned(), serde_json::json!(time.as_secs_f64() * 1e3)))
+            .collect();
+        let result = serde_json::json!({
+            "images": images,
+            "model": output.model_name,
+            "model_hash": output.model_hash,
+            "interrupted": output.interrupted,
+            "unet_calls": output.unet_calls,
+            "stages_ms": stages,
+            "it_per_s": metrics.iterations_per_second(),
+        });
+        println!("{}", serde_json::to_string_pretty(&result)?);
+        return Ok(());
+    }
+    for image in &output.images {
+        match &image.path {
+            Some(path) => println!("{}", path.display()),
+            None => println!("(not saved) seed {}", image.seed),
+        }
+    }
+    if let Some(first) = output.images.first() {
+        eprintln!("\n{}\n", first.infotext);
+    }
+    eprintln!(
+        "{} image(s) in {:.2} s ({:.2} it/s)",
+        output.images.len(),
+        metrics.get("total").as_secs_f64(),
+        metrics.iterations_per_second()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        args: GenerateArgs,
+    }
+
+    #[test]
+    fn defaults_are_a1111_ui_defaults() {
+        let args = Wrapper::try_parse_from(["sdrt", "--prompt", "x"]).unwrap().args;
+        let request = args.base_request();
+        assert_eq!((request.steps, request.width, request.height), (20, 512, 512));
+        assert_eq!(request.cfg_scale, 7.0);
+        assert_eq!(request.sampler_name.as_deref(), Some("DPM++ 2M"));
+        assert_eq!(request.scheduler.as_deref(), Some("Automatic"));
+        assert_eq!((request.seed, request.subseed), (-1, -1));
+        let settings = args.settings(true).unwrap();
+        assert_eq!(settings.randn_source, sdrt_processing::RandomSource::Gpu);
+        assert_eq!(settings.clip_skip, 1);
+        assert!(args.model.is_none(), "no --model means the bundled pipeline");
+        assert!(bundled_model().join("model_index.json").is_file());
+    }
+
+    #[test]
+    fn bad_flags_say_what_to_use() {
+        let args = Wrapper::try_parse_from(["sdrt", "--rng", "quantum"]).unwrap().args;
+        let err = args.settings(true).unwrap_err().to_string();
+        assert!(err.contains("--rng") && err.contains("cpu"), "{err}");
+        let args = Wrapper::try_parse_from(["sdrt", "--provider", "tpu"]).unwrap().args;
+        assert!(args.session_config().unwrap_err().to_string().contains("--provider"));
+        let args = Wrapper::try_parse_from(["sdrt", "--seed", "-1", "--subseed", "5"]).unwrap().args;
+        assert_eq!(args.base_request().subseed, 5);
+    }
+}

@@ -1,0 +1,292 @@
+//! txt2img and img2img on a loaded model, stage by stage (text encode → sample → decode), so the runner
+//! can time and observe each stage: A1111's `process_images` core without the file side.
+
+mod image;
+mod unet;
+
+use std::sync::Arc;
+
+use sdrt_models::{LoadedModel, ModelFamily as LoadedFamily, PredictionType, TextLayer};
+
+pub use image::{RgbImage, images_to_tensor, latents_to_images};
+
+use crate::conditioning::{ClipTextEncoder, Conditioner, Embedder, Emphasis, PromptSchedule};
+use crate::denoiser::{CfgDenoiser, DiscreteDenoiser, ModelSchedule, Prediction, ScheduledCond, Tensor};
+use crate::error::{Error, Result};
+use crate::noise::{ImageRng, NoiseParams};
+use crate::prompt::ScheduleSteps;
+use crate::sampling::{Hooks, Sampled, Sampler};
+use crate::schedules::ModelFamily;
+
+/// The image/latent size ratio of every SD VAE.
+pub const LATENT_FACTOR: usize = 8;
+/// Latent channels of SD 1.x / 2.x / XL.
+pub const LATENT_CHANNELS: usize = 4;
+
+/// Everything one batch needs, already resolved (seeds fixed, names parsed).
+#[derive(Debug, Clone)]
+pub struct GenerationSpec {
+    /// One prompt per image.
+    pub prompts: Vec<String>,
+    /// One negative prompt per image.
+    pub negative_prompts: Vec<String>,
+    /// Sampling steps as requested (img2img runs about `steps · denoising_strength` of them).
+    pub steps: usize,
+    /// Classifier-free guidance scale.
+    pub cfg_scale: f64,
+    /// Image width in pixels (multiple of 8).
+    pub width: usize,
+    /// Image height in pixels (multiple of 8).
+    pub height: usize,
+    /// Sampler and schedule.
+    pub sampler: Sampler,
+    /// Seeds, variation, random source and ENSD; `latent_shape` is filled from the size.
+    pub noise: NoiseParams,
+    /// A1111's "Clip skip" (`CLIP_stop_at_last_layers`), 1 = the last layer. SD 1.x only.
+    pub clip_skip: u32,
+    /// How prompt weights act on the embeddings.
+    pub emphasis: Emphasis,
+    /// img2img: how much of the schedule to run on the init latent.
+    pub denoising_strength: Option<f64>,
+}
+
+impl GenerationSpec {
+    /// Images in the batch.
+    pub fn batch_size(&self) -> usize {
+        self.prompts.len()
+    }
+
+    /// The latent shape `[C, H/8, W/8]` of one image.
+    pub fn latent_shape(&self) -> [usize; 3] {
+        [LATENT_CHANNELS, self.height / LATENT_FACTOR, self.width / LATENT_FACTOR]
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.prompts.is_empty() {
+            return Err(invalid("prompt", "the batch has no prompts; pass at least one".into()));
+        }
+        if self.negative_prompts.len() != self.prompts.len() || self.noise.seeds.len() != self.prompts.len() {
+            return Err(invalid(
+                "batch_size",
+                format!(
+                    "{} prompts, {} negative prompts and {} seeds; pass one of each per image",
+                    self.prompts.len(),
+                    self.negative_prompts.len(),
+                    self.noise.seeds.len()
+                ),
+            ));
+        }
+        for (field, side) in [("width", self.width), ("height", self.height)] {
+            if side == 0 || side % LATENT_FACTOR != 0 {
+                return Err(invalid(field, format!("{side} is not a positive multiple of 8; round it to one")));
+            }
+        }
+        if self.steps == 0 {
+            return Err(invalid("steps", "0 steps; pass at least 1".into()));
+        }
+        if self.clip_skip == 0 {
+            return Err(invalid("clip_skip", "0 is not a layer count; 1 means the last layer".into()));
+        }
+        Ok(())
+    }
+
+    /// The step count prompt schedules are built over: second-order samplers call the model twice per
+    /// step, and A1111 counts model calls (`SamplerData.total_steps`).
+    fn schedule_steps(&self) -> ScheduleSteps {
+        let factor = if self.sampler.kind().is_second_order() { 2 } else { 1 };
+        ScheduleSteps::new(self.steps * factor)
+    }
+}
+
+fn invalid(field: &'static str, problem: String) -> Error {
+    Error::InvalidParameter { field, problem }
+}
+
+/// Per image: the `AND` sub-prompts (schedule, weight) and the negative prompt's schedule.
+#[derive(Debug, Clone)]
+pub struct BatchConditioning {
+    /// Per image, its sub-prompts with their weights.
+    pub conds: Vec<Vec<(PromptSchedule, f64)>>,
+    /// Per image, the negative prompt.
+    pub unconds: Vec<PromptSchedule>,
+    /// Text-encoder calls made (identical prompts are encoded once).
+    pub encoder_calls: usize,
+}
+
+/// What sampling produced.
+#[derive(Debug)]
+pub struct SampleOutput {
+    /// Final latents `[B, 4, h, w]` as the sampler returns them (before ÷ the VAE scaling factor).
+    pub sampled: Sampled,
+    /// UNet forward calls made.
+    pub unet_calls: usize,
+}
+
+/// A loaded model driven stage by stage.
+pub struct Pipeline<'m> {
+    model: &'m mut LoadedModel,
+    schedule: ModelSchedule,
+    prediction: Prediction,
+}
+
+impl<'m> Pipeline<'m> {
+    /// Checks what the model folder says about its noise schedule and wraps it.
+    pub fn new(model: &'m mut LoadedModel) -> Result<Self> {
+        let config = &model.folder.scheduler;
+        if !matches!(config.beta_schedule.as_str(), "scaled_linear" | "linear") {
+            return Err(invalid(
+                "scheduler_config.beta_schedule",
+                format!("{:?} is not supported; sdrt knows \"scaled_linear\" and \"linear\"", config.beta_schedule),
+            ));
+        }
+        let schedule = ModelSchedule::from_betas(
+            config.beta_start,
+            config.beta_end,
+            config.num_train_timesteps as usize,
+            config.beta_schedule == "scaled_linear",
+        )?;
+        let prediction = match config.prediction_type {
+            PredictionType::Epsilon => Prediction::Epsilon,
+            PredictionType::VPrediction => Prediction::V,
+            other => {
+                return Err(invalid(
+                    "scheduler_config.prediction_type",
+                    format!("{other:?} is not supported; sdrt samples epsilon and v-prediction models"),
+                ));
+            }
+        };
+        Ok(Self { model, schedule, prediction })
+    }
+
+    /// The model's discrete noise schedule.
+    pub fn schedule(&self) -> &ModelSchedule {
+        &self.schedule
+    }
+
+    /// The schedule family some schedules (Align Your Steps) depend on.
+    pub fn schedule_family(&self) -> ModelFamily {
+        if self.model.folder.family == LoadedFamily::Sdxl { ModelFamily::Sdxl } else { ModelFamily::Sd15 }
+    }
+
+    /// Encodes every prompt and negative prompt of the batch (A1111's `setup_conds`).
+    pub fn encode_prompts(&mut self, spec: &GenerationSpec) -> Result<BatchConditioning> {
+        let _span = tracing::info_span!("processing::text_encode", images = spec.batch_size()).entered();
+        spec.check()?;
+        let steps = spec.schedule_steps();
+        let mut conditioner = conditioner_for(self.model, spec.clip_skip, spec.emphasis)?;
+        let unconds = conditioner.learned_conditioning(&spec.negative_prompts, steps, true)?;
+        let conds = conditioner.multicond(&spec.prompts, steps)?;
+        Ok(BatchConditioning { conds, unconds, encoder_calls: conditioner.encoder_calls() })
+    }
+
+    /// img2img's init latents: the VAE posterior mean × scaling factor of `images` (`[B, 3, H, W]` in
+    /// [-1, 1]). A1111 samples the posterior from torch's global RNG, which no request controls; the mean
+    /// is the reproducible choice.
+    pub fn encode_images(&mut self, images: &Tensor) -> Result<Tensor> {
+        let _span = tracing::info_span!("processing::vae_encode").entered();
+        let encoder =
+            self.model.vae_encoder().map_err(|source| Error::Model { stage: "processing::vae_encode", source })?;
+        let view = images.view().into_dimensionality::<ndarray::Ix4>().map_err(|_| Error::Shape {
+            stage: "processing::vae_encode",
+            tensor: "image",
+            found: images.shape().to_vec(),
+            expected: "[batch, 3, height, width]".into(),
+        })?;
+        let posterior =
+            encoder.encode(view).map_err(|source| Error::Model { stage: "processing::vae_encode", source })?;
+        let scale = self.model.folder.vae_scaling_factor;
+        Ok(posterior.mean.mapv(|v| v * scale).into_dyn())
+    }
+
+    /// Samples the batch: txt2img from noise, or img2img from `init_latent` when given.
+    pub fn sample(
+        &mut self,
+        spec: &GenerationSpec,
+        conditioning: &BatchConditioning,
+        init_latent: Option<&Tensor>,
+        hooks: Hooks<'_>,
+    ) -> Result<SampleOutput> {
+        spec.check()?;
+        let mut rng = ImageRng::new(NoiseParams { latent_shape: spec.latent_shape(), ..spec.noise.clone() })?;
+        let noise = rng.first()?;
+        let is_xl = self.model.unet.takes_sdxl_conditioning();
+        let time_ids = is_xl.then(|| unet::sdxl_time_ids(spec.width, spec.height));
+        let unet = unet::OnnxUnet::new(&mut self.model.unet, time_ids);
+        let inner = DiscreteDenoiser::new(unet, self.schedule.clone(), self.prediction);
+        let conds = conditioning
+            .conds
+            .iter()
+            .map(|subs| subs.iter().map(|(s, w)| Ok((scheduled(s)?, *w))).collect::<Result<Vec<_>>>())
+            .collect::<Result<Vec<_>>>()?;
+        let unconds = conditioning.unconds.iter().map(scheduled).collect::<Result<Vec<_>>>()?;
+        let mut denoiser = CfgDenoiser::new(inner, conds, unconds, spec.cfg_scale)?;
+        let sampled = match (init_latent, spec.denoising_strength) {
+            (Some(init), Some(strength)) => spec.sampler.img2img(
+                &self.schedule,
+                &mut denoiser,
+                &mut rng,
+                init,
+                &noise,
+                spec.steps,
+                strength,
+                hooks,
+            )?,
+            (Some(_), None) => {
+                return Err(invalid("denoising_strength", "img2img needs a denoising strength in 0..=1".into()));
+            }
+            (None, _) => spec.sampler.txt2img(&self.schedule, &mut denoiser, &mut rng, &noise, spec.steps, hooks)?,
+        };
+        Ok(SampleOutput { sampled, unet_calls: denoiser.model_calls() })
+    }
+
+    /// Decodes latents (as the sampler returns them) to 8-bit RGB images as A1111 does: ÷ scaling factor,
+    /// VAE decode, clamp((x + 1)/2)·255, truncated.
+    pub fn decode(&mut self, latents: &Tensor) -> Result<Vec<RgbImage>> {
+        let _span = tracing::info_span!("processing::decode").entered();
+        let scale = self.model.folder.vae_scaling_factor;
+        let scaled = latents.mapv(|v| v / scale);
+        let view = scaled.view().into_dimensionality::<ndarray::Ix4>().map_err(|_| Error::Shape {
+            stage: "processing::decode",
+            tensor: "latents",
+            found: latents.shape().to_vec(),
+            expected: "[batch, 4, height/8, width/8]".into(),
+        })?;
+        let decoded = self
+            .model
+            .vae_decoder
+            .decode(view)
+            .map_err(|source| Error::Model { stage: "processing::decode", source })?;
+        latents_to_images(&decoded.into_dyn())
+    }
+}
+
+fn scheduled(schedule: &PromptSchedule) -> Result<ScheduledCond<Arc<crate::conditioning::Cond>>> {
+    ScheduledCond::new(schedule.clone())
+}
+
+/// The text embedders of the model's family: SD 1.x uses the last layer (or clip skip), SD 2.x's export
+/// already ends at the penultimate layer, SDXL concatenates both encoders' penultimate layers.
+fn conditioner_for(model: &mut LoadedModel, clip_skip: u32, emphasis: Emphasis) -> Result<Conditioner<'_>> {
+    let family = model.folder.family;
+    let missing = |what: &str| invalid("model", format!("the model folder has no {what}, which prompts need"));
+    let tokenizer = model.tokenizer.as_ref().ok_or_else(|| missing("tokenizer/"))?;
+    let encoder = model.text_encoder.as_mut().ok_or_else(|| missing("text_encoder/"))?;
+    if family == LoadedFamily::Sdxl {
+        let tokenizer_2 = model.tokenizer_2.as_ref().ok_or_else(|| missing("tokenizer_2/"))?;
+        let encoder_2 = model.text_encoder_2.as_mut().ok_or_else(|| missing("text_encoder_2/"))?;
+        let embedders = vec![
+            Embedder::new(tokenizer, Box::new(ClipTextEncoder::new(encoder, TextLayer::Penultimate))),
+            Embedder::new(tokenizer_2, Box::new(ClipTextEncoder::new(encoder_2, TextLayer::Penultimate))),
+        ];
+        return Ok(Conditioner::new(embedders, emphasis, true));
+    }
+    let layer = match (family, clip_skip) {
+        (LoadedFamily::Sd1, n) if n > 1 => TextLayer::ClipSkip(n),
+        _ => TextLayer::Last,
+    };
+    Ok(Conditioner::new(
+        vec![Embedder::new(tokenizer, Box::new(ClipTextEncoder::new(encoder, layer)))],
+        emphasis,
+        false,
+    ))
+}

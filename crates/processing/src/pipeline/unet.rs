@@ -1,0 +1,154 @@
+//! The ONNX UNet behind the `UNetModel` trait: stacks per-row conditionings into the batched inputs the
+//! export takes (cross-attention, SDXL pooled `text_embeds` and `time_ids`).
+
+use std::sync::Arc;
+
+use ndarray::{Array2, Array3, Axis, Ix4, s};
+use sdrt_models::{Unet, UnetInput};
+
+use crate::conditioning::Cond;
+use crate::denoiser::{Tensor, UNetModel};
+use crate::error::{Error, Result};
+
+const STAGE: &str = "processing::unet";
+
+/// `sdrt-models`' UNet with the per-job inputs that do not depend on the prompt.
+pub(crate) struct OnnxUnet<'m> {
+    unet: &'m mut Unet,
+    /// SDXL `time_ids` row: original size, crop top-left, target size.
+    time_ids: Option<[f32; 6]>,
+}
+
+impl<'m> OnnxUnet<'m> {
+    pub(crate) fn new(unet: &'m mut Unet, time_ids: Option<[f32; 6]>) -> Self {
+        Self { unet, time_ids }
+    }
+}
+
+/// SDXL's micro-conditioning for an image of `width`×`height` without cropping, as A1111 sends it:
+/// (original height, original width, crop top, crop left, target height, target width).
+pub(crate) fn sdxl_time_ids(width: usize, height: usize) -> [f32; 6] {
+    let (w, h) = (width as f32, height as f32);
+    [h, w, 0.0, 0.0, h, w]
+}
+
+/// Stacks conditionings of possibly different token lengths into `[N, S_max, D]`, padding each shorter one
+/// by repeating its last token vector (A1111's `reconstruct_multicond_batch`).
+pub(crate) fn stack_hidden(conds: &[&Arc<Cond>]) -> Result<Array3<f32>> {
+    let len = conds.iter().map(|c| c.hidden.nrows()).max().unwrap_or(0);
+    let dim = conds.first().map_or(0, |c| c.hidden.ncols());
+    let mut out = Array3::<f32>::zeros((conds.len(), len, dim));
+    for (mut row, cond) in out.axis_iter_mut(Axis(0)).zip(conds) {
+        let hidden = &cond.hidden;
+        if hidden.ncols() != dim || hidden.nrows() == 0 {
+            return Err(Error::Shape {
+                stage: STAGE,
+                tensor: "encoder_hidden_states",
+                found: hidden.shape().to_vec(),
+                expected: format!("[tokens ≥ 1, {dim}] like the batch's other conditionings"),
+            });
+        }
+        row.slice_mut(s![..hidden.nrows(), ..]).assign(hidden);
+        let last = hidden.row(hidden.nrows() - 1);
+        for mut pad in row.slice_mut(s![hidden.nrows().., ..]).axis_iter_mut(Axis(0)) {
+            pad.assign(&last);
+        }
+    }
+    Ok(out)
+}
+
+fn stack_pooled(conds: &[&Arc<Cond>]) -> Result<Option<Array2<f32>>> {
+    let Some(first) = conds.first().and_then(|c| c.pooled.as_ref()) else { return Ok(None) };
+    let mut out = Array2::<f32>::zeros((conds.len(), first.len()));
+    for (mut row, cond) in out.axis_iter_mut(Axis(0)).zip(conds) {
+        match &cond.pooled {
+            Some(pooled) if pooled.len() == first.len() => row.assign(pooled),
+            other => {
+                return Err(Error::Shape {
+                    stage: STAGE,
+                    tensor: "text_embeds",
+                    found: other.as_ref().map_or_else(Vec::new, |p| vec![p.len()]),
+                    expected: format!("[{}] like the batch's other pooled embeddings", first.len()),
+                });
+            }
+        }
+    }
+    Ok(Some(out))
+}
+
+impl UNetModel for OnnxUnet<'_> {
+    type Cond = Arc<Cond>;
+
+    fn predict(&mut self, x_in: &Tensor, timestep: f32, conds: &[&Arc<Cond>]) -> Result<Tensor> {
+        let sample = x_in.view().into_dimensionality::<Ix4>().map_err(|_| Error::Shape {
+            stage: STAGE,
+            tensor: "sample",
+            found: x_in.shape().to_vec(),
+            expected: "[batch, channels, height/8, width/8]".into(),
+        })?;
+        let rows = sample.shape()[0];
+        if conds.len() != rows {
+            return Err(Error::Shape {
+                stage: STAGE,
+                tensor: "encoder_hidden_states",
+                found: vec![conds.len()],
+                expected: format!("one conditioning per latent row ({rows})"),
+            });
+        }
+        let hidden = stack_hidden(conds)?;
+        let pooled = if self.unet.takes_sdxl_conditioning() { stack_pooled(conds)? } else { None };
+        let time_ids = match (self.unet.takes_sdxl_conditioning(), self.time_ids) {
+            (true, Some(ids)) => Some(Array2::from_shape_fn((rows, 6), |(_, j)| ids[j])),
+            _ => None,
+        };
+        let timesteps = ndarray::Array1::from_elem(rows, timestep);
+        let input = UnetInput {
+            sample,
+            timesteps: timesteps.view(),
+            encoder_hidden_states: hidden.view(),
+            inpaint_conditioning: None,
+            text_embeds: pooled.as_ref().map(|p| p.view()),
+            time_ids: time_ids.as_ref().map(|t| t.view()),
+            timestep_cond: None,
+        };
+        let out = self.unet.predict(&input).map_err(|source| Error::Model { stage: STAGE, source })?;
+        Ok(out.into_dyn())
+    }
+
+    fn sequence_len(&self, cond: &Arc<Cond>) -> usize {
+        cond.hidden.nrows()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cond(rows: &[f32]) -> Arc<Cond> {
+        let hidden = Array2::from_shape_fn((rows.len(), 2), |(i, j)| rows[i] + j as f32 * 0.5);
+        Arc::new(Cond { hidden, pooled: None })
+    }
+
+    #[test]
+    fn shorter_conditionings_repeat_their_last_vector() {
+        let (a, b) = (cond(&[1.0, 2.0, 3.0]), cond(&[7.0]));
+        let stacked = stack_hidden(&[&a, &b]).unwrap();
+        assert_eq!(stacked.shape(), &[2, 3, 2]);
+        assert_eq!(stacked[[0, 2, 1]], 3.5);
+        assert_eq!(stacked[[1, 0, 0]], 7.0);
+        assert_eq!(stacked[[1, 2, 0]], 7.0, "padding repeats the last token vector");
+    }
+
+    #[test]
+    fn mismatched_widths_are_an_error() {
+        let a = cond(&[1.0]);
+        let b = Arc::new(Cond { hidden: Array2::zeros((1, 3)), pooled: None });
+        let err = stack_hidden(&[&a, &b]).unwrap_err();
+        assert!(err.to_string().contains("encoder_hidden_states"), "{err}");
+    }
+
+    #[test]
+    fn sdxl_time_ids_are_height_first() {
+        assert_eq!(sdxl_time_ids(96, 64), [64.0, 96.0, 0.0, 0.0, 64.0, 96.0]);
+    }
+}

@@ -1,0 +1,221 @@
+//! End-to-end: every committed A1111-semantics case (tests/fixtures/e2e) generated through the runner, the
+//! same way `sdrt txt2img`/`img2img` do, compared on final latents, pixels, infotext and UNet calls.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use ndarray::{ArrayD, Axis};
+use ndarray_npy::read_npy;
+use sdrt_api_types::{Img2ImgRequest, Txt2ImgRequest};
+use sdrt_models::SessionConfig;
+use sdrt_processing::RgbImage;
+use sdrt_runtime::{
+    GenerationJob, GenerationOutput, GenerationSettings, HookPoint, JobInfo, ModelProvider, ProcessingRequest,
+    ProcessingRunner, RunnerHook, Stage, parse_randn_source,
+};
+use sdrt_tests::{fixture, fixture_json};
+use serde_json::Value;
+
+/// Final latents must agree within this fraction of their standard deviation. The oracle's discrimination
+/// table shows a changed prompt weight or CFG scale moves them by ≥ 390× this.
+const LATENT_TOLERANCE: f64 = 1e-4;
+/// Pixels may differ by this many 8-bit levels (float noise can flip a truncation).
+const PIXEL_TOLERANCE: i32 = 2;
+
+fn decode_png(relative: &str) -> RgbImage {
+    let bytes = std::fs::read(fixture(relative)).unwrap();
+    let png = sdrt_io::decode_png(&bytes).unwrap();
+    RgbImage { width: png.width, height: png.height, pixels: png.pixels }
+}
+
+fn settings(case: &Value, version: &str) -> GenerationSettings {
+    let s = &case["settings"];
+    GenerationSettings {
+        model: Some(
+            fixture(&format!("models/{}/model_index.json", case["model"].as_str().unwrap()))
+                .parent()
+                .unwrap()
+                .display()
+                .to_string(),
+        ),
+        randn_source: parse_randn_source(s["randn_source"].as_str().unwrap()).unwrap(),
+        clip_skip: s["CLIP_stop_at_last_layers"].as_u64().unwrap() as u32,
+        eta_noise_seed_delta: s["eta_noise_seed_delta"].as_u64().unwrap(),
+        emphasis: s["emphasis"].as_str().unwrap().parse().unwrap(),
+        version: version.to_owned(),
+        ..GenerationSettings::default()
+    }
+}
+
+fn request(case: &Value) -> ProcessingRequest {
+    let json = case["request"].to_string();
+    match case["mode"].as_str().unwrap() {
+        "txt2img" => ProcessingRequest::Txt2Img(Txt2ImgRequest::from_json(&json).unwrap()),
+        "img2img" => {
+            let mut request = Img2ImgRequest::from_json(&json).unwrap();
+            let path = case["request"]["init_image"].as_str().unwrap();
+            request.init_images = vec![path.to_owned()];
+            ProcessingRequest::Img2Img { request, init_images: vec![decode_png(path)] }
+        }
+        other => panic!("unknown mode {other}"),
+    }
+}
+
+#[derive(Default)]
+struct StageLog(Mutex<Vec<HookPoint>>);
+
+impl RunnerHook for StageLog {
+    fn on_stage(&self, point: HookPoint, _job: &JobInfo) {
+        self.0.lock().unwrap().push(point);
+    }
+}
+
+fn generate(case: &Value, version: &str, provider: &Arc<ModelProvider>) -> GenerationOutput {
+    let log = Arc::new(StageLog::default());
+    let runner = ProcessingRunner::new().with_hook(log.clone());
+    let job = GenerationJob::new(request(case), settings(case, version), provider.clone());
+    let (output, metrics) = runner.run(job).unwrap_or_else(|e| panic!("{}: {e}", case["name"]));
+    let stages = log.0.lock().unwrap().clone();
+    assert_eq!(
+        stages,
+        [Stage::Prepare, Stage::Execute, Stage::Finalize]
+            .into_iter()
+            .flat_map(|s| [HookPoint::Before(s), HookPoint::After(s)])
+            .collect::<Vec<_>>(),
+        "every generation goes through the runner's lifecycle"
+    );
+    for stage in ["prepare", "text_encode", "sample", "decode", "total"] {
+        assert!(metrics.stages.contains_key(stage), "{stage} not timed: {metrics:?}");
+    }
+    output
+}
+
+fn std_dev(values: &ArrayD<f32>) -> f64 {
+    let n = values.len() as f64;
+    let mean = values.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+    (values.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / n).sqrt()
+}
+
+fn compare_case(case: &Value, version: &str, provider: &Arc<ModelProvider>) -> Vec<String> {
+    let name = case["name"].as_str().unwrap();
+    let output = generate(case, version, provider);
+    let mut problems = Vec::new();
+    let expected: ArrayD<f32> = read_npy(fixture(case["latents"].as_str().unwrap())).unwrap();
+    assert_eq!(output.images.len(), expected.shape()[0], "{name}: image count");
+    let tolerance = LATENT_TOLERANCE * std_dev(&expected);
+    for (i, image) in output.images.iter().enumerate() {
+        let want = expected.index_axis(Axis(0), i);
+        let diff = image.latents.iter().zip(want.iter()).map(|(a, b)| f64::from((a - b).abs())).fold(0.0, f64::max);
+        if diff > tolerance {
+            problems.push(format!("{name}[{i}]: latents differ by {diff:.3e} > {tolerance:.3e}"));
+        }
+        let reference = decode_png(case["images"][i].as_str().unwrap());
+        let worst =
+            image.image.pixels.iter().zip(&reference.pixels).map(|(a, b)| (i32::from(*a) - i32::from(*b)).abs()).max();
+        if worst.is_none_or(|w| w > PIXEL_TOLERANCE) {
+            problems.push(format!("{name}[{i}]: pixels differ by {worst:?} levels"));
+        }
+        let infotext = case["infotexts"][i].as_str().unwrap();
+        if image.infotext != infotext {
+            problems.push(format!("{name}[{i}]: infotext\n  ours: {:?}\n  ref:  {infotext:?}", image.infotext));
+        }
+        let seeds = (case["all_seeds"][i].as_u64().unwrap(), case["all_subseeds"][i].as_u64().unwrap());
+        if (image.seed, image.subseed) != seeds {
+            problems.push(format!("{name}[{i}]: seeds {:?} != {seeds:?}", (image.seed, image.subseed)));
+        }
+    }
+    let calls = case["unet_calls"].as_u64().unwrap() as usize;
+    if output.unet_calls != calls {
+        problems.push(format!("{name}: {} UNet calls, the reference made {calls}", output.unet_calls));
+    }
+    problems
+}
+
+#[test]
+fn every_reference_case_reproduces_through_the_runner() {
+    sdrt_models::ensure_runtime().unwrap();
+    let cases = fixture_json("e2e/cases.json");
+    let version = cases["a1111_version"].as_str().unwrap();
+    let provider =
+        Arc::new(ModelProvider::new(SessionConfig { intra_op_threads: Some(1), ..SessionConfig::default() }));
+    let mut problems = Vec::new();
+    let all = cases["cases"].as_array().unwrap();
+    assert!(all.len() >= 12, "the oracle has {} cases", all.len());
+    for case in all {
+        problems.extend(compare_case(case, version, &provider));
+    }
+    assert!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.join("\n"));
+}
+
+#[test]
+fn saved_png_round_trips_the_infotext_and_latents() {
+    sdrt_models::ensure_runtime().unwrap();
+    let cases = fixture_json("e2e/cases.json");
+    let case = &cases["cases"][0];
+    let dir = tempfile::tempdir().unwrap();
+    let provider = Arc::new(ModelProvider::new(SessionConfig::default()));
+    let settings = GenerationSettings {
+        outdir: Some(dir.path().to_owned()),
+        save_latents: true,
+        ..settings(case, cases["a1111_version"].as_str().unwrap())
+    };
+    let job = GenerationJob::new(request(case), settings, provider);
+    let (output, metrics) = ProcessingRunner::new().run(job).unwrap();
+    assert!(metrics.stages.contains_key("save"));
+    let image = &output.images[0];
+    let path = image.path.as_ref().unwrap();
+    assert!(path.file_name().unwrap().to_string_lossy().starts_with("00000-"), "{}", path.display());
+    let bytes = std::fs::read(path).unwrap();
+    let info = sdrt_io::read_image_info(&bytes).unwrap();
+    assert_eq!(info.infotext.as_deref(), case["infotexts"][0].as_str());
+    let saved: ArrayD<f32> = read_npy(image.latents_path.as_ref().unwrap()).unwrap();
+    assert_eq!(saved, image.latents);
+    assert!(Path::new(&path.with_extension("npy")).is_file());
+}
+
+/// Interrupts the job from the progress callback once `at` steps are done.
+struct InterruptAt {
+    at: usize,
+    control: sdrt_runtime::JobControl,
+    seen: Mutex<Vec<(usize, usize)>>,
+}
+
+impl sdrt_runtime::ProgressSink for InterruptAt {
+    fn on_progress(&self, event: &sdrt_runtime::ProgressEvent) {
+        self.seen.lock().unwrap().push((event.step, event.total));
+        if event.step == self.at {
+            self.control.interrupt();
+        }
+    }
+}
+
+#[test]
+fn progress_reports_every_step_and_interrupt_stops_after_the_current_one() {
+    sdrt_models::ensure_runtime().unwrap();
+    let cases = fixture_json("e2e/cases.json");
+    let case = &cases["cases"][0];
+    let steps = case["request"]["steps"].as_u64().unwrap() as usize;
+    let provider = Arc::new(ModelProvider::new(SessionConfig::default()));
+    let runner = ProcessingRunner::new();
+    let version = cases["a1111_version"].as_str().unwrap();
+
+    let control = sdrt_runtime::JobControl::default();
+    let full = Arc::new(InterruptAt { at: usize::MAX, control: control.clone(), seen: Mutex::default() });
+    let job = GenerationJob::new(request(case), settings(case, version), provider.clone());
+    let (complete, metrics) = runner.run_with(job, full.clone(), control).unwrap();
+    let expected: Vec<(usize, usize)> = (1..=steps).map(|s| (s, steps)).collect();
+    assert_eq!(*full.seen.lock().unwrap(), expected, "one event per step with the total");
+    assert_eq!(metrics.steps, steps);
+    assert!(!complete.interrupted);
+
+    let control = sdrt_runtime::JobControl::default();
+    let stopper = Arc::new(InterruptAt { at: 3, control: control.clone(), seen: Mutex::default() });
+    let job = GenerationJob::new(request(case), settings(case, version), provider);
+    let (stopped, metrics) = runner.run_with(job, stopper.clone(), control).unwrap();
+    assert!(stopped.interrupted, "the job reports the interrupt");
+    assert_eq!(stopper.seen.lock().unwrap().len(), 3, "no step runs after the interrupt");
+    assert_eq!(metrics.steps, 3);
+    assert_eq!(stopped.unet_calls, 3, "sampling stopped after the current step");
+    assert_eq!(stopped.images.len(), 1, "the last denoised prediction is still decoded");
+    assert_ne!(stopped.images[0].latents, complete.images[0].latents);
+}
