@@ -96,16 +96,20 @@ fn std_dev(values: &ArrayD<f32>) -> f64 {
     (values.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / n).sqrt()
 }
 
-fn compare_case(case: &Value, version: &str, provider: &Arc<ModelProvider>) -> Vec<String> {
+/// Problems found, and the worst latent difference as a fraction of the reference's standard deviation.
+fn compare_case(case: &Value, version: &str, provider: &Arc<ModelProvider>) -> (Vec<String>, f64) {
     let name = case["name"].as_str().unwrap();
     let output = generate(case, version, provider);
     let mut problems = Vec::new();
     let expected: ArrayD<f32> = read_npy(fixture(case["latents"].as_str().unwrap())).unwrap();
     assert_eq!(output.images.len(), expected.shape()[0], "{name}: image count");
-    let tolerance = LATENT_TOLERANCE * std_dev(&expected);
+    let std = std_dev(&expected);
+    let tolerance = LATENT_TOLERANCE * std;
+    let mut worst = 0.0f64;
     for (i, image) in output.images.iter().enumerate() {
         let want = expected.index_axis(Axis(0), i);
         let diff = image.latents.iter().zip(want.iter()).map(|(a, b)| f64::from((a - b).abs())).fold(0.0, f64::max);
+        worst = worst.max(diff / std);
         if diff > tolerance {
             problems.push(format!("{name}[{i}]: latents differ by {diff:.3e} > {tolerance:.3e}"));
         }
@@ -128,7 +132,7 @@ fn compare_case(case: &Value, version: &str, provider: &Arc<ModelProvider>) -> V
     if output.unet_calls != calls {
         problems.push(format!("{name}: {} UNet calls, the reference made {calls}", output.unet_calls));
     }
-    problems
+    (problems, worst)
 }
 
 #[test]
@@ -142,7 +146,9 @@ fn every_reference_case_reproduces_through_the_runner() {
     let all = cases["cases"].as_array().unwrap();
     assert!(all.len() >= 12, "the oracle has {} cases", all.len());
     for case in all {
-        problems.extend(compare_case(case, version, &provider));
+        let (found, worst) = compare_case(case, version, &provider);
+        eprintln!("{}: max |Δlatents| = {worst:.2e} × std", case["name"].as_str().unwrap());
+        problems.extend(found);
     }
     assert!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.join("\n"));
 }
@@ -218,4 +224,23 @@ fn progress_reports_every_step_and_interrupt_stops_after_the_current_one() {
     assert_eq!(stopped.unet_calls, 3, "sampling stopped after the current step");
     assert_eq!(stopped.images.len(), 1, "the last denoised prediction is still decoded");
     assert_ne!(stopped.images[0].latents, complete.images[0].latents);
+}
+
+#[test]
+fn pad_cond_uncond_batches_prompts_of_different_lengths() {
+    sdrt_models::ensure_runtime().unwrap();
+    let cases = fixture_json("e2e/cases.json");
+    let case = cases["cases"].as_array().unwrap().iter().find(|c| c["name"] == "sd15_long_prompt").unwrap();
+    let steps = case["request"]["steps"].as_u64().unwrap() as usize;
+    let provider = Arc::new(ModelProvider::new(SessionConfig::default()));
+    let version = cases["a1111_version"].as_str().unwrap();
+    let padded = GenerationSettings { pad_cond_uncond: true, ..settings(case, version) };
+    let job = GenerationJob::new(request(case), padded, provider.clone());
+    let (output, _) = ProcessingRunner::new().run(job).unwrap();
+    assert_eq!(output.unet_calls, steps, "cond and padded uncond share one call per step");
+    let reference = case["unet_calls"].as_u64().unwrap() as usize;
+    assert_eq!(reference, 2 * steps, "without padding A1111 makes two calls per step");
+    let expected: ArrayD<f32> = read_npy(fixture(case["latents"].as_str().unwrap())).unwrap();
+    let moved = output.images[0].latents.iter().zip(expected.iter()).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    assert!(moved > 0.0 && output.images[0].latents.iter().all(|v| v.is_finite()), "padding changes the result");
 }

@@ -74,6 +74,10 @@ pub struct GenerateArgs {
     /// Emphasis mode: "Original", "No norm" or "None".
     #[arg(long, default_value = "Original")]
     pub emphasis: String,
+    /// Pad prompts of different chunk counts with empty chunks so cond and uncond share one UNet call
+    /// (A1111's `pad_cond_uncond`; changes results slightly).
+    #[arg(long)]
+    pub pad_cond_uncond: bool,
     /// Model folder (optimum/diffusers ONNX layout); default: the bundled tiny random-weight pipeline.
     #[arg(long)]
     pub model: Option<PathBuf>,
@@ -164,6 +168,7 @@ impl GenerateArgs {
             clip_skip: self.clip_skip,
             eta_noise_seed_delta: self.ensd,
             emphasis,
+            pad_cond_uncond: self.pad_cond_uncond,
             outdir: save.then(|| self.outdir.clone()),
             save_latents: self.save_latents,
             ..GenerationSettings::default()

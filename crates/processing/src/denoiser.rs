@@ -72,6 +72,14 @@ pub trait UNetModel {
     fn sequence_len(&self, _cond: &Self::Cond) -> usize {
         0
     }
+
+    /// `cond` as guidance would batch it next to a longer conditioning (A1111's `pad_cond_uncond`): its last
+    /// token vector repeated up to `stacked_len` (the length of the rows it is stacked with), then
+    /// empty-prompt chunks appended up to `target_len`. `None` when the model has no empty-prompt encoding,
+    /// in which case guidance falls back to separate calls.
+    fn pad_with_empty(&self, _cond: &Self::Cond, _stacked_len: usize, _target_len: usize) -> Option<Self::Cond> {
+        None
+    }
 }
 
 /// How σ maps to the UNet's timestep.
@@ -370,6 +378,7 @@ pub struct CfgDenoiser<M: UNetModel> {
     multiplier: f64,
     step: usize,
     model_calls: usize,
+    pad_cond_uncond: bool,
     last_uncond: Option<Tensor>,
 }
 
@@ -403,7 +412,24 @@ impl<M: UNetModel> CfgDenoiser<M> {
                 problem: format!("{cfg_scale} is not a finite number"),
             });
         }
-        Ok(Self { inner, conds, unconds, cfg_scale, multiplier: 1.0, step: 0, model_calls: 0, last_uncond: None })
+        Ok(Self {
+            inner,
+            conds,
+            unconds,
+            cfg_scale,
+            multiplier: 1.0,
+            step: 0,
+            model_calls: 0,
+            pad_cond_uncond: false,
+            last_uncond: None,
+        })
+    }
+
+    /// A1111's `pad_cond_uncond` option: when cond and uncond differ in length, pad the shorter side with
+    /// empty-prompt chunks so both go through one UNet call (changes the result slightly; off by default).
+    pub fn with_pad_cond_uncond(mut self, pad: bool) -> Self {
+        self.pad_cond_uncond = pad;
+        self
     }
 
     /// The wrapped model denoiser.
@@ -434,6 +460,22 @@ impl<M: UNetModel> CfgDenoiser<M> {
     }
 }
 
+/// Every cond and uncond row padded to the longer side's length, or `None` when the model cannot pad.
+#[allow(clippy::type_complexity, reason = "a pair of owned row lists mirroring the borrowed ones")]
+fn pad_rows<M: UNetModel>(
+    model: &M,
+    cond_rows: &[&M::Cond],
+    uncond_rows: &[&M::Cond],
+    cond_len: usize,
+    uncond_len: usize,
+) -> Option<(Vec<M::Cond>, Vec<M::Cond>)> {
+    let target = cond_len.max(uncond_len);
+    let pad = |rows: &[&M::Cond], stacked: usize| -> Option<Vec<M::Cond>> {
+        rows.iter().map(|row| model.pad_with_empty(row, stacked, target)).collect()
+    };
+    Some((pad(cond_rows, cond_len)?, pad(uncond_rows, uncond_len)?))
+}
+
 /// Rows of `x` picked by image index (`rows[j]` is the image of output row `j`).
 fn gather_rows(x: &Tensor, rows: &[usize]) -> Tensor {
     x.select(Axis(0), rows)
@@ -452,7 +494,16 @@ impl<M: UNetModel> Denoiser for CfgDenoiser<M> {
         let cond_len = cond_rows.iter().map(|c| model.sequence_len(c)).max().unwrap_or(0);
         let uncond_len = uncond_rows.iter().map(|c| model.sequence_len(c)).max().unwrap_or(0);
         let image_rows: Vec<usize> = (0..batch).collect();
-        let (cond_out, uncond_out) = if cond_len == uncond_len {
+        let padded = if cond_len != uncond_len && self.pad_cond_uncond {
+            pad_rows(model, &cond_rows, &uncond_rows, cond_len, uncond_len)
+        } else {
+            None
+        };
+        let (cond_rows, uncond_rows): (Vec<&M::Cond>, Vec<&M::Cond>) = match &padded {
+            Some((conds, unconds)) => (conds.iter().collect(), unconds.iter().collect()),
+            None => (cond_rows, uncond_rows),
+        };
+        let (cond_out, uncond_out) = if cond_len == uncond_len || padded.is_some() {
             let all_images: Vec<usize> = cond_images.iter().chain(&image_rows).copied().collect();
             let all_conds: Vec<&M::Cond> = cond_rows.iter().chain(&uncond_rows).copied().collect();
             let out = self.inner.denoise_with(&gather_rows(x, &all_images), sigma, &all_conds)?;
@@ -643,6 +694,45 @@ mod tests {
         }
         let wrong = Tensor::zeros(IxDyn(&[3, 4, 2, 2]));
         assert!(cfg.denoise(&wrong, 1.0).is_err(), "a batch that does not match the conditionings is an error");
+    }
+
+    /// A fake whose conds are (value, token length) and which pads by appending "empty" length.
+    struct Padding;
+
+    impl UNetModel for Padding {
+        type Cond = (f32, usize);
+        fn predict(&mut self, x_in: &Tensor, _t: f32, conds: &[&(f32, usize)]) -> Result<Tensor> {
+            let len = conds[0].1;
+            assert!(conds.iter().all(|c| c.1 == len), "one call gets rows of one length");
+            let mut out = x_in.clone();
+            for (mut row, cond) in out.axis_iter_mut(Axis(0)).zip(conds) {
+                row += cond.0 + cond.1 as f32 * 0.001;
+            }
+            Ok(out)
+        }
+        fn sequence_len(&self, cond: &(f32, usize)) -> usize {
+            cond.1
+        }
+        fn pad_with_empty(&self, cond: &(f32, usize), _stacked: usize, target: usize) -> Option<(f32, usize)> {
+            Some((cond.0, target))
+        }
+    }
+
+    #[test]
+    fn pad_cond_uncond_shares_one_call_and_is_off_by_default() {
+        let run = |pad: bool| {
+            let inner = DiscreteDenoiser::new(Padding, ModelSchedule::scaled_linear(), Prediction::Epsilon);
+            let conds = vec![vec![(ScheduledCond::constant((1.0, 154)), 1.0)]];
+            let mut cfg = CfgDenoiser::new(inner, conds, vec![ScheduledCond::constant((0.0, 77))], 7.0)
+                .unwrap()
+                .with_pad_cond_uncond(pad);
+            let out = cfg.denoise(&latent(0.0), 1.0).unwrap();
+            (cfg.model_calls(), out[[0, 0, 0, 0]])
+        };
+        let (separate, unpadded) = run(false);
+        let (shared, padded) = run(true);
+        assert_eq!((separate, shared), (2, 1));
+        assert_ne!(unpadded, padded, "the padded uncond sees the longer conditioning");
     }
 
     #[test]

@@ -31,6 +31,8 @@ pub struct GenerationSettings {
     pub eta_noise_seed_delta: u64,
     /// A1111's "Emphasis mode".
     pub emphasis: Emphasis,
+    /// A1111's `pad_cond_uncond`: pad prompts of different chunk counts to share one UNet call.
+    pub pad_cond_uncond: bool,
     /// Where images are saved; `None` keeps them in memory only.
     pub outdir: Option<PathBuf>,
     /// A1111 file name pattern (`None` = `[seed]-[prompt_spaces]` after the number).
@@ -49,6 +51,7 @@ impl Default for GenerationSettings {
             clip_skip: 1,
             eta_noise_seed_delta: 0,
             emphasis: Emphasis::Original,
+            pad_cond_uncond: false,
             outdir: None,
             filename_pattern: None,
             save_latents: false,
@@ -231,6 +234,11 @@ fn apply_override_settings(settings: &mut GenerationSettings, base: &GenerationR
                     bad("override_settings.emphasis", format!("{value} is not a mode; use Original, No norm or None"))
                 })?;
             }
+            "pad_cond_uncond" => {
+                settings.pad_cond_uncond = value
+                    .as_bool()
+                    .ok_or_else(|| bad("override_settings.pad_cond_uncond", format!("{value} is not true or false")))?;
+            }
             "sd_model_checkpoint" => settings.model = value.as_str().map(str::to_owned),
             // Settings sdrt does not implement change nothing here, as unknown settings do in A1111.
             _ => {}
@@ -335,6 +343,7 @@ fn batch_specs(
                 clip_skip: settings.clip_skip,
                 emphasis: settings.emphasis,
                 denoising_strength,
+                pad_cond_uncond: settings.pad_cond_uncond,
             })
         })
         .collect()
@@ -459,6 +468,7 @@ fn same_prompts(a: &GenerationSpec, b: &GenerationSpec) -> bool {
         && a.steps == b.steps
         && a.clip_skip == b.clip_skip
         && a.emphasis == b.emphasis
+        && a.pad_cond_uncond == b.pad_cond_uncond
         && a.sampler.kind() == b.sampler.kind()
 }
 

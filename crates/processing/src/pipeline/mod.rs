@@ -48,6 +48,9 @@ pub struct GenerationSpec {
     pub emphasis: Emphasis,
     /// img2img: how much of the schedule to run on the init latent.
     pub denoising_strength: Option<f64>,
+    /// A1111's `pad_cond_uncond`: pad the shorter of cond/uncond with empty-prompt chunks so they share one
+    /// UNet call (off by default, as in A1111; changes results slightly).
+    pub pad_cond_uncond: bool,
 }
 
 impl GenerationSpec {
@@ -111,6 +114,8 @@ pub struct BatchConditioning {
     pub unconds: Vec<PromptSchedule>,
     /// Text-encoder calls made (identical prompts are encoded once).
     pub encoder_calls: usize,
+    /// The empty prompt's conditioning, when the spec asks for `pad_cond_uncond`.
+    pub empty: Option<Arc<crate::conditioning::Cond>>,
 }
 
 /// What sampling produced.
@@ -176,7 +181,14 @@ impl<'m> Pipeline<'m> {
         let mut conditioner = conditioner_for(self.model, spec.clip_skip, spec.emphasis)?;
         let unconds = conditioner.learned_conditioning(&spec.negative_prompts, steps, true)?;
         let conds = conditioner.multicond(&spec.prompts, steps)?;
-        Ok(BatchConditioning { conds, unconds, encoder_calls: conditioner.encoder_calls() })
+        let empty = if spec.pad_cond_uncond {
+            // A1111 pads with `cond_stage_model_empty_prompt`: the empty prompt encoded as a positive one.
+            let mut encoded = conditioner.encode_texts(&[""])?;
+            encoded.pop().map(Arc::new)
+        } else {
+            None
+        };
+        Ok(BatchConditioning { conds, unconds, encoder_calls: conditioner.encoder_calls(), empty })
     }
 
     /// img2img's init latents: the VAE posterior mean × scaling factor of `images` (`[B, 3, H, W]` in
@@ -186,12 +198,7 @@ impl<'m> Pipeline<'m> {
         let _span = tracing::info_span!("processing::vae_encode").entered();
         let encoder =
             self.model.vae_encoder().map_err(|source| Error::Model { stage: "processing::vae_encode", source })?;
-        let view = images.view().into_dimensionality::<ndarray::Ix4>().map_err(|_| Error::Shape {
-            stage: "processing::vae_encode",
-            tensor: "image",
-            found: images.shape().to_vec(),
-            expected: "[batch, 3, height, width]".into(),
-        })?;
+        let view = nchw(images, "processing::vae_encode", "image", "[batch, 3, height, width]")?;
         let posterior =
             encoder.encode(view).map_err(|source| Error::Model { stage: "processing::vae_encode", source })?;
         let scale = self.model.folder.vae_scaling_factor;
@@ -211,7 +218,7 @@ impl<'m> Pipeline<'m> {
         let noise = rng.first()?;
         let is_xl = self.model.unet.takes_sdxl_conditioning();
         let time_ids = is_xl.then(|| unet::sdxl_time_ids(spec.width, spec.height));
-        let unet = unet::OnnxUnet::new(&mut self.model.unet, time_ids);
+        let unet = unet::OnnxUnet::new(&mut self.model.unet, time_ids, conditioning.empty.clone());
         let inner = DiscreteDenoiser::new(unet, self.schedule.clone(), self.prediction);
         let conds = conditioning
             .conds
@@ -219,7 +226,8 @@ impl<'m> Pipeline<'m> {
             .map(|subs| subs.iter().map(|(s, w)| Ok((scheduled(s)?, *w))).collect::<Result<Vec<_>>>())
             .collect::<Result<Vec<_>>>()?;
         let unconds = conditioning.unconds.iter().map(scheduled).collect::<Result<Vec<_>>>()?;
-        let mut denoiser = CfgDenoiser::new(inner, conds, unconds, spec.cfg_scale)?;
+        let mut denoiser =
+            CfgDenoiser::new(inner, conds, unconds, spec.cfg_scale)?.with_pad_cond_uncond(spec.pad_cond_uncond);
         let sampled = match (init_latent, spec.denoising_strength) {
             (Some(init), Some(strength)) => spec.sampler.img2img(
                 &self.schedule,
@@ -245,12 +253,7 @@ impl<'m> Pipeline<'m> {
         let _span = tracing::info_span!("processing::decode").entered();
         let scale = self.model.folder.vae_scaling_factor;
         let scaled = latents.mapv(|v| v / scale);
-        let view = scaled.view().into_dimensionality::<ndarray::Ix4>().map_err(|_| Error::Shape {
-            stage: "processing::decode",
-            tensor: "latents",
-            found: latents.shape().to_vec(),
-            expected: "[batch, 4, height/8, width/8]".into(),
-        })?;
+        let view = nchw(&scaled, "processing::decode", "latents", "[batch, 4, height/8, width/8]")?;
         let decoded = self
             .model
             .vae_decoder
@@ -258,6 +261,21 @@ impl<'m> Pipeline<'m> {
             .map_err(|source| Error::Model { stage: "processing::decode", source })?;
         latents_to_images(&decoded.into_dyn())
     }
+}
+
+/// `tensor` as a 4-D NCHW view, or a shape error naming the stage, the tensor and what was expected.
+pub(crate) fn nchw<'t>(
+    tensor: &'t Tensor,
+    stage: &'static str,
+    name: &'static str,
+    expected: &str,
+) -> Result<ndarray::ArrayView4<'t, f32>> {
+    tensor.view().into_dimensionality::<ndarray::Ix4>().map_err(|_| Error::Shape {
+        stage,
+        tensor: name,
+        found: tensor.shape().to_vec(),
+        expected: expected.to_owned(),
+    })
 }
 
 fn scheduled(schedule: &PromptSchedule) -> Result<ScheduledCond<Arc<crate::conditioning::Cond>>> {

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use ndarray::{Array2, Array3, Axis, Ix4, s};
+use ndarray::{Array2, Array3, Axis, s};
 use sdrt_models::{Unet, UnetInput};
 
 use crate::conditioning::Cond;
@@ -17,12 +17,37 @@ pub(crate) struct OnnxUnet<'m> {
     unet: &'m mut Unet,
     /// SDXL `time_ids` row: original size, crop top-left, target size.
     time_ids: Option<[f32; 6]>,
+    /// The empty prompt's encoding, for A1111's `pad_cond_uncond`.
+    empty: Option<Arc<Cond>>,
 }
 
 impl<'m> OnnxUnet<'m> {
-    pub(crate) fn new(unet: &'m mut Unet, time_ids: Option<[f32; 6]>) -> Self {
-        Self { unet, time_ids }
+    pub(crate) fn new(unet: &'m mut Unet, time_ids: Option<[f32; 6]>, empty: Option<Arc<Cond>>) -> Self {
+        Self { unet, time_ids, empty }
     }
+}
+
+/// `cond` with its last token vector repeated to `stacked_len`, then `empty` chunks appended up to
+/// `target_len` (A1111 stacks, then `pad_cond`s). `None` when the lengths do not work out in whole chunks.
+pub(crate) fn pad_with_empty_chunks(cond: &Cond, empty: &Cond, stacked_len: usize, target_len: usize) -> Option<Cond> {
+    let chunk = empty.hidden.nrows();
+    let (rows, dim) = cond.hidden.dim();
+    if chunk == 0 || rows == 0 || dim != empty.hidden.ncols() || stacked_len < rows || target_len < stacked_len {
+        return None;
+    }
+    if !(target_len - stacked_len).is_multiple_of(chunk) {
+        return None;
+    }
+    let mut hidden = Array2::<f32>::zeros((target_len, dim));
+    hidden.slice_mut(s![..rows, ..]).assign(&cond.hidden);
+    let last = cond.hidden.row(rows - 1);
+    for mut row in hidden.slice_mut(s![rows..stacked_len, ..]).axis_iter_mut(Axis(0)) {
+        row.assign(&last);
+    }
+    for start in (stacked_len..target_len).step_by(chunk) {
+        hidden.slice_mut(s![start..start + chunk, ..]).assign(&empty.hidden);
+    }
+    Some(Cond { hidden, pooled: cond.pooled.clone() })
 }
 
 /// SDXL's micro-conditioning for an image of `width`×`height` without cropping, as A1111 sends it:
@@ -80,12 +105,7 @@ impl UNetModel for OnnxUnet<'_> {
     type Cond = Arc<Cond>;
 
     fn predict(&mut self, x_in: &Tensor, timestep: f32, conds: &[&Arc<Cond>]) -> Result<Tensor> {
-        let sample = x_in.view().into_dimensionality::<Ix4>().map_err(|_| Error::Shape {
-            stage: STAGE,
-            tensor: "sample",
-            found: x_in.shape().to_vec(),
-            expected: "[batch, channels, height/8, width/8]".into(),
-        })?;
+        let sample = super::nchw(x_in, STAGE, "sample", "[batch, channels, height/8, width/8]")?;
         let rows = sample.shape()[0];
         if conds.len() != rows {
             return Err(Error::Shape {
@@ -118,6 +138,11 @@ impl UNetModel for OnnxUnet<'_> {
     fn sequence_len(&self, cond: &Arc<Cond>) -> usize {
         cond.hidden.nrows()
     }
+
+    fn pad_with_empty(&self, cond: &Arc<Cond>, stacked_len: usize, target_len: usize) -> Option<Arc<Cond>> {
+        let empty = self.empty.as_ref()?;
+        pad_with_empty_chunks(cond, empty, stacked_len, target_len).map(Arc::new)
+    }
 }
 
 #[cfg(test)]
@@ -145,6 +170,18 @@ mod tests {
         let b = Arc::new(Cond { hidden: Array2::zeros((1, 3)), pooled: None });
         let err = stack_hidden(&[&a, &b]).unwrap_err();
         assert!(err.to_string().contains("encoder_hidden_states"), "{err}");
+    }
+
+    #[test]
+    fn padding_repeats_to_the_stack_then_appends_empty_chunks() {
+        let cond = cond(&[1.0, 2.0]);
+        let empty = Cond { hidden: Array2::from_elem((2, 2), 9.0), pooled: None };
+        let padded = pad_with_empty_chunks(&cond, &empty, 3, 7).unwrap();
+        assert_eq!(padded.hidden.nrows(), 7);
+        assert_eq!(padded.hidden[[2, 0]], 2.0, "repeated last vector up to the stacked length");
+        assert_eq!(padded.hidden[[3, 0]], 9.0);
+        assert_eq!(padded.hidden[[6, 1]], 9.0, "two empty chunks fill the rest");
+        assert!(pad_with_empty_chunks(&cond, &empty, 3, 6).is_none(), "only whole chunks");
     }
 
     #[test]
