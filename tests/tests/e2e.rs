@@ -244,3 +244,26 @@ fn pad_cond_uncond_batches_prompts_of_different_lengths() {
     let moved = output.images[0].latents.iter().zip(expected.iter()).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
     assert!(moved > 0.0 && output.images[0].latents.iter().all(|v| v.is_finite()), "padding changes the result");
 }
+
+#[test]
+fn img2img_fits_other_sizes_and_rejects_latent_upscale_by_name() {
+    sdrt_models::ensure_runtime().unwrap();
+    let cases = fixture_json("e2e/cases.json");
+    let case = cases["cases"].as_array().unwrap().iter().find(|c| c["mode"] == "img2img").unwrap();
+    let provider = Arc::new(ModelProvider::new(SessionConfig::default()));
+    let version = cases["a1111_version"].as_str().unwrap();
+    let small = RgbImage { width: 48, height: 32, pixels: (0..48 * 32 * 3).map(|i| (i % 251) as u8).collect() };
+    for mode in [0, 1, 2] {
+        let ProcessingRequest::Img2Img { mut request, .. } = request(case) else { unreachable!() };
+        request.resize_mode = mode;
+        let job = ProcessingRequest::Img2Img { request, init_images: vec![small.clone()] };
+        let (output, _) =
+            ProcessingRunner::new().run(GenerationJob::new(job, settings(case, version), provider.clone())).unwrap();
+        assert_eq!((output.images[0].image.width, output.images[0].image.height), (64, 64), "mode {mode}");
+    }
+    let ProcessingRequest::Img2Img { mut request, .. } = request(case) else { unreachable!() };
+    request.resize_mode = 3;
+    let job = ProcessingRequest::Img2Img { request, init_images: vec![small] };
+    let err = ProcessingRunner::new().run(GenerationJob::new(job, settings(case, version), provider)).unwrap_err();
+    assert!(err.to_string().contains("resize_mode"), "{err}");
+}

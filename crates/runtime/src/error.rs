@@ -54,6 +54,12 @@ pub enum Error {
         /// The io crate's error.
         source: sdrt_io::Error,
     },
+    /// An init image could not be fitted to the requested size.
+    #[error("init image: {source}")]
+    InitImage {
+        /// The io crate's error.
+        source: sdrt_io::Error,
+    },
     /// The request is invalid.
     #[error(transparent)]
     Request(#[from] sdrt_api_types::Error),

@@ -114,7 +114,7 @@ impl ProcessingRequest {
 pub struct GeneratedImage {
     /// The pixels.
     pub image: RgbImage,
-    /// Its seed and variation seed.
+    /// Its seed.
     pub seed: u64,
     /// Its variation seed.
     pub subseed: u64,
@@ -139,7 +139,7 @@ pub struct GenerationOutput {
     pub unet_calls: usize,
     /// Text-encoder calls made.
     pub encoder_calls: usize,
-    /// Model name and hash.
+    /// Model name (the folder's).
     pub model_name: String,
     /// Model hash.
     pub model_hash: String,
@@ -350,8 +350,7 @@ fn batch_specs(
 }
 
 fn fit_init_images(images: &[RgbImage], width: u32, height: u32, resize_mode: u32) -> crate::Result<Vec<RgbImage>> {
-    let mode =
-        ResizeMode::from_a1111(resize_mode).map_err(|source| crate::Error::Io { path: PathBuf::new(), source })?;
+    let mode = ResizeMode::from_a1111(resize_mode).map_err(|source| crate::Error::InitImage { source })?;
     images
         .iter()
         .map(|image| {
@@ -368,7 +367,7 @@ fn fit_init_images(images: &[RgbImage], width: u32, height: u32, resize_mode: u3
                     })
                 })?;
             let fitted = sdrt_io::resize_image(&buffer, width, height, mode)
-                .map_err(|source| crate::Error::Io { path: PathBuf::new(), source })?;
+                .map_err(|source| crate::Error::InitImage { source })?;
             Ok(RgbImage { width, height, pixels: fitted.into_raw() })
         })
         .collect()
