@@ -2,8 +2,8 @@
 //! images) → execute (per batch: text encode, image encode, sample, decode) → finalize (infotexts, files).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use sdrt_api_types::{GenerationRequest, Img2ImgRequest, SamplerChoice, Txt2ImgRequest};
@@ -481,13 +481,11 @@ fn sample_batch(
 ) -> crate::Result<sdrt_processing::SampleOutput> {
     let started = Instant::now();
     let cancel = AtomicBool::new(false);
-    let steps_done = Mutex::new(0usize);
+    let steps_done = std::cell::Cell::new(0usize);
     let (job, progress, control) = (context.info.id, context.progress.clone(), context.control.clone());
     let mut on_step = |event: &StepEvent<'_>| {
         let done = event.step + 1;
-        if let Ok(mut steps) = steps_done.lock() {
-            *steps = done;
-        }
+        steps_done.set(done);
         progress.on_progress(&ProgressEvent {
             job,
             batch,
@@ -502,7 +500,7 @@ fn sample_batch(
     let hooks = Hooks { on_step: Some(&mut on_step), cancel: Some(&cancel) };
     let output = pipeline.sample(spec, conditioning, init_latent, hooks)?;
     context.metrics.record("sample", started.elapsed());
-    context.metrics.steps += steps_done.lock().map(|s| *s).unwrap_or(0);
+    context.metrics.steps += steps_done.get();
     Ok(output)
 }
 
