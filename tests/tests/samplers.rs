@@ -188,21 +188,26 @@ fn every_sampler_case_matches_its_reference() {
         for (call, (s, sn)) in noise_calls.iter().zip(&out.noise) {
             if call["kind"] == "noise_sampler" {
                 let expected = [call["sigma"].as_f64().unwrap(), call["sigma_next"].as_f64().unwrap()];
-                // DPM fast/adaptive keep k-diffusion's float32 time grid / step-size state.
-                let rel = if id.starts_with("dpm_adaptive") {
-                    2e-3
-                } else if id.starts_with("dpm_fast") {
-                    1e-4
-                } else {
-                    1e-5
-                };
-                assert_close_rel(&[*s, *sn], &expected, rel, &format!("{id} noise σ"));
+                assert_close_rel(&[*s, *sn], &expected, sigma_tolerance(id), &format!("{id} noise σ"));
             }
         }
         covered.insert(case["sampler"].as_str().unwrap().to_owned());
     }
     assert_eq!(covered.len(), SamplerKind::ALL.len(), "every sampler covered: {covered:?}");
     eprintln!("worst relative max|Δ|: {:e} ({})", worst.0, worst.1);
+}
+
+/// Relative tolerance for the σ a sampler visits. DPM fast / adaptive keep k-diffusion's float32 time grid and
+/// step-size state, and adaptive's controller amplifies float32 rounding of the latent (the reference is
+/// float64), so its later σ drift by up to ~1e-3 while the result stays within tolerance.
+fn sigma_tolerance(id: &str) -> f64 {
+    if id.starts_with("dpm_adaptive") {
+        2e-3
+    } else if id.starts_with("dpm_fast") {
+        1e-4
+    } else {
+        1e-5
+    }
 }
 
 /// The number (and, where both sides record the same quantity, the values) of model calls.
@@ -217,16 +222,7 @@ fn check_model_calls(case: &serde_json::Value, found: &[f64]) {
     if label == "LCM" {
         assert_close_rel(found, &timesteps, 1e-6, &format!("{id} UNet timesteps"));
     } else if timesteps.is_empty() && !id.ends_with("eps_wrapper") {
-        // DPM adaptive's step-size controller amplifies float32 rounding of the latent (the reference is
-        // float64), so its later σ drift by up to ~1e-3 while the result stays within tolerance.
-        let rel = if id.starts_with("dpm_adaptive") {
-            2e-3
-        } else if id.starts_with("dpm_fast") {
-            1e-4
-        } else {
-            1e-5
-        };
-        assert_close_rel(found, &sigmas, rel, &format!("{id} denoiser σ"));
+        assert_close_rel(found, &sigmas, sigma_tolerance(id), &format!("{id} denoiser σ"));
     }
 }
 
