@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use ndarray::{Array1, Array2, ArrayD, Axis, Ix2, Ix3, Ix4, IxDyn, s};
+use ndarray::{Array1, Array2, Array3, Array4, ArrayD, Axis, Ix2, Ix3, Ix4, IxDyn, s};
 use sdrt_models::{LoadedModel, ModelFolder, SessionConfig, TextLayer, UnetInput};
 use sdrt_tests::{fixture, fixture_json, fixtures_dir};
 
@@ -261,4 +261,40 @@ fn the_vae_encoder_loads_only_when_first_asked_for() {
     assert!(model.has_vae_encoder());
     model.vae_encoder().expect("loads on demand");
     assert!(model.vae_encoder_loaded());
+}
+
+fn load_with(pipeline: &str, config: SessionConfig) -> LoadedModel {
+    let folder = ModelFolder::open(&fixtures_dir().join("models").join(pipeline)).expect("folder opens");
+    LoadedModel::load(folder, &SessionConfig { intra_op_threads: Some(1), ..config }).expect("model loads")
+}
+
+#[test]
+fn bound_io_gives_the_same_outputs_as_plain_runs_while_shapes_change() {
+    let mut bound = load_with("sd15-tiny", SessionConfig::default());
+    let plain_config = SessionConfig { bound_io: false, parallel_load: false, ..SessionConfig::default() };
+    let mut plain = load_with("sd15-tiny", plain_config);
+    let dim = bound.unet.model().inputs().iter().find(|t| t.name == "encoder_hidden_states").expect("cond").shape[2];
+    let dim = usize::try_from(dim).expect("fixed width");
+    // Repeated shapes reuse the pre-allocated output; a new batch size or resolution re-learns it.
+    for (step, (batch, side)) in [(2, 8), (2, 8), (1, 8), (2, 8), (2, 16), (2, 16)].into_iter().enumerate() {
+        // Five channels, sliced to four: a non-contiguous view takes the copying path.
+        let wide = Array4::from_shape_fn((batch, 5, side, side), |(b, c, y, x)| {
+            ((b * 7 + c * 3 + y * 5 + x + step) as f32 * 0.37).sin()
+        });
+        let sample = wide.slice(s![.., ..4, .., ..]);
+        let cond = Array3::from_shape_fn((batch, 77, dim), |(b, t, d)| ((b + t * 3 + d) as f32 * 0.11).cos());
+        let timesteps = Array1::from_elem(batch, 500.0 - step as f32 * 40.0);
+        let input = UnetInput::new(sample, timesteps.view(), cond.view());
+        let want = plain.unet.predict(&input).expect("plain run");
+        let got = bound.unet.predict(&input).expect("bound run");
+        assert_eq!(got, want, "step {step}: batch {batch}, {side}×{side}");
+        let contiguous = sample.to_owned();
+        let input = UnetInput::new(contiguous.view(), timesteps.view(), cond.view());
+        assert_eq!(bound.unet.predict(&input).expect("zero-copy run"), want, "step {step}, contiguous input");
+        let decoded = bound.vae_decoder.decode(want.view()).expect("decode");
+        assert_eq!(decoded, plain.vae_decoder.decode(want.view()).expect("plain decode"), "step {step}: decode");
+    }
+    // 12 UNet runs in 4 shape runs of 4, 2, 2, 4 calls: the first call of each learns the output.
+    assert_eq!(bound.unet.model().bound_runs(), 12 - 4);
+    assert_eq!(plain.unet.model().bound_runs(), 0);
 }

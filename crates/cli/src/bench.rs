@@ -25,6 +25,10 @@ pub struct BenchArgs {
     /// Also save the images of every run (off: the save stage is skipped).
     #[arg(long)]
     pub save: bool,
+    /// Load the VAE encoder right after the model (txt2img never needs it; this shows what loading it
+    /// lazily saves in load time and memory).
+    #[arg(long)]
+    pub load_vae_encoder: bool,
     /// Write the JSON report here as well.
     #[arg(long = "json-out", alias = "json-file")]
     pub json_out: Option<PathBuf>,
@@ -63,7 +67,13 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let provider = common.provider()?;
     let model_name = common.model_path().display().to_string();
     let handle = provider.get(&model_name).context("loading the model")?;
-    let load_ms = handle.load_time.as_secs_f64() * 1e3;
+    let mut load_ms = handle.load_time.as_secs_f64() * 1e3;
+    if args.load_vae_encoder {
+        let started = std::time::Instant::now();
+        let mut model = handle.model.lock().map_err(|_| anyhow::anyhow!("model lock poisoned"))?;
+        model.vae_encoder().context("loading the VAE encoder")?;
+        load_ms += started.elapsed().as_secs_f64() * 1e3;
+    }
     let runner = ProcessingRunner::new();
     let mut stage_ms: Vec<Vec<f64>> = vec![Vec::new(); STAGES.len()];
     let mut onnx_ms: Vec<Vec<f64>> = vec![Vec::new(); COMPONENTS.len() + 1];
@@ -106,7 +116,17 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         "steps": common.steps,
         "runs": args.runs,
         "warmup": args.warmup,
-        "threads": config.intra_op_threads,
+        "threads": config.resolved_intra_op_threads(),
+        "session": {
+            "optimization": format!("{:?}", config.optimization),
+            "intra_op_spinning": config.intra_op_spinning,
+            "prepacking": config.prepacking,
+            "memory_arena": config.memory_arena,
+            "memory_pattern": config.memory_pattern,
+            "bound_io": config.bound_io,
+            "parallel_load": config.parallel_load,
+            "vae_encoder_loaded": args.load_vae_encoder,
+        },
         "load_ms": load_ms,
         "median_ms": medians,
         "runs_total_ms": runs_total_ms,

@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use sdrt_api_types::{GenerationRequest, Img2ImgRequest, Txt2ImgRequest};
-use sdrt_models::{ExecutionProvider, SessionConfig};
+use sdrt_models::{ExecutionProvider, OptimizationLevel, SessionConfig};
 use sdrt_processing::RgbImage;
 use sdrt_runtime::{
     GenerationJob, GenerationOutput, GenerationSettings, JobControl, JobMetrics, ModelProvider, ProcessingRequest,
@@ -87,6 +87,9 @@ pub struct GenerateArgs {
     /// ONNX Runtime intra-op threads (default: physical cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// ONNX Runtime session tuning (defaults are the fastest measured; see tools/bench/README.md).
+    #[command(flatten)]
+    pub tuning: SessionTuning,
     /// Output folder.
     #[arg(long, default_value = "outputs")]
     pub outdir: PathBuf,
@@ -96,6 +99,44 @@ pub struct GenerateArgs {
     /// Print a JSON result instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Session options, mostly for measuring what each one is worth.
+#[derive(Args, Debug, Clone)]
+pub struct SessionTuning {
+    /// Graph optimisation level: disabled, basic, extended or all.
+    #[arg(long, default_value = "all")]
+    pub graph_optimization: String,
+    /// Idle intra-op threads sleep instead of spinning.
+    #[arg(long)]
+    pub no_spinning: bool,
+    /// Do not pre-pack constant weights at load.
+    #[arg(long)]
+    pub no_prepacking: bool,
+    /// Disable the CPU memory arena.
+    #[arg(long)]
+    pub no_memory_arena: bool,
+    /// Disable memory-pattern planning.
+    #[arg(long)]
+    pub no_memory_pattern: bool,
+    /// Copy inputs and let ONNX Runtime allocate outputs on every run.
+    #[arg(long)]
+    pub no_bound_io: bool,
+    /// Load the pipeline's components one after another.
+    #[arg(long)]
+    pub sequential_load: bool,
+}
+
+impl SessionTuning {
+    fn optimization(&self) -> Result<OptimizationLevel> {
+        Ok(match self.graph_optimization.to_ascii_lowercase().as_str() {
+            "disabled" | "disable" | "none" => OptimizationLevel::Disabled,
+            "basic" => OptimizationLevel::Basic,
+            "extended" => OptimizationLevel::Extended,
+            "all" => OptimizationLevel::All,
+            other => bail!("--graph-optimization {other:?} is not a level; use disabled, basic, extended or all"),
+        })
+    }
 }
 
 /// img2img adds the init image and how far to move from it.
@@ -153,7 +194,19 @@ impl GenerateArgs {
             "coreml" => ExecutionProvider::CoreMl,
             other => bail!("--provider {other:?} is not a provider; use cpu, cuda, tensorrt or coreml"),
         };
-        Ok(SessionConfig { provider, intra_op_threads: self.threads, ..SessionConfig::default() })
+        let tuning = &self.tuning;
+        Ok(SessionConfig {
+            provider,
+            intra_op_threads: self.threads,
+            optimization: tuning.optimization()?,
+            intra_op_spinning: !tuning.no_spinning,
+            prepacking: !tuning.no_prepacking,
+            memory_arena: !tuning.no_memory_arena,
+            memory_pattern: !tuning.no_memory_pattern,
+            bound_io: !tuning.no_bound_io,
+            parallel_load: !tuning.sequential_load,
+            profiling: None,
+        })
     }
 
     pub fn settings(&self, save: bool) -> Result<GenerationSettings> {

@@ -74,6 +74,16 @@ pub struct SessionConfig {
     pub memory_arena: bool,
     /// Memory-pattern planning (helps fixed shapes; ONNX Runtime's default is on).
     pub memory_pattern: bool,
+    /// Let idle intra-op threads spin waiting for work (lower latency per operator, busier cores; ONNX
+    /// Runtime's default is on).
+    pub intra_op_spinning: bool,
+    /// Pre-pack constant weights into the kernels' layouts at load (faster runs, more resident memory).
+    pub prepacking: bool,
+    /// Pass f32 inputs to ONNX Runtime without copying and reuse pre-allocated output tensors while input
+    /// shapes stay the same (the UNet's steps, repeated decodes).
+    pub bound_io: bool,
+    /// Load a pipeline's components on parallel threads.
+    pub parallel_load: bool,
     /// Write an ONNX Runtime profile (JSON) with this path prefix.
     pub profiling: Option<PathBuf>,
     /// The execution provider. Registration errors are reported, never silently replaced by CPU.
@@ -87,6 +97,10 @@ impl Default for SessionConfig {
             intra_op_threads: None,
             memory_arena: true,
             memory_pattern: true,
+            intra_op_spinning: true,
+            prepacking: true,
+            bound_io: true,
+            parallel_load: true,
             profiling: None,
             provider: ExecutionProvider::Cpu,
         }
@@ -117,7 +131,11 @@ impl SessionConfig {
             .with_intra_threads(self.resolved_intra_op_threads())
             .map_err(option_error("setting intra-op threads"))?
             .with_memory_pattern(self.memory_pattern)
-            .map_err(option_error("setting the memory pattern"))?;
+            .map_err(option_error("setting the memory pattern"))?
+            .with_intra_op_spinning(self.intra_op_spinning)
+            .map_err(option_error("setting intra-op spinning"))?
+            .with_prepacking(self.prepacking)
+            .map_err(option_error("setting weight pre-packing"))?;
         if let Some(prefix) = &self.profiling {
             builder = builder.with_profiling(prefix).map_err(option_error("enabling profiling"))?;
         }

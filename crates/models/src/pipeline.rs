@@ -40,15 +40,21 @@ impl LoadedModel {
         let [eps_1, eps_2] = folder.text_encoder_layer_norm_eps;
         // Sessions are independent, and creating one is mostly graph optimisation on one core, so the
         // components load side by side; the UNet dominates, the others hide behind it.
-        let (text_encoder, text_encoder_2, unet, vae_decoder) = std::thread::scope(|scope| {
-            let text_1 =
-                scope.spawn(|| load_text_encoder("text_encoder", folder.text_encoder.as_deref(), config, eps_1));
-            let text_2 =
-                scope.spawn(|| load_text_encoder("text_encoder_2", folder.text_encoder_2.as_deref(), config, eps_2));
-            let decoder = scope.spawn(|| VaeDecoder::load(&folder.vae_decoder, config));
-            let unet = Unet::load(&folder.unet, config);
-            (joined(text_1), joined(text_2), unet, joined(decoder))
-        });
+        let load_text_1 = || load_text_encoder("text_encoder", folder.text_encoder.as_deref(), config, eps_1);
+        let load_text_2 = || load_text_encoder("text_encoder_2", folder.text_encoder_2.as_deref(), config, eps_2);
+        let load_decoder = || VaeDecoder::load(&folder.vae_decoder, config);
+        let load_unet = || Unet::load(&folder.unet, config);
+        let (text_encoder, text_encoder_2, unet, vae_decoder) = if config.parallel_load {
+            std::thread::scope(|scope| {
+                let text_1 = scope.spawn(load_text_1);
+                let text_2 = scope.spawn(load_text_2);
+                let decoder = scope.spawn(load_decoder);
+                let unet = load_unet();
+                (joined(text_1), joined(text_2), unet, joined(decoder))
+            })
+        } else {
+            (load_text_1(), load_text_2(), load_unet(), load_decoder())
+        };
         let (text_encoder, text_encoder_2, unet, vae_decoder) = (text_encoder?, text_encoder_2?, unet?, vae_decoder?);
         let tokenizer = folder.tokenizer.as_ref().map(ClipTokenizer::load).transpose()?;
         let tokenizer_2 = folder.tokenizer_2.as_ref().map(ClipTokenizer::load).transpose()?;

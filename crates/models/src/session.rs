@@ -6,9 +6,10 @@
 use std::path::{Path, PathBuf};
 
 use half::f16;
-use ndarray::ArrayD;
-use ort::session::Session;
-use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
+use ndarray::{ArrayD, ArrayViewD};
+use ort::memory::Allocator;
+use ort::session::{HasSelectedOutputs, OutputSelector, RunOptions, Session, SessionInputValue};
+use ort::value::{DynValue, Tensor, TensorElementType, TensorRef, ValueType};
 
 use crate::error::{Error, Result};
 use crate::options::{ExecutionProvider, SessionConfig};
@@ -40,13 +41,22 @@ impl std::fmt::Display for TensorInfo {
     }
 }
 
-/// An input value before conversion to the dtype the model declares.
+/// An input value before conversion to the dtype the model declares. Borrowed, so that f32 data in standard
+/// layout reaches an f32 input without a copy.
 #[derive(Debug, Clone)]
-pub(crate) enum Input {
+pub(crate) enum Input<'a> {
     /// Floating-point data; becomes f32, f16, f64, or (rounded) an integer type.
-    F32(ArrayD<f32>),
+    F32(ArrayViewD<'a, f32>),
     /// Integer data (token ids); becomes i64 or i32.
-    I64(ArrayD<i64>),
+    I64(ArrayViewD<'a, i64>),
+}
+
+/// Output tensors allocated once and handed to ONNX Runtime on every run with the same input shapes and
+/// wanted outputs.
+struct BoundOutputs {
+    input_shapes: Vec<Vec<usize>>,
+    wanted: Vec<String>,
+    options: RunOptions<HasSelectedOutputs>,
 }
 
 /// One ONNX model loaded into ONNX Runtime.
@@ -57,9 +67,15 @@ pub struct OnnxModel {
     inputs: Vec<TensorInfo>,
     outputs: Vec<TensorInfo>,
     session: Session,
+    /// Pass inputs without copying and reuse pre-allocated outputs (`SessionConfig::bound_io`).
+    bound_io: bool,
+    /// Outputs of the last input shapes seen, learned from a first run with those shapes.
+    bound_outputs: Option<BoundOutputs>,
     /// Wall time spent inside `Session::run` and how many runs, for overhead measurements.
     run_time: std::time::Duration,
     runs: u64,
+    /// Runs that wrote into pre-allocated outputs.
+    bound_runs: u64,
 }
 
 impl std::fmt::Debug for OnnxModel {
@@ -106,8 +122,11 @@ impl OnnxModel {
             inputs,
             outputs,
             session,
+            bound_io: config.bound_io,
+            bound_outputs: None,
             run_time: std::time::Duration::ZERO,
             runs: 0,
+            bound_runs: 0,
         })
     }
 
@@ -154,18 +173,24 @@ impl OnnxModel {
         (self.run_time, self.runs)
     }
 
+    /// How many runs wrote into pre-allocated output tensors (`SessionConfig::bound_io`).
+    pub fn bound_runs(&self) -> u64 {
+        self.bound_runs
+    }
+
     /// Runs the model on named f32 inputs and returns every output as f32 (converting from and to the dtypes
     /// the model declares).
     pub fn run_f32(&mut self, inputs: Vec<(&str, ArrayD<f32>)>) -> Result<Vec<(String, ArrayD<f32>)>> {
-        let inputs = inputs.into_iter().map(|(name, array)| (name.to_owned(), Input::F32(array))).collect();
+        let inputs = inputs.iter().map(|(name, array)| ((*name).to_owned(), Input::F32(array.view()))).collect();
         let names: Vec<String> = self.outputs.iter().map(|t| t.name.clone()).collect();
         let outputs = self.run(inputs, &names)?;
         Ok(names.into_iter().zip(outputs).collect())
     }
 
     /// Runs the model and returns the outputs named in `wanted`, in that order, as f32.
-    pub(crate) fn run(&mut self, inputs: Vec<(String, Input)>, wanted: &[String]) -> Result<Vec<ArrayD<f32>>> {
-        let mut values: Vec<(String, DynValue)> = Vec::with_capacity(inputs.len());
+    pub(crate) fn run(&mut self, inputs: Vec<(String, Input<'_>)>, wanted: &[String]) -> Result<Vec<ArrayD<f32>>> {
+        let shapes: Vec<Vec<usize>> = inputs.iter().map(|(_, input)| input.shape().to_vec()).collect();
+        let mut values: Vec<(String, SessionInputValue<'_>)> = Vec::with_capacity(inputs.len());
         for (name, input) in inputs {
             let info = self.input(&name).ok_or_else(|| Error::Tensor {
                 component: self.component.clone(),
@@ -176,14 +201,18 @@ impl OnnxModel {
             values.push((name, value));
         }
         let component = self.component.clone();
+        let run_error =
+            |e: ort::Error| Error::Session { component: component.clone(), action: "running", reason: e.to_string() };
+        let bound = self.bound_outputs.as_ref().filter(|b| b.fits(&shapes, wanted));
         let started = std::time::Instant::now();
-        let outputs = self.session.run(values).map_err(|e| Error::Session {
-            component: component.clone(),
-            action: "running",
-            reason: e.to_string(),
-        })?;
+        let outputs = match bound {
+            Some(bound) => self.session.run_with_options(values, &bound.options),
+            None => self.session.run(values),
+        }
+        .map_err(run_error)?;
         self.run_time += started.elapsed();
         self.runs += 1;
+        self.bound_runs += u64::from(bound.is_some());
         let mut result = Vec::with_capacity(wanted.len());
         for name in wanted {
             let value = outputs.get(name.as_str()).ok_or_else(|| Error::Tensor {
@@ -193,32 +222,56 @@ impl OnnxModel {
             })?;
             result.push(extract_f32(&component, name, value)?);
         }
+        let learn = self.bound_io && self.bound_outputs.as_ref().is_none_or(|b| !b.fits(&shapes, wanted));
+        drop(outputs);
+        if learn {
+            self.bound_outputs = self.preallocate_outputs(shapes, wanted, &result);
+        }
         Ok(result)
+    }
+
+    /// Output tensors for the next runs with these input shapes: one per wanted f32 output, shaped like this
+    /// run's. `None` (plain runs) when an output is not f32 or cannot be allocated.
+    fn preallocate_outputs(
+        &self,
+        input_shapes: Vec<Vec<usize>>,
+        wanted: &[String],
+        outputs: &[ArrayD<f32>],
+    ) -> Option<BoundOutputs> {
+        let mut selector = OutputSelector::no_default();
+        for (name, output) in wanted.iter().zip(outputs) {
+            if self.output(name)?.dtype != "f32" {
+                return None;
+            }
+            let tensor = Tensor::<f32>::new(&Allocator::default(), output.shape().to_vec()).ok()?;
+            selector = selector.with(name.as_str()).preallocate(name.as_str(), tensor);
+        }
+        let options = RunOptions::new().ok()?.with_outputs(selector);
+        Some(BoundOutputs { input_shapes, wanted: wanted.to_vec(), options })
     }
 
     fn input_list(&self) -> String {
         self.inputs.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
     }
 
-    fn to_value(&self, info: &TensorInfo, input: Input) -> Result<DynValue> {
+    fn to_value<'v>(&self, info: &TensorInfo, input: Input<'v>) -> Result<SessionInputValue<'v>> {
         let tensor_error =
             |problem: String| Error::Tensor { component: self.component.clone(), tensor: info.name.clone(), problem };
-        let shape = match &input {
-            Input::F32(a) => a.shape().to_vec(),
-            Input::I64(a) => a.shape().to_vec(),
-        };
-        check_shape(info, &shape).map_err(&tensor_error)?;
-        let created = match (input, info.dtype.as_str()) {
-            (Input::F32(a), "f32") => Tensor::from_array(a).map(Tensor::into_dyn),
-            (Input::F32(a), "f16") => Tensor::from_array(a.mapv(f16::from_f32)).map(Tensor::into_dyn),
-            (Input::F32(a), "f64") => Tensor::from_array(a.mapv(f64::from)).map(Tensor::into_dyn),
+        check_shape(info, input.shape()).map_err(&tensor_error)?;
+        let created: ort::Result<SessionInputValue<'v>> = match (input, info.dtype.as_str()) {
+            (Input::F32(a), "f32") if self.bound_io && a.is_standard_layout() => {
+                TensorRef::from_array_view(a).map(SessionInputValue::from)
+            }
+            (Input::F32(a), "f32") => Tensor::from_array(a.to_owned()).map(SessionInputValue::from),
+            (Input::F32(a), "f16") => Tensor::from_array(a.mapv(f16::from_f32)).map(SessionInputValue::from),
+            (Input::F32(a), "f64") => Tensor::from_array(a.mapv(f64::from)).map(SessionInputValue::from),
             // Integer timesteps: A1111's k-diffusion wrappers pass fractional timesteps; int64 exports round.
-            (Input::F32(a), "i64") => Tensor::from_array(a.mapv(|v| v.round() as i64)).map(Tensor::into_dyn),
-            (Input::F32(a), "i32") => Tensor::from_array(a.mapv(|v| v.round() as i32)).map(Tensor::into_dyn),
-            (Input::I64(a), "i64") => Tensor::from_array(a).map(Tensor::into_dyn),
+            (Input::F32(a), "i64") => Tensor::from_array(a.mapv(|v| v.round() as i64)).map(SessionInputValue::from),
+            (Input::F32(a), "i32") => Tensor::from_array(a.mapv(|v| v.round() as i32)).map(SessionInputValue::from),
+            (Input::I64(a), "i64") => Tensor::from_array(a.to_owned()).map(SessionInputValue::from),
             (Input::I64(a), "i32") => {
                 let narrowed = a.mapv(|v| i32::try_from(v).unwrap_or(i32::MAX));
-                Tensor::from_array(narrowed).map(Tensor::into_dyn)
+                Tensor::from_array(narrowed).map(SessionInputValue::from)
             }
             (Input::I64(_), other) => {
                 return Err(tensor_error(format!("expects dtype {other}, but sdrt passes integer ids (i64/i32)")));
@@ -228,6 +281,21 @@ impl OnnxModel {
             }
         };
         created.map_err(|e| tensor_error(format!("could not be created: {e}")))
+    }
+}
+
+impl BoundOutputs {
+    fn fits(&self, input_shapes: &[Vec<usize>], wanted: &[String]) -> bool {
+        self.input_shapes == input_shapes && self.wanted == wanted
+    }
+}
+
+impl Input<'_> {
+    fn shape(&self) -> &[usize] {
+        match self {
+            Input::F32(a) => a.shape(),
+            Input::I64(a) => a.shape(),
+        }
     }
 }
 

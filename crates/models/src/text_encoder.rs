@@ -107,7 +107,7 @@ impl TextEncoder {
         let (hidden_name, needs_norm) = self.hidden_output(layer)?;
         let mut wanted = vec![hidden_name.clone()];
         wanted.extend(self.pooled_output.clone());
-        let inputs = vec![("input_ids".to_owned(), Input::I64(input_ids.clone().into_dyn()))];
+        let inputs = vec![("input_ids".to_owned(), Input::I64(input_ids.view().into_dyn()))];
         let mut outputs = self.model.run(inputs, &wanted)?.into_iter();
         let mut hidden = self.to_rank::<Ix3>(&hidden_name, outputs.next())?;
         if needs_norm {

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use ndarray::{Array4, ArrayD, ArrayView1, ArrayView2, ArrayView3, ArrayView4, Axis, Ix4, concatenate};
+use ndarray::{Array4, ArrayView1, ArrayView2, ArrayView3, ArrayView4, Axis, CowArray, Ix4, IxDyn, concatenate};
 
 use crate::error::{Error, Result};
 use crate::options::SessionConfig;
@@ -126,16 +126,18 @@ impl Unet {
                 self.error("timestep", format!("got {} timesteps for a batch of {batch}", input.timesteps.len()))
             );
         }
+        let sample = self.sample(input)?;
+        let timestep = self.timestep(input.timesteps)?;
         let mut inputs = vec![
-            ("sample".to_owned(), Input::F32(self.sample(input)?)),
-            ("timestep".to_owned(), Input::F32(self.timestep(input.timesteps)?)),
-            ("encoder_hidden_states".to_owned(), Input::F32(input.encoder_hidden_states.to_owned().into_dyn())),
+            ("sample".to_owned(), Input::F32(sample.view())),
+            ("timestep".to_owned(), Input::F32(timestep.view())),
+            ("encoder_hidden_states".to_owned(), Input::F32(input.encoder_hidden_states.into_dyn())),
         ];
         for (name, value) in
             [("text_embeds", input.text_embeds), ("time_ids", input.time_ids), ("timestep_cond", input.timestep_cond)]
         {
             match (value, self.model.input(name).is_some()) {
-                (Some(v), true) => inputs.push((name.to_owned(), Input::F32(v.to_owned().into_dyn()))),
+                (Some(v), true) => inputs.push((name.to_owned(), Input::F32(v.into_dyn()))),
                 (None, false) => {}
                 (None, true) => {
                     return Err(self.error(name, "is required by this UNet but the caller gave none".to_owned()));
@@ -155,21 +157,22 @@ impl Unet {
             .map_err(|_| self.error(&self.output, format!("expected rank 4, found {shape:?}")))
     }
 
-    fn sample(&self, input: &UnetInput<'_>) -> Result<ArrayD<f32>> {
+    /// The `sample` input: the latents as given, or with the inpainting channels appended.
+    fn sample<'a>(&self, input: &UnetInput<'a>) -> Result<CowArray<'a, f32, IxDyn>> {
         let wants_nine = self.in_channels == Some(9);
         match (&input.inpaint_conditioning, wants_nine) {
-            (None, false) => Ok(input.sample.to_owned().into_dyn()),
+            (None, false) => Ok(CowArray::from(input.sample.into_dyn())),
             (Some(extra), true) => concatenate(Axis(1), &[input.sample, extra.view()])
-                .map(|a| a.into_dyn())
+                .map(|a| CowArray::from(a.into_dyn()))
                 .map_err(|e| self.error("sample", format!("latents {:?} and inpainting conditioning {:?} do not stack: {e}", input.sample.shape(), extra.shape()))),
             (None, true) => Err(self.error("sample", "this is an inpainting UNet (9 channels): pass inpaint_conditioning (mask + masked-image latents, 5 channels)".to_owned())),
             (Some(_), false) => Err(self.error("sample", format!("inpaint_conditioning was given but this UNet takes {:?} channels, not 9", self.in_channels))),
         }
     }
 
-    fn timestep(&self, timesteps: ArrayView1<'_, f32>) -> Result<ArrayD<f32>> {
+    fn timestep<'a>(&self, timesteps: ArrayView1<'a, f32>) -> Result<CowArray<'a, f32, IxDyn>> {
         if self.timestep_rank == 1 {
-            return Ok(timesteps.to_owned().into_dyn());
+            return Ok(CowArray::from(timesteps.into_dyn()));
         }
         let first = timesteps[0];
         if timesteps.iter().any(|t| *t != first) {
@@ -178,7 +181,7 @@ impl Unet {
                 format!("this export takes one scalar timestep, but the batch has different ones: {timesteps}"),
             ));
         }
-        Ok(ndarray::arr0(first).into_dyn())
+        Ok(CowArray::from(ndarray::arr0(first).into_dyn()))
     }
 
     fn error(&self, tensor: &str, problem: String) -> Error {

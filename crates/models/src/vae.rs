@@ -67,7 +67,7 @@ impl VaeEncoder {
     /// Encodes images `[B, 3, H, W]` in [−1, 1].
     pub fn encode(&mut self, image: ArrayView4<'_, f32>) -> Result<LatentDistribution> {
         let _span = tracing::info_span!("models::vae_encode").entered();
-        let inputs = vec![("sample".to_owned(), Input::F32(image.to_owned().into_dyn()))];
+        let inputs = vec![("sample".to_owned(), Input::F32(image.into_dyn()))];
         let out = self.model.run(inputs, std::slice::from_ref(&self.output))?.remove(0);
         let out = rank4(&self.model, &self.output, out)?;
         if self.output != "latent_parameters" {
@@ -117,7 +117,7 @@ impl VaeDecoder {
     /// about [−1, 1].
     pub fn decode(&mut self, latents: ArrayView4<'_, f32>) -> Result<Array4<f32>> {
         let _span = tracing::info_span!("models::vae_decode").entered();
-        let inputs = vec![("latent_sample".to_owned(), Input::F32(latents.to_owned().into_dyn()))];
+        let inputs = vec![("latent_sample".to_owned(), Input::F32(latents.into_dyn()))];
         let out = self.model.run(inputs, std::slice::from_ref(&self.output))?.remove(0);
         rank4(&self.model, &self.output, out)
     }

@@ -19,11 +19,50 @@ pub(crate) struct OnnxUnet<'m> {
     time_ids: Option<[f32; 6]>,
     /// The empty prompt's encoding, for A1111's `pad_cond_uncond`.
     empty: Option<Arc<Cond>>,
+    /// Stacked conditioning of the most recent calls: the same rows come back every step, so they are
+    /// stacked once (two entries: cond and uncond alternate when they need separate calls).
+    stacked: Vec<StackedConds>,
 }
+
+/// The batched conditioning inputs for one list of rows.
+struct StackedConds {
+    rows: Vec<Arc<Cond>>,
+    hidden: Array3<f32>,
+    pooled: Option<Array2<f32>>,
+    time_ids: Option<Array2<f32>>,
+}
+
+const STACK_CACHE_ENTRIES: usize = 2;
 
 impl<'m> OnnxUnet<'m> {
     pub(crate) fn new(unet: &'m mut Unet, time_ids: Option<[f32; 6]>, empty: Option<Arc<Cond>>) -> Self {
-        Self { unet, time_ids, empty }
+        Self { unet, time_ids, empty, stacked: Vec::with_capacity(STACK_CACHE_ENTRIES) }
+    }
+
+    /// Where the stacked inputs for `conds` are in the cache, built on first sight of these rows (compared by
+    /// identity).
+    fn stacked_index(&mut self, conds: &[&Arc<Cond>]) -> Result<usize> {
+        let same_rows = |entry: &StackedConds| {
+            entry.rows.len() == conds.len() && entry.rows.iter().zip(conds).all(|(a, b)| Arc::ptr_eq(a, b))
+        };
+        if let Some(index) = self.stacked.iter().position(same_rows) {
+            return Ok(index);
+        }
+        let sdxl = self.unet.takes_sdxl_conditioning();
+        let entry = StackedConds {
+            rows: conds.iter().map(|c| Arc::clone(c)).collect(),
+            hidden: stack_hidden(conds)?,
+            pooled: if sdxl { stack_pooled(conds)? } else { None },
+            time_ids: match (sdxl, self.time_ids) {
+                (true, Some(ids)) => Some(Array2::from_shape_fn((conds.len(), 6), |(_, j)| ids[j])),
+                _ => None,
+            },
+        };
+        if self.stacked.len() == STACK_CACHE_ENTRIES {
+            self.stacked.remove(0);
+        }
+        self.stacked.push(entry);
+        Ok(self.stacked.len() - 1)
     }
 }
 
@@ -115,20 +154,16 @@ impl UNetModel for OnnxUnet<'_> {
                 expected: format!("one conditioning per latent row ({rows})"),
             });
         }
-        let hidden = stack_hidden(conds)?;
-        let pooled = if self.unet.takes_sdxl_conditioning() { stack_pooled(conds)? } else { None };
-        let time_ids = match (self.unet.takes_sdxl_conditioning(), self.time_ids) {
-            (true, Some(ids)) => Some(Array2::from_shape_fn((rows, 6), |(_, j)| ids[j])),
-            _ => None,
-        };
+        let index = self.stacked_index(conds)?;
+        let stacked = &self.stacked[index];
         let timesteps = ndarray::Array1::from_elem(rows, timestep);
         let input = UnetInput {
             sample,
             timesteps: timesteps.view(),
-            encoder_hidden_states: hidden.view(),
+            encoder_hidden_states: stacked.hidden.view(),
             inpaint_conditioning: None,
-            text_embeds: pooled.as_ref().map(|p| p.view()),
-            time_ids: time_ids.as_ref().map(|t| t.view()),
+            text_embeds: stacked.pooled.as_ref().map(|p| p.view()),
+            time_ids: stacked.time_ids.as_ref().map(|t| t.view()),
             timestep_cond: None,
         };
         let out = self.unet.predict(&input).map_err(|source| Error::Model { stage: STAGE, source })?;
