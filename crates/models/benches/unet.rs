@@ -1,5 +1,6 @@
 //! One UNet call on the sd15-tiny fixture (batch 2, 8×8 latents): through the typed `Unet` wrapper vs the
-//! raw `OnnxModel::run_f32` session call, to show what the wrapper's checks and conversions cost.
+//! raw `OnnxModel::run_f32` session call, to show what the wrapper's checks and conversions cost; and the
+//! wrapper with `bound_io` on and off.
 
 use std::path::PathBuf;
 
@@ -41,5 +42,23 @@ fn unet_call(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, unet_call);
+/// Zero-copy inputs and pre-allocated outputs (`bound_io`) on vs off, at 8×8 latents and at 64×64 (a 512²
+/// image's latent size, where the copies are 64× larger).
+fn bound_io(c: &mut Criterion) {
+    for side in [8, 64] {
+        let sample = Array4::from_shape_vec((2, 4, side, side), pseudo_random(2 * 4 * side * side, 1)).expect("shape");
+        let cond = Array3::from_shape_vec((2, 77, 8), pseudo_random(2 * 77 * 8, 2)).expect("shape");
+        let timesteps = Array1::from_elem(2, 500.0f32);
+        for bound_io in [true, false] {
+            let config = SessionConfig { intra_op_threads: Some(1), bound_io, ..SessionConfig::default() };
+            let mut unet = Unet::load(&sd15_tiny_unet(), &config).expect("sd15-tiny unet loads");
+            let name = format!("unet sd15-tiny {side}x{side} bound_io={bound_io}");
+            c.bench_function(&name, |b| {
+                b.iter(|| unet.predict(&UnetInput::new(sample.view(), timesteps.view(), cond.view())).expect("runs"))
+            });
+        }
+    }
+}
+
+criterion_group!(benches, unet_call, bound_io);
 criterion_main!(benches);
