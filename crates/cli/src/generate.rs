@@ -128,6 +128,29 @@ pub struct SessionTuning {
 }
 
 impl SessionTuning {
+    /// The session configuration for `--provider NAME`, `--threads` and these options.
+    pub fn session_config(&self, provider: &str, threads: Option<usize>) -> Result<SessionConfig> {
+        let provider = match provider.to_ascii_lowercase().as_str() {
+            "cpu" => ExecutionProvider::Cpu,
+            "cuda" => ExecutionProvider::Cuda { device_id: 0 },
+            "tensorrt" => ExecutionProvider::TensorRt { device_id: 0 },
+            "coreml" => ExecutionProvider::CoreMl,
+            other => bail!("--provider {other:?} is not a provider; use cpu, cuda, tensorrt or coreml"),
+        };
+        Ok(SessionConfig {
+            provider,
+            intra_op_threads: threads,
+            optimization: self.optimization()?,
+            intra_op_spinning: !self.no_spinning,
+            prepacking: !self.no_prepacking,
+            memory_arena: !self.no_memory_arena,
+            memory_pattern: !self.no_memory_pattern,
+            bound_io: !self.no_bound_io,
+            parallel_load: !self.sequential_load,
+            profiling: None,
+        })
+    }
+
     fn optimization(&self) -> Result<OptimizationLevel> {
         Ok(match self.graph_optimization.to_ascii_lowercase().as_str() {
             "disabled" | "disable" | "none" => OptimizationLevel::Disabled,
@@ -187,26 +210,7 @@ impl GenerateArgs {
     }
 
     pub fn session_config(&self) -> Result<SessionConfig> {
-        let provider = match self.provider.to_ascii_lowercase().as_str() {
-            "cpu" => ExecutionProvider::Cpu,
-            "cuda" => ExecutionProvider::Cuda { device_id: 0 },
-            "tensorrt" => ExecutionProvider::TensorRt { device_id: 0 },
-            "coreml" => ExecutionProvider::CoreMl,
-            other => bail!("--provider {other:?} is not a provider; use cpu, cuda, tensorrt or coreml"),
-        };
-        let tuning = &self.tuning;
-        Ok(SessionConfig {
-            provider,
-            intra_op_threads: self.threads,
-            optimization: tuning.optimization()?,
-            intra_op_spinning: !tuning.no_spinning,
-            prepacking: !tuning.no_prepacking,
-            memory_arena: !tuning.no_memory_arena,
-            memory_pattern: !tuning.no_memory_pattern,
-            bound_io: !tuning.no_bound_io,
-            parallel_load: !tuning.sequential_load,
-            profiling: None,
-        })
+        self.tuning.session_config(&self.provider, self.threads)
     }
 
     pub fn settings(&self, save: bool) -> Result<GenerationSettings> {

@@ -1,8 +1,10 @@
-//! The `sdrt` binary: generate images from the command line, inspect images and models, benchmark.
+//! The `sdrt` binary: generate images from the command line, inspect images and models, benchmark, serve
+//! the HTTP API.
 
 mod bench;
 mod generate;
 mod inspect;
+mod serve;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -26,6 +28,8 @@ enum Command {
     Models(inspect::ModelsArgs),
     /// Time generations: per-stage medians, it/s, peak memory, as text and JSON.
     Bench(bench::BenchArgs),
+    /// Serve A1111's HTTP API (`/sdapi/v1`: txt2img, img2img, progress, interrupt, …).
+    Serve(serve::ServeArgs),
     /// Show where ONNX Runtime is loaded from.
     Doctor,
 }
@@ -52,6 +56,7 @@ fn run(command: Command) -> Result<()> {
         Command::PngInfo(args) => inspect::png_info(&args),
         Command::Models(args) => inspect::models(&args),
         Command::Bench(args) => bench::bench(&args),
+        Command::Serve(args) => serve::serve(&args),
         Command::Doctor => {
             let runtime = sdrt_models::ensure_runtime()?;
             println!(

@@ -1,1 +1,21 @@
 //! The A1111-compatible HTTP API (`/sdapi/v1`) of sdrt, with asynchronous jobs.
+//!
+//! [`router`] builds an axum `Router` over a [`ServerState`]; [`serve`] binds it to an address. Generation
+//! requests are queued first in, first out (one job at a time, as A1111's queue lock) and run on a blocking
+//! thread through `sdrt_runtime::ProcessingRunner`, so the async handlers (progress, interrupt, the name
+//! tables) keep answering while a job runs.
+//!
+//! Endpoints: `POST txt2img`, `POST img2img`, `GET progress`, `POST interrupt`, `POST skip`, `GET samplers`,
+//! `GET schedulers`, `GET sd-models`, `GET options`. Errors come back as A1111's
+//! `{"error", "detail", "body", "errors"}` with 422 for bad requests, 404 for unknown models and 500 for
+//! failures inside a job.
+
+mod error;
+mod generate;
+mod progress;
+mod routes;
+mod state;
+
+pub use error::{Error, Result};
+pub use routes::{router, serve};
+pub use state::ServerState;

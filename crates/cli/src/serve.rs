@@ -1,0 +1,56 @@
+//! `sdrt serve`: A1111's `/sdapi/v1` HTTP API over one model folder (or a folder of them).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use sdrt_runtime::{GenerationSettings, ModelProvider};
+
+use crate::generate::{SessionTuning, bundled_model};
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on (A1111's API listens on 7860).
+    #[arg(long, default_value = "127.0.0.1:7860")]
+    pub listen: SocketAddr,
+    /// Model folder used when a request does not set `override_settings.sd_model_checkpoint`; default:
+    /// the bundled tiny random-weight pipeline.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// A folder of model folders; each is offered by its folder name (`GET /sdapi/v1/sd-models`).
+    #[arg(long)]
+    pub models_dir: Option<PathBuf>,
+    /// Where `save_images: true` requests write their PNGs.
+    #[arg(long, default_value = "outputs")]
+    pub outdir: PathBuf,
+    /// Execution provider: cpu, cuda, tensorrt or coreml (the last three need the cargo feature).
+    #[arg(long, default_value = "cpu")]
+    pub provider: String,
+    /// ONNX Runtime intra-op threads (default: physical cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub tuning: SessionTuning,
+}
+
+pub fn serve(args: &ServeArgs) -> Result<()> {
+    sdrt_models::ensure_runtime()?;
+    let mut provider = ModelProvider::new(args.tuning.session_config(&args.provider, args.threads)?);
+    if let Some(dir) = &args.models_dir {
+        let names =
+            provider.register_folder_of_models(dir).with_context(|| format!("--models-dir {}", dir.display()))?;
+        eprintln!("models: {}", names.join(", "));
+    }
+    let model = args.model.clone().unwrap_or_else(bundled_model);
+    let settings = GenerationSettings {
+        model: Some(model.display().to_string()),
+        outdir: Some(args.outdir.clone()),
+        ..GenerationSettings::default()
+    };
+    let state = Arc::new(sdrt_server::ServerState::new(Arc::new(provider), settings));
+    eprintln!("sdrt serving http://{}/sdapi/v1 (default model {})", args.listen, model.display());
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(sdrt_server::serve(state, args.listen)).with_context(|| format!("serving on {}", args.listen))
+}

@@ -1,0 +1,72 @@
+//! The server's error type and its A1111-shaped JSON responses.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+/// Everything an endpoint can answer with instead of its result.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The body is not a valid request (names the field and the fix).
+    #[error(transparent)]
+    Request(#[from] sdrt_api_types::Error),
+    /// A field sdrt could not use, outside the api-types validation (e.g. an init image that is not one).
+    #[error("{field}: {message}")]
+    Field {
+        /// The request field.
+        field: &'static str,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+    /// The job failed inside the runtime.
+    #[error(transparent)]
+    Runtime(#[from] sdrt_runtime::Error),
+    /// Encoding a result failed.
+    #[error("encoding image {index}: {source}")]
+    Encode {
+        /// Image index in the batch.
+        index: usize,
+        /// What the encoder said.
+        source: sdrt_io::Error,
+    },
+    /// The blocking job thread panicked or was cancelled.
+    #[error("the generation thread stopped: {0}")]
+    Worker(String),
+}
+
+/// `Result` with the server's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    fn status(&self) -> StatusCode {
+        match self {
+            Error::Request(_) | Error::Field { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::Runtime(sdrt_runtime::Error::UnknownModel { .. }) => StatusCode::NOT_FOUND,
+            // Prepare is where the runtime checks a request (overrides, init images, the model name).
+            Error::Runtime(
+                sdrt_runtime::Error::Request(_)
+                | sdrt_runtime::Error::InitImage { .. }
+                | sdrt_runtime::Error::Stage { stage: sdrt_runtime::Stage::Prepare, .. },
+            ) => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::Runtime(_) | Error::Encode { .. } | Error::Worker(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Error::Request(_) | Error::Field { .. } => "ValidationError",
+            Error::Runtime(_) => "RuntimeError",
+            Error::Encode { .. } => "EncodeError",
+            Error::Worker(_) => "WorkerError",
+        }
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let message = self.to_string();
+        tracing::warn!(status = %self.status(), "{message}");
+        let body = serde_json::json!({ "error": self.kind(), "detail": message, "body": "", "errors": message });
+        (self.status(), Json(body)).into_response()
+    }
+}

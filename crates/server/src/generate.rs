@@ -1,0 +1,134 @@
+//! `txt2img` / `img2img`: queue the job, run it on a blocking thread through the runner, answer with
+//! base64 PNGs (infotext in each), the request with defaults filled in, and A1111's `info` JSON string.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use sdrt_api_types::{GenerationInfo, GenerationRequest, ImageResponse, Img2ImgRequest, Txt2ImgRequest};
+use sdrt_processing::RgbImage;
+use sdrt_runtime::{GenerationJob, GenerationOutput, JobControl, ProcessingRequest};
+
+use crate::error::{Error, Result};
+use crate::state::ServerState;
+
+/// Runs a txt2img request.
+pub(crate) async fn txt2img(state: Arc<ServerState>, request: Txt2ImgRequest) -> Result<ImageResponse> {
+    request.validate()?;
+    let parameters = serde_json::to_value(&request).unwrap_or_default();
+    let base = request.base.clone();
+    run(state, ProcessingRequest::Txt2Img(request), base, parameters, None).await
+}
+
+/// Runs an img2img request (`init_images` are base64 images, optionally `data:` URLs).
+pub(crate) async fn img2img(state: Arc<ServerState>, request: Img2ImgRequest) -> Result<ImageResponse> {
+    request.validate()?;
+    if request.mask.is_some() {
+        return Err(Error::Field {
+            field: "mask",
+            message: "inpainting is not supported by sdrt yet; send img2img without a mask".to_owned(),
+        });
+    }
+    let init_images =
+        request.init_images.iter().map(|image| decode_image("init_images", image)).collect::<Result<Vec<_>>>()?;
+    let parameters = serde_json::to_value(&request).unwrap_or_default();
+    let base = request.base.clone();
+    let strength = request.denoising_strength;
+    run(state, ProcessingRequest::Img2Img { request, init_images }, base, parameters, Some(strength)).await
+}
+
+async fn run(
+    state: Arc<ServerState>,
+    request: ProcessingRequest,
+    base: GenerationRequest,
+    parameters: serde_json::Value,
+    denoising_strength: Option<f64>,
+) -> Result<ImageResponse> {
+    let _turn = state.queue.lock().await;
+    let control = JobControl::default();
+    state.set_control(control.clone());
+    let job_timestamp = job_timestamp();
+    state.progress.start(base.n_iter, base.steps, job_timestamp.clone());
+    let mut settings = state.settings.clone();
+    if !base.save_images {
+        settings.outdir = None;
+    }
+    let job = GenerationJob::new(request, settings, Arc::clone(&state.provider));
+    let (runner, progress) = (Arc::clone(&state.runner), Arc::clone(&state.progress));
+    let joined = tokio::task::spawn_blocking(move || runner.run_with(job, progress, control)).await;
+    state.progress.finish();
+    let (output, _metrics) = joined.map_err(|e| Error::Worker(e.to_string()))??;
+    let images = if base.send_images { encode_images(&output)? } else { Vec::new() };
+    let info = generation_info(&base, &output, denoising_strength, job_timestamp, &state.settings.version);
+    Ok(ImageResponse { images, parameters, info: info.to_info_string() })
+}
+
+fn encode_images(output: &GenerationOutput) -> Result<Vec<String>> {
+    output
+        .images
+        .iter()
+        .enumerate()
+        .map(|(index, generated)| {
+            let image = &generated.image;
+            sdrt_io::encode_png_with_infotext(&image.pixels, image.width, image.height, &generated.infotext)
+                .map(|png| BASE64.encode(png))
+                .map_err(|source| Error::Encode { index, source })
+        })
+        .collect()
+}
+
+/// A1111's `Processed.js()` for a job without styles, scripts or a grid.
+fn generation_info(
+    base: &GenerationRequest,
+    output: &GenerationOutput,
+    denoising_strength: Option<f64>,
+    job_timestamp: String,
+    version: &str,
+) -> GenerationInfo {
+    let count = output.images.len();
+    let first = output.images.first();
+    let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    GenerationInfo {
+        prompt: base.prompt.clone(),
+        all_prompts: vec![base.prompt.clone(); count],
+        negative_prompt: base.negative_prompt.clone(),
+        all_negative_prompts: vec![base.negative_prompt.clone(); count],
+        seed: first.map_or(base.seed, |i| as_i64(i.seed)),
+        all_seeds: output.images.iter().map(|i| as_i64(i.seed)).collect(),
+        subseed: first.map_or(base.subseed, |i| as_i64(i.subseed)),
+        all_subseeds: output.images.iter().map(|i| as_i64(i.subseed)).collect(),
+        subseed_strength: base.subseed_strength,
+        width: base.width,
+        height: base.height,
+        sampler_name: base.requested_sampler().to_owned(),
+        cfg_scale: base.cfg_scale,
+        steps: base.steps,
+        batch_size: base.batch_size,
+        sd_model_name: Some(output.model_name.clone()),
+        sd_model_hash: Some(output.model_hash.clone()),
+        seed_resize_from_w: base.seed_resize_from_w,
+        seed_resize_from_h: base.seed_resize_from_h,
+        denoising_strength,
+        infotexts: output.images.iter().map(|i| i.infotext.clone()).collect(),
+        job_timestamp,
+        version: version.to_owned(),
+        ..GenerationInfo::default()
+    }
+}
+
+/// Decodes a base64 image (PNG, JPEG or WebP; a `data:image/…;base64,` prefix is allowed) to RGB.
+pub(crate) fn decode_image(field: &'static str, text: &str) -> Result<RgbImage> {
+    let payload = text.split_once(";base64,").map_or(text, |(_, data)| data);
+    let bytes = BASE64.decode(payload.trim()).map_err(|e| Error::Field {
+        field,
+        message: format!("not base64 ({e}); send the image file's bytes base64-encoded"),
+    })?;
+    let image = image::load_from_memory(&bytes)
+        .map_err(|e| Error::Field { field, message: format!("not a PNG, JPEG or WebP image: {e}") })?
+        .to_rgb8();
+    Ok(RgbImage { width: image.width(), height: image.height(), pixels: image.into_raw() })
+}
+
+fn job_timestamp() -> String {
+    jiff::fmt::strtime::format("%Y%m%d%H%M%S", &jiff::ZonedDateTime::now()).unwrap_or_default()
+}

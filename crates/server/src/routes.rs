@@ -1,0 +1,104 @@
+//! The `/sdapi/v1` routes and the function that serves them.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use sdrt_api_types::{
+    ImageResponse, Img2ImgRequest, Options, ProgressResponse, SamplerItem, SchedulerItem, SdModelItem, Txt2ImgRequest,
+    sampler_items, scheduler_items,
+};
+
+use crate::error::Result;
+use crate::generate;
+use crate::state::ServerState;
+
+type Shared = State<Arc<ServerState>>;
+
+/// Every `/sdapi/v1` endpoint over `state`.
+pub fn router(state: Arc<ServerState>) -> Router {
+    Router::new()
+        .route("/sdapi/v1/txt2img", post(txt2img))
+        .route("/sdapi/v1/img2img", post(img2img))
+        .route("/sdapi/v1/progress", get(progress))
+        .route("/sdapi/v1/interrupt", post(interrupt))
+        .route("/sdapi/v1/skip", post(skip))
+        .route("/sdapi/v1/samplers", get(samplers))
+        .route("/sdapi/v1/schedulers", get(schedulers))
+        .route("/sdapi/v1/sd-models", get(sd_models))
+        .route("/sdapi/v1/options", get(options))
+        .with_state(state)
+}
+
+/// Serves [`router`] on `address` until the process stops.
+pub async fn serve(state: Arc<ServerState>, address: SocketAddr) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(address).await?;
+    tracing::info!(address = %listener.local_addr()?, "serving /sdapi/v1");
+    axum::serve(listener, router(state)).await
+}
+
+// Bodies are parsed by api-types rather than axum's `Json`, so a bad field is reported with its JSON path
+// and the fix, in the same words as everywhere else.
+async fn txt2img(State(state): Shared, body: String) -> Result<Json<ImageResponse>> {
+    let request = Txt2ImgRequest::from_json(&body)?;
+    generate::txt2img(state, request).await.map(Json)
+}
+
+async fn img2img(State(state): Shared, body: String) -> Result<Json<ImageResponse>> {
+    let request = Img2ImgRequest::from_json(&body)?;
+    generate::img2img(state, request).await.map(Json)
+}
+
+async fn progress(State(state): Shared) -> Json<ProgressResponse> {
+    Json(state.progress.snapshot())
+}
+
+async fn interrupt(State(state): Shared) -> Json<serde_json::Value> {
+    if state.progress.mark_interrupted() {
+        state.current_control().interrupt();
+    }
+    Json(serde_json::json!({}))
+}
+
+async fn skip(State(state): Shared) -> Json<serde_json::Value> {
+    state.current_control().skip();
+    Json(serde_json::json!({}))
+}
+
+async fn samplers() -> Json<Vec<SamplerItem>> {
+    Json(sampler_items())
+}
+
+async fn schedulers() -> Json<Vec<SchedulerItem>> {
+    Json(scheduler_items())
+}
+
+async fn sd_models(State(state): Shared) -> Json<Vec<SdModelItem>> {
+    let items = state
+        .provider
+        .registered()
+        .iter()
+        .map(|(name, path)| SdModelItem {
+            title: name.clone(),
+            model_name: name.clone(),
+            hash: None,
+            sha256: None,
+            filename: path.display().to_string(),
+            config: None,
+        })
+        .collect();
+    Json(items)
+}
+
+async fn options(State(state): Shared) -> Json<Options> {
+    let settings = &state.settings;
+    Json(Options {
+        sd_model_checkpoint: settings.model.clone(),
+        randn_source: sdrt_runtime::randn_source_name(settings.randn_source).to_owned(),
+        clip_stop_at_last_layers: settings.clip_skip,
+        eta_noise_seed_delta: i64::try_from(settings.eta_noise_seed_delta).unwrap_or(i64::MAX),
+        ..Options::default()
+    })
+}

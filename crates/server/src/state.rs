@@ -1,0 +1,45 @@
+//! What every request handler shares: the model provider, the runner, the settings, the job queue and the
+//! running job's progress and controls.
+
+use std::sync::{Arc, Mutex};
+
+use sdrt_runtime::{GenerationSettings, JobControl, ModelProvider, ProcessingRunner};
+
+use crate::progress::ProgressTracker;
+
+/// The server's shared state; build one, then hand it to [`crate::router`].
+pub struct ServerState {
+    pub(crate) provider: Arc<ModelProvider>,
+    pub(crate) runner: Arc<ProcessingRunner>,
+    /// Settings every job starts from (a request's `override_settings` apply on top, for that job only).
+    pub(crate) settings: GenerationSettings,
+    /// First in, first out: one generation at a time, as A1111's queue lock.
+    pub(crate) queue: tokio::sync::Mutex<()>,
+    pub(crate) progress: Arc<ProgressTracker>,
+    /// The running job's interrupt/skip flags.
+    pub(crate) control: Mutex<JobControl>,
+}
+
+impl ServerState {
+    /// A server over `provider`'s models; `settings.model` names the model used when a request does not
+    /// override `sd_model_checkpoint`, and `settings.outdir` decides whether `save_images` writes files.
+    pub fn new(provider: Arc<ModelProvider>, settings: GenerationSettings) -> Self {
+        Self {
+            provider,
+            runner: Arc::new(ProcessingRunner::new()),
+            settings,
+            queue: tokio::sync::Mutex::new(()),
+            progress: Arc::new(ProgressTracker::default()),
+            control: Mutex::new(JobControl::default()),
+        }
+    }
+
+    /// The controls of the running job (a fresh, unused set when none runs).
+    pub(crate) fn current_control(&self) -> JobControl {
+        self.control.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    pub(crate) fn set_control(&self, control: JobControl) {
+        *self.control.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = control;
+    }
+}

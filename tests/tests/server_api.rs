@@ -1,0 +1,164 @@
+//! The `/sdapi/v1` HTTP API on the sd15-tiny fixture: same images and infotexts as the runner gives
+//! directly, A1111-shaped responses and errors, progress answered while a job runs.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, to_bytes};
+use axum::http::{Request, StatusCode};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use sdrt_api_types::{GenerationInfo, ImageResponse, Txt2ImgRequest};
+use sdrt_models::SessionConfig;
+use sdrt_runtime::{GenerationJob, GenerationSettings, ModelProvider, ProcessingRequest, ProcessingRunner};
+use sdrt_server::ServerState;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+fn tiny_model() -> String {
+    sdrt_tests::fixtures_dir().join("models/sd15-tiny").display().to_string()
+}
+
+fn provider() -> Arc<ModelProvider> {
+    Arc::new(ModelProvider::new(SessionConfig { intra_op_threads: Some(1), ..SessionConfig::default() }))
+}
+
+fn settings() -> GenerationSettings {
+    GenerationSettings { model: Some(tiny_model()), ..GenerationSettings::default() }
+}
+
+fn server() -> Router {
+    sdrt_server::router(Arc::new(ServerState::new(provider(), settings())))
+}
+
+async fn call(app: &Router, method: &str, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
+    let request = Request::builder().method(method).uri(uri).header("content-type", "application/json");
+    let body = body.map_or_else(Body::empty, |b| Body::from(b.to_string()));
+    let response = app.clone().oneshot(request.body(body).expect("request builds")).await.expect("router answers");
+    let status = response.status();
+    let bytes = to_bytes(response.into_body(), usize::MAX).await.expect("body reads");
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+fn small_request() -> Value {
+    json!({"prompt": "a red fox", "negative_prompt": "blurry", "seed": 7, "steps": 4, "width": 64, "height": 64,
+           "sampler_name": "Euler", "batch_size": 2, "override_settings": {"randn_source": "CPU"}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn txt2img_returns_the_runners_images_with_a1111_info() {
+    let app = server();
+    let (status, body) = call(&app, "POST", "/sdapi/v1/txt2img", Some(small_request())).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let response: ImageResponse = serde_json::from_value(body).expect("A1111 response shape");
+    let info: GenerationInfo = serde_json::from_str(&response.info).expect("info is a JSON string");
+    assert_eq!(info.all_seeds, vec![7, 8]);
+    assert_eq!(info.sampler_name, "Euler");
+    assert_eq!(response.parameters["steps"], 4);
+    assert_eq!(response.parameters["cfg_scale"], 7.0, "defaults are filled in");
+
+    let request = Txt2ImgRequest::from_json(&small_request().to_string()).expect("parses");
+    let job = GenerationJob::new(ProcessingRequest::Txt2Img(request), settings(), provider());
+    let (direct, _) = ProcessingRunner::new().run(job).expect("direct run");
+    assert_eq!(response.images.len(), 2);
+    for ((encoded, generated), infotext) in response.images.iter().zip(&direct.images).zip(&info.infotexts) {
+        let png = BASE64.decode(encoded).expect("base64");
+        let decoded = sdrt_io::decode_png(&png).expect("a PNG");
+        assert_eq!(decoded.pixels, generated.image.pixels, "same pixels as the runner");
+        assert_eq!(infotext, &generated.infotext);
+        let stored = sdrt_io::read_image_info(&png).expect("metadata").infotext;
+        assert_eq!(stored.as_deref(), Some(generated.infotext.as_str()), "infotext in the PNG");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_are_422_naming_the_field() {
+    let app = server();
+    for (body, field) in [
+        (json!({"width": 65}), "width"),
+        (json!({"steps": "many"}), "steps"),
+        (json!({"sampler_name": "Euler b"}), "sampler_name"),
+    ] {
+        let (status, answer) = call(&app, "POST", "/sdapi/v1/txt2img", Some(body.clone())).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body} → {answer}");
+        let detail = answer["detail"].as_str().expect("detail");
+        assert!(detail.contains(field), "{body}: {detail}");
+        assert_eq!(answer["error"], "ValidationError");
+    }
+    let img2img = |extra: Value| {
+        let mut body = json!({"init_images": ["not base64!"], "width": 64, "height": 64, "steps": 2});
+        body.as_object_mut().expect("object").extend(extra.as_object().expect("object").clone());
+        body
+    };
+    let (status, answer) = call(&app, "POST", "/sdapi/v1/img2img", Some(img2img(json!({})))).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(answer["detail"].as_str().expect("detail").starts_with("init_images"), "{answer}");
+    let (status, answer) = call(&app, "POST", "/sdapi/v1/img2img", Some(img2img(json!({"mask": "x"})))).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(answer["detail"].as_str().expect("detail").starts_with("mask"), "{answer}");
+    let unknown = json!({"width": 64, "height": 64, "override_settings": {"sd_model_checkpoint": "nope"}});
+    let (status, answer) = call(&app, "POST", "/sdapi/v1/txt2img", Some(unknown)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert!(answer["detail"].as_str().expect("detail").contains("nope"), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn img2img_takes_base64_init_images() {
+    let app = server();
+    let pixels: Vec<u8> = (0..64 * 64 * 3).map(|i| (i * 7 % 251) as u8).collect();
+    let png = sdrt_io::encode_png_rgb8(&pixels, 64, 64, &[]).expect("encodes");
+    let body = json!({"init_images": [format!("data:image/png;base64,{}", BASE64.encode(png))], "prompt": "oil",
+                      "width": 64, "height": 64, "steps": 4, "denoising_strength": 0.5, "seed": 3});
+    let (status, answer) = call(&app, "POST", "/sdapi/v1/img2img", Some(body)).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let info: GenerationInfo = serde_json::from_str(answer["info"].as_str().expect("info")).expect("info JSON");
+    assert_eq!(info.denoising_strength, Some(0.5));
+    assert!(info.infotexts[0].contains("Denoising strength: 0.5"), "{}", info.infotexts[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_answers_while_a_job_runs_and_interrupt_stops_it() {
+    let app = server();
+    let (status, idle) = call(&app, "GET", "/sdapi/v1/progress", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!((idle["progress"].as_f64(), idle["state"]["sampling_steps"].as_i64()), (Some(0.0), Some(0)));
+
+    let long = json!({"prompt": "x", "steps": 400, "width": 64, "height": 64, "sampler_name": "Euler"});
+    let job = tokio::spawn({
+        let app = app.clone();
+        async move { call(&app, "POST", "/sdapi/v1/txt2img", Some(long)).await }
+    });
+    let mut seen = None;
+    while !job.is_finished() {
+        let (_, progress) = call(&app, "GET", "/sdapi/v1/progress", None).await;
+        if progress["state"]["sampling_step"].as_i64().unwrap_or(0) > 0 {
+            seen = Some(progress);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    let seen = seen.expect("a step was reported before the job finished");
+    assert_eq!(seen["state"]["sampling_steps"], 400);
+    assert!(seen["progress"].as_f64().expect("progress") > 0.0);
+    let (status, _) = call(&app, "POST", "/sdapi/v1/interrupt", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, answer) = job.await.expect("job task");
+    assert_eq!(status, StatusCode::OK, "an interrupted job still returns what it decoded: {answer}");
+    assert_eq!(answer["images"].as_array().map(Vec::len), Some(1));
+    let (_, after) = call(&app, "GET", "/sdapi/v1/progress", None).await;
+    assert_eq!(after["progress"].as_f64(), Some(0.0), "idle again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn name_tables_and_options() {
+    let app = server();
+    let (_, samplers) = call(&app, "GET", "/sdapi/v1/samplers", None).await;
+    let names: Vec<&str> = samplers.as_array().expect("list").iter().filter_map(|s| s["name"].as_str()).collect();
+    assert!(names.contains(&"DPM++ 2M") && names.contains(&"Euler a"), "{names:?}");
+    let (_, schedulers) = call(&app, "GET", "/sdapi/v1/schedulers", None).await;
+    assert_eq!(schedulers[0]["label"], "Automatic");
+    let (_, options) = call(&app, "GET", "/sdapi/v1/options", None).await;
+    assert_eq!(options["randn_source"], "GPU");
+    assert_eq!(options["CLIP_stop_at_last_layers"], 1);
+    assert_eq!(options["sd_model_checkpoint"], tiny_model());
+}
