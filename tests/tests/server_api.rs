@@ -69,6 +69,24 @@ async fn txt2img_returns_the_runners_images_with_a1111_info() {
         let stored = sdrt_io::read_image_info(&png).expect("metadata").infotext;
         assert_eq!(stored.as_deref(), Some(generated.infotext.as_str()), "infotext in the PNG");
     }
+
+    let (status, png_info) = call(&app, "POST", "/sdapi/v1/png-info", Some(json!({"image": response.images[0]}))).await;
+    assert_eq!(status, StatusCode::OK, "{png_info}");
+    assert_eq!(png_info["info"], info.infotexts[0]);
+    assert_eq!(png_info["parameters"]["Prompt"], "a red fox");
+    assert_eq!(png_info["parameters"]["Negative prompt"], "blurry");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn png_info_of_a_plain_png_is_empty_and_bad_bodies_are_422() {
+    let app = server();
+    let png = sdrt_io::encode_png_rgb8(&[0; 3], 1, 1, &[]).expect("encodes");
+    let (status, answer) = call(&app, "POST", "/sdapi/v1/png-info", Some(json!({"image": BASE64.encode(png)}))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!((answer["info"].as_str(), answer["parameters"].as_object().map(|p| p.len())), (Some(""), Some(0)));
+    let (status, answer) = call(&app, "POST", "/sdapi/v1/png-info", Some(json!({"img": "x"}))).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(answer["detail"].as_str().expect("detail").starts_with("image"), "{answer}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

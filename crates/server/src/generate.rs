@@ -6,10 +6,10 @@ use std::sync::Arc;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use sdrt_api_types::{GenerationInfo, GenerationRequest, ImageResponse, Img2ImgRequest, Txt2ImgRequest};
-use sdrt_processing::RgbImage;
 use sdrt_runtime::{GenerationJob, GenerationOutput, JobControl, ProcessingRequest};
 
 use crate::error::{Error, Result};
+use crate::images::decode_image;
 use crate::state::ServerState;
 
 /// Runs a txt2img request.
@@ -114,19 +114,6 @@ fn generation_info(
         version: version.to_owned(),
         ..GenerationInfo::default()
     }
-}
-
-/// Decodes a base64 image (PNG, JPEG or WebP; a `data:image/…;base64,` prefix is allowed) to RGB.
-pub(crate) fn decode_image(field: &'static str, text: &str) -> Result<RgbImage> {
-    let payload = text.split_once(";base64,").map_or(text, |(_, data)| data);
-    let bytes = BASE64.decode(payload.trim()).map_err(|e| Error::Field {
-        field,
-        message: format!("not base64 ({e}); send the image file's bytes base64-encoded"),
-    })?;
-    let image = image::load_from_memory(&bytes)
-        .map_err(|e| Error::Field { field, message: format!("not a PNG, JPEG or WebP image: {e}") })?
-        .to_rgb8();
-    Ok(RgbImage { width: image.width(), height: image.height(), pixels: image.into_raw() })
 }
 
 fn job_timestamp() -> String {

@@ -6,12 +6,13 @@
 //! tables) keep answering while a job runs.
 //!
 //! Endpoints: `POST txt2img`, `POST img2img`, `GET progress`, `POST interrupt`, `POST skip`, `GET samplers`,
-//! `GET schedulers`, `GET sd-models`, `GET options`. Errors come back as A1111's
+//! `GET schedulers`, `GET sd-models`, `GET options`, `POST png-info`. Errors come back as A1111's
 //! `{"error", "detail", "body", "errors"}` with 422 for bad requests, 404 for unknown models and 500 for
 //! failures inside a job.
 
 mod error;
 mod generate;
+mod images;
 mod progress;
 mod routes;
 mod state;

@@ -7,13 +7,13 @@ use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use sdrt_api_types::{
-    ImageResponse, Img2ImgRequest, Options, ProgressResponse, SamplerItem, SchedulerItem, SdModelItem, Txt2ImgRequest,
-    sampler_items, scheduler_items,
+    ImageResponse, Img2ImgRequest, Options, PngInfoRequest, PngInfoResponse, ProgressResponse, SamplerItem,
+    SchedulerItem, SdModelItem, Txt2ImgRequest, sampler_items, scheduler_items,
 };
 
-use crate::error::Result;
-use crate::generate;
+use crate::error::{Error, Result};
 use crate::state::ServerState;
+use crate::{generate, images};
 
 type Shared = State<Arc<ServerState>>;
 
@@ -29,6 +29,7 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/sdapi/v1/schedulers", get(schedulers))
         .route("/sdapi/v1/sd-models", get(sd_models))
         .route("/sdapi/v1/options", get(options))
+        .route("/sdapi/v1/png-info", post(png_info))
         .with_state(state)
 }
 
@@ -49,6 +50,14 @@ async fn txt2img(State(state): Shared, body: String) -> Result<Json<ImageRespons
 async fn img2img(State(state): Shared, body: String) -> Result<Json<ImageResponse>> {
     let request = Img2ImgRequest::from_json(&body)?;
     generate::img2img(state, request).await.map(Json)
+}
+
+async fn png_info(body: String) -> Result<Json<PngInfoResponse>> {
+    let request: PngInfoRequest = serde_json::from_str(&body).map_err(|e| Error::Field {
+        field: "image",
+        message: format!("the body must be {{\"image\": \"<base64>\"}} ({e})"),
+    })?;
+    images::png_info(&request).map(Json)
 }
 
 async fn progress(State(state): Shared) -> Json<ProgressResponse> {

@@ -1,0 +1,39 @@
+//! Images as the API carries them: base64 strings, optionally `data:` URLs.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use sdrt_api_types::{PngInfoRequest, PngInfoResponse};
+use sdrt_processing::RgbImage;
+
+use crate::error::{Error, Result};
+
+/// The bytes of a base64 image; a `data:image/…;base64,` prefix is allowed.
+pub(crate) fn decode_base64(field: &'static str, text: &str) -> Result<Vec<u8>> {
+    let payload = text.split_once(";base64,").map_or(text, |(_, data)| data);
+    BASE64.decode(payload.trim()).map_err(|e| Error::Field {
+        field,
+        message: format!("not base64 ({e}); send the image file's bytes base64-encoded"),
+    })
+}
+
+/// Decodes a base64 PNG, JPEG or WebP image to RGB.
+pub(crate) fn decode_image(field: &'static str, text: &str) -> Result<RgbImage> {
+    let bytes = decode_base64(field, text)?;
+    let image = image::load_from_memory(&bytes)
+        .map_err(|e| Error::Field { field, message: format!("not a PNG, JPEG or WebP image: {e}") })?
+        .to_rgb8();
+    Ok(RgbImage { width: image.width(), height: image.height(), pixels: image.into_raw() })
+}
+
+/// `POST /sdapi/v1/png-info`: the infotext, the other text items and the parsed parameters (empty when the
+/// image carries no infotext, as A1111 answers).
+pub(crate) fn png_info(request: &PngInfoRequest) -> Result<PngInfoResponse> {
+    let bytes = decode_base64("image", &request.image)?;
+    let info = sdrt_io::read_image_info(&bytes)
+        .map_err(|e| Error::Field { field: "image", message: format!("cannot read its metadata: {e}") })?;
+    let items = info.items.into_iter().map(|(key, text)| (key, text.into())).collect();
+    let text = info.infotext.unwrap_or_default();
+    let parameters =
+        if text.is_empty() { Default::default() } else { sdrt_io::ParsedInfotext::parse(&text).to_a1111_parameters() };
+    Ok(PngInfoResponse { info: text, items, parameters })
+}
