@@ -180,3 +180,33 @@ async fn name_tables_and_options() {
     assert_eq!(options["CLIP_stop_at_last_layers"], 1);
     assert_eq!(options["sd_model_checkpoint"], tiny_model());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_options_changes_later_jobs_and_rejects_bad_values() {
+    let app = server();
+    let (status, answer) =
+        call(&app, "POST", "/sdapi/v1/options", Some(json!({"randn_source": "CPU", "show_progressbar": true}))).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["ignored"], json!(["show_progressbar"]), "unimplemented settings are reported");
+    let (_, options) = call(&app, "GET", "/sdapi/v1/options", None).await;
+    assert_eq!(options["randn_source"], "CPU");
+
+    let mut request = small_request();
+    request.as_object_mut().expect("object").remove("override_settings");
+    let (_, answer) = call(&app, "POST", "/sdapi/v1/txt2img", Some(request)).await;
+    let info: GenerationInfo = serde_json::from_str(answer["info"].as_str().expect("info")).expect("info JSON");
+    assert!(info.infotexts[0].contains("RNG: CPU"), "the new default applies: {}", info.infotexts[0]);
+
+    for (body, status, key) in [
+        (json!({"randn_source": "quantum"}), StatusCode::UNPROCESSABLE_ENTITY, "randn_source"),
+        (json!({"CLIP_stop_at_last_layers": 0}), StatusCode::UNPROCESSABLE_ENTITY, "CLIP_stop_at_last_layers"),
+        (json!({"sd_model_checkpoint": "missing-model"}), StatusCode::NOT_FOUND, "missing-model"),
+        (json!([1, 2]), StatusCode::UNPROCESSABLE_ENTITY, "options"),
+    ] {
+        let (got, answer) = call(&app, "POST", "/sdapi/v1/options", Some(body.clone())).await;
+        assert_eq!(got, status, "{body}: {answer}");
+        assert!(answer["detail"].as_str().expect("detail").contains(key), "{body}: {answer}");
+    }
+    let (_, options) = call(&app, "GET", "/sdapi/v1/options", None).await;
+    assert_eq!(options["randn_source"], "CPU", "rejected bodies change nothing");
+}

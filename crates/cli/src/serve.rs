@@ -44,11 +44,11 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
         eprintln!("models: {}", names.join(", "));
     }
     let model = args.model.clone().unwrap_or_else(bundled_model);
-    let settings = GenerationSettings {
-        model: Some(model.display().to_string()),
-        outdir: Some(args.outdir.clone()),
-        ..GenerationSettings::default()
-    };
+    // Offered by its folder name, like the --models-dir ones.
+    let name = model.file_name().map_or_else(|| model.display().to_string(), |n| n.to_string_lossy().into_owned());
+    provider.register(name.clone(), &model);
+    let settings =
+        GenerationSettings { model: Some(name), outdir: Some(args.outdir.clone()), ..GenerationSettings::default() };
     let state = Arc::new(sdrt_server::ServerState::new(Arc::new(provider), settings));
     eprintln!("sdrt serving http://{}/sdapi/v1 (default model {})", args.listen, model.display());
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;

@@ -63,6 +63,14 @@ pub enum Error {
     /// The request is invalid.
     #[error(transparent)]
     Request(#[from] sdrt_api_types::Error),
+    /// A setting (an `override_settings` entry) has a value sdrt cannot use.
+    #[error("invalid {field}: {problem}")]
+    Setting {
+        /// The setting, as a request field path (`override_settings.randn_source`).
+        field: String,
+        /// What is wrong and how to fix it.
+        problem: String,
+    },
     /// A pipeline stage failed.
     #[error(transparent)]
     Processing(#[from] sdrt_processing::Error),

@@ -12,6 +12,7 @@ use sdrt_processing::{
     BatchConditioning, CpuKernel, Emphasis, GenerationSpec, Hooks, NoiseParams, Pipeline, RandomSource, RgbImage,
     Sampler, SamplerParams, ScheduleOptions, StepEvent, Tensor, batch_seeds, fixed_seed, images_to_tensor,
 };
+use serde_json::{Map, Value};
 
 use crate::lifecycle::{JobContext, ProcessingJob};
 use crate::progress::{ProgressEvent, eta};
@@ -206,45 +207,70 @@ impl ProcessingJob for GenerationJob {
     }
 }
 
-fn apply_override_settings(settings: &mut GenerationSettings, base: &GenerationRequest) -> crate::Result<()> {
-    let bad = |field: &'static str, problem: String| {
-        crate::Error::Processing(sdrt_processing::Error::InvalidParameter { field, problem })
-    };
-    for (key, value) in &base.override_settings {
-        match key.as_str() {
-            "randn_source" => {
-                let name = value.as_str().unwrap_or_default();
-                settings.randn_source = parse_randn_source(name).ok_or_else(|| {
-                    bad("override_settings.randn_source", format!("{value} is not a source; use GPU, CPU or NV"))
-                })?;
+/// A setting value sdrt cannot use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettingProblem {
+    /// A1111's setting name (`randn_source`, `CLIP_stop_at_last_layers`, …).
+    pub key: &'static str,
+    /// What is wrong and how to fix it.
+    pub problem: String,
+}
+
+impl GenerationSettings {
+    /// Applies A1111 settings by name (`override_settings`, `POST /sdapi/v1/options`): `randn_source`,
+    /// `CLIP_stop_at_last_layers`, `eta_noise_seed_delta`, `emphasis`, `pad_cond_uncond`,
+    /// `sd_model_checkpoint`. Returns the names it does not implement (they change nothing, as unknown
+    /// settings do in A1111).
+    pub fn apply_settings(&mut self, entries: &Map<String, Value>) -> std::result::Result<Vec<String>, SettingProblem> {
+        let bad = |key: &'static str, problem: String| SettingProblem { key, problem };
+        let mut ignored = Vec::new();
+        for (key, value) in entries {
+            match key.as_str() {
+                "randn_source" => {
+                    let name = value.as_str().unwrap_or_default();
+                    self.randn_source = parse_randn_source(name)
+                        .ok_or_else(|| bad("randn_source", format!("{value} is not a source; use GPU, CPU or NV")))?;
+                }
+                "CLIP_stop_at_last_layers" => {
+                    self.clip_skip =
+                        value.as_u64().filter(|n| (1..=12).contains(n)).ok_or_else(|| {
+                            bad("CLIP_stop_at_last_layers", format!("{value} is not a layer count 1–12"))
+                        })? as u32;
+                }
+                "eta_noise_seed_delta" => {
+                    self.eta_noise_seed_delta = value
+                        .as_u64()
+                        .ok_or_else(|| bad("eta_noise_seed_delta", format!("{value} is not a non-negative integer")))?;
+                }
+                "emphasis" => {
+                    let name = value.as_str().unwrap_or_default();
+                    self.emphasis = name.parse().map_err(|_| {
+                        bad("emphasis", format!("{value} is not a mode; use Original, No norm or None"))
+                    })?;
+                }
+                "pad_cond_uncond" => {
+                    self.pad_cond_uncond = value
+                        .as_bool()
+                        .ok_or_else(|| bad("pad_cond_uncond", format!("{value} is not true or false")))?;
+                }
+                "sd_model_checkpoint" => {
+                    let name = value.as_str().ok_or_else(|| {
+                        bad("sd_model_checkpoint", format!("{value} is not a model name; send a string"))
+                    })?;
+                    self.model = Some(name.to_owned());
+                }
+                other => ignored.push(other.to_owned()),
             }
-            "CLIP_stop_at_last_layers" => {
-                settings.clip_skip = value.as_u64().filter(|n| (1..=12).contains(n)).ok_or_else(|| {
-                    bad("override_settings.CLIP_stop_at_last_layers", format!("{value} is not a layer count 1–12"))
-                })? as u32;
-            }
-            "eta_noise_seed_delta" => {
-                settings.eta_noise_seed_delta = value.as_u64().ok_or_else(|| {
-                    bad("override_settings.eta_noise_seed_delta", format!("{value} is not a non-negative integer"))
-                })?;
-            }
-            "emphasis" => {
-                let name = value.as_str().unwrap_or_default();
-                settings.emphasis = name.parse().map_err(|_| {
-                    bad("override_settings.emphasis", format!("{value} is not a mode; use Original, No norm or None"))
-                })?;
-            }
-            "pad_cond_uncond" => {
-                settings.pad_cond_uncond = value
-                    .as_bool()
-                    .ok_or_else(|| bad("override_settings.pad_cond_uncond", format!("{value} is not true or false")))?;
-            }
-            "sd_model_checkpoint" => settings.model = value.as_str().map(str::to_owned),
-            // Settings sdrt does not implement change nothing here, as unknown settings do in A1111.
-            _ => {}
         }
+        Ok(ignored)
     }
-    Ok(())
+}
+
+fn apply_override_settings(settings: &mut GenerationSettings, base: &GenerationRequest) -> crate::Result<()> {
+    settings
+        .apply_settings(&base.override_settings)
+        .map(drop)
+        .map_err(|p| crate::Error::Setting { field: format!("override_settings.{}", p.key), problem: p.problem })
 }
 
 fn prepare(job: GenerationJob, context: &mut JobContext) -> crate::Result<PreparedGeneration> {

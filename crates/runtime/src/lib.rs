@@ -14,8 +14,8 @@ mod queue;
 
 pub use error::{Error, Result};
 pub use generation::{
-    GeneratedImage, GenerationJob, GenerationOutput, GenerationSettings, ProcessingRequest, parse_randn_source,
-    randn_source_name,
+    GeneratedImage, GenerationJob, GenerationOutput, GenerationSettings, ProcessingRequest, SettingProblem,
+    parse_randn_source, randn_source_name,
 };
 pub use lifecycle::{HookPoint, JobContext, JobInfo, ProcessingJob, ProcessingRunner, RunnerHook, Stage};
 pub use metrics::{JobMetrics, RuntimeMetrics, STAGE_NAMES};

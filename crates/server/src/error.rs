@@ -18,6 +18,14 @@ pub enum Error {
         /// What is wrong and how to fix it.
         message: String,
     },
+    /// A setting value sdrt cannot use (`POST /sdapi/v1/options`).
+    #[error("{key}: {message}")]
+    Setting {
+        /// The setting's name.
+        key: &'static str,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
     /// The job failed inside the runtime.
     #[error(transparent)]
     Runtime(#[from] sdrt_runtime::Error),
@@ -40,7 +48,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     fn status(&self) -> StatusCode {
         match self {
-            Error::Request(_) | Error::Field { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::Request(_) | Error::Field { .. } | Error::Setting { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Error::Runtime(sdrt_runtime::Error::UnknownModel { .. }) => StatusCode::NOT_FOUND,
             // Prepare is where the runtime checks a request (overrides, init images, the model name).
             Error::Runtime(
@@ -54,7 +62,7 @@ impl Error {
 
     fn kind(&self) -> &'static str {
         match self {
-            Error::Request(_) | Error::Field { .. } => "ValidationError",
+            Error::Request(_) | Error::Field { .. } | Error::Setting { .. } => "ValidationError",
             Error::Runtime(_) => "RuntimeError",
             Error::Encode { .. } => "EncodeError",
             Error::Worker(_) => "WorkerError",

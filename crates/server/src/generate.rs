@@ -49,17 +49,18 @@ async fn run(
     state.set_control(control.clone());
     let job_timestamp = job_timestamp();
     state.progress.start(base.n_iter, base.steps, job_timestamp.clone());
-    let mut settings = state.settings.clone();
+    let mut settings = state.settings();
     if !base.save_images {
         settings.outdir = None;
     }
+    let version = settings.version.clone();
     let job = GenerationJob::new(request, settings, Arc::clone(&state.provider));
     let (runner, progress) = (Arc::clone(&state.runner), Arc::clone(&state.progress));
     let joined = tokio::task::spawn_blocking(move || runner.run_with(job, progress, control)).await;
     state.progress.finish();
     let (output, _metrics) = joined.map_err(|e| Error::Worker(e.to_string()))??;
     let images = if base.send_images { encode_images(&output)? } else { Vec::new() };
-    let info = generation_info(&base, &output, denoising_strength, job_timestamp, &state.settings.version);
+    let info = generation_info(&base, &output, denoising_strength, job_timestamp, &version);
     Ok(ImageResponse { images, parameters, info: info.to_info_string() })
 }
 

@@ -28,7 +28,7 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/sdapi/v1/samplers", get(samplers))
         .route("/sdapi/v1/schedulers", get(schedulers))
         .route("/sdapi/v1/sd-models", get(sd_models))
-        .route("/sdapi/v1/options", get(options))
+        .route("/sdapi/v1/options", get(options).post(set_options))
         .route("/sdapi/v1/png-info", post(png_info))
         .with_state(state)
 }
@@ -50,6 +50,22 @@ async fn txt2img(State(state): Shared, body: String) -> Result<Json<ImageRespons
 async fn img2img(State(state): Shared, body: String) -> Result<Json<ImageResponse>> {
     let request = Img2ImgRequest::from_json(&body)?;
     generate::img2img(state, request).await.map(Json)
+}
+
+/// `POST /sdapi/v1/options`: changes the settings later jobs start from. The answer lists the settings sdrt
+/// does not implement (accepted, changing nothing), so a client can see what had no effect.
+async fn set_options(State(state): Shared, body: String) -> Result<Json<serde_json::Value>> {
+    let entries: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&body).map_err(|e| {
+        Error::Field { field: "options", message: format!("the body must be a JSON object of settings ({e})") }
+    })?;
+    let mut settings = state.settings();
+    let ignored = settings.apply_settings(&entries).map_err(|p| Error::Setting { key: p.key, message: p.problem })?;
+    if let Some(model) = &settings.model {
+        // An unknown model fails here, not in the next job.
+        state.provider.resolve(model).map_err(Error::Runtime)?;
+    }
+    state.set_settings(settings);
+    Ok(Json(serde_json::json!({ "ignored": ignored })))
 }
 
 async fn png_info(body: String) -> Result<Json<PngInfoResponse>> {
@@ -102,7 +118,7 @@ async fn sd_models(State(state): Shared) -> Json<Vec<SdModelItem>> {
 }
 
 async fn options(State(state): Shared) -> Json<Options> {
-    let settings = &state.settings;
+    let settings = &state.settings();
     Json(Options {
         sd_model_checkpoint: settings.model.clone(),
         randn_source: sdrt_runtime::randn_source_name(settings.randn_source).to_owned(),

@@ -11,8 +11,9 @@ use crate::progress::ProgressTracker;
 pub struct ServerState {
     pub(crate) provider: Arc<ModelProvider>,
     pub(crate) runner: Arc<ProcessingRunner>,
-    /// Settings every job starts from (a request's `override_settings` apply on top, for that job only).
-    pub(crate) settings: GenerationSettings,
+    /// Settings every job starts from (`POST options` changes them; a request's `override_settings` apply on
+    /// top, for that job only).
+    settings: Mutex<GenerationSettings>,
     /// First in, first out: one generation at a time, as A1111's queue lock.
     pub(crate) queue: tokio::sync::Mutex<()>,
     pub(crate) progress: Arc<ProgressTracker>,
@@ -27,11 +28,21 @@ impl ServerState {
         Self {
             provider,
             runner: Arc::new(ProcessingRunner::new()),
-            settings,
+            settings: Mutex::new(settings),
             queue: tokio::sync::Mutex::new(()),
             progress: Arc::new(ProgressTracker::default()),
             control: Mutex::new(JobControl::default()),
         }
+    }
+
+    /// The current settings.
+    pub(crate) fn settings(&self) -> GenerationSettings {
+        self.settings.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Replaces the settings (jobs already running keep theirs).
+    pub(crate) fn set_settings(&self, settings: GenerationSettings) {
+        *self.settings.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = settings;
     }
 
     /// The controls of the running job (a fresh, unused set when none runs).
