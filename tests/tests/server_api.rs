@@ -42,7 +42,10 @@ async fn call(app: &Router, method: &str, uri: &str, body: Option<Value>) -> (St
 
 fn small_request() -> Value {
     json!({"prompt": "a red fox", "negative_prompt": "blurry", "seed": 7, "steps": 4, "width": 64, "height": 64,
-           "sampler_name": "Euler", "batch_size": 2, "override_settings": {"randn_source": "CPU"}})
+           "sampler_name": "Euler", "batch_size": 2, "override_settings": {"randn_source": "CPU"},
+           // Fields clients send with values that change nothing must pass.
+           "restore_faces": false, "tiling": false, "styles": [], "script_name": "", "alwayson_scripts": {},
+           "enable_hr": false, "refiner_checkpoint": "None"})
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,9 +114,21 @@ async fn bad_requests_are_422_naming_the_field() {
     let (status, answer) = call(&app, "POST", "/sdapi/v1/img2img", Some(img2img(json!({})))).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(answer["detail"].as_str().expect("detail").starts_with("init_images"), "{answer}");
-    let (status, answer) = call(&app, "POST", "/sdapi/v1/img2img", Some(img2img(json!({"mask": "x"})))).await;
+    let valid = BASE64.encode(sdrt_io::encode_png_rgb8(&[0; 64 * 64 * 3], 64, 64, &[]).expect("encodes"));
+    let masked = img2img(json!({"mask": valid, "init_images": [valid]}));
+    let (status, answer) = call(&app, "POST", "/sdapi/v1/img2img", Some(masked)).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert!(answer["detail"].as_str().expect("detail").starts_with("mask"), "{answer}");
+    assert!(answer["detail"].as_str().expect("detail").contains("mask: inpainting is not implemented"), "{answer}");
+    for (body, field) in [
+        (json!({"width": 64, "height": 64, "enable_hr": true}), "enable_hr"),
+        (json!({"width": 64, "height": 64, "restore_faces": true}), "restore_faces"),
+        (json!({"width": 64, "height": 64, "alwayson_scripts": {"controlnet": {}}}), "alwayson_scripts"),
+    ] {
+        let (status, answer) = call(&app, "POST", "/sdapi/v1/txt2img", Some(body.clone())).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {answer}");
+        let detail = answer["detail"].as_str().expect("detail");
+        assert!(detail.contains(&format!("{field}: ")) && detail.contains("not implemented"), "{detail}");
+    }
     let unknown = json!({"width": 64, "height": 64, "override_settings": {"sd_model_checkpoint": "nope"}});
     let (status, answer) = call(&app, "POST", "/sdapi/v1/txt2img", Some(unknown)).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");

@@ -63,6 +63,14 @@ pub enum Error {
     /// The request is invalid.
     #[error(transparent)]
     Request(#[from] sdrt_api_types::Error),
+    /// The request asks for a feature sdrt does not implement yet.
+    #[error("{field}: {feature} is not implemented in sdrt yet; leave {field} unset")]
+    Unsupported {
+        /// The request field.
+        field: &'static str,
+        /// The feature it asks for.
+        feature: &'static str,
+    },
     /// A setting (an `override_settings` entry) has a value sdrt cannot use.
     #[error("invalid {field}: {problem}")]
     Setting {

@@ -273,6 +273,53 @@ fn apply_override_settings(settings: &mut GenerationSettings, base: &GenerationR
         .map_err(|p| crate::Error::Setting { field: format!("override_settings.{}", p.key), problem: p.problem })
 }
 
+/// Fields asking for features sdrt does not have yet are refused, so no request is answered with an image
+/// that silently ignored part of it. Values that change nothing (`false`, empty, "None") pass, since clients
+/// often send every field.
+fn reject_unimplemented(request: &ProcessingRequest) -> crate::Result<()> {
+    let unsupported = |field: &'static str, feature: &'static str| crate::Error::Unsupported { field, feature };
+    let base = request.base();
+    let named = |value: &Option<String>| value.as_deref().is_some_and(|v| !v.is_empty() && v != "None");
+    if base.styles.as_ref().is_some_and(|s| !s.is_empty()) {
+        return Err(unsupported("styles", "prompt styles"));
+    }
+    if base.restore_faces == Some(true) {
+        return Err(unsupported("restore_faces", "face restoration"));
+    }
+    if base.tiling == Some(true) {
+        return Err(unsupported("tiling", "tiling"));
+    }
+    if named(&base.refiner_checkpoint) {
+        return Err(unsupported("refiner_checkpoint", "the refiner"));
+    }
+    if named(&base.script_name) {
+        return Err(unsupported("script_name", "scripts"));
+    }
+    if !base.alwayson_scripts.is_empty() {
+        return Err(unsupported("alwayson_scripts", "always-on scripts (extensions)"));
+    }
+    if base.s_min_uncond.is_some_and(|v| v > 0.0) {
+        return Err(unsupported("s_min_uncond", "skipping the negative prompt at low σ"));
+    }
+    match request {
+        ProcessingRequest::Txt2Img(r) if r.enable_hr => Err(unsupported("enable_hr", "hires fix")),
+        ProcessingRequest::Img2Img { request: r, .. } => {
+            if r.mask.as_deref().is_some_and(|m| !m.is_empty()) {
+                Err(unsupported("mask", "inpainting"))
+            } else if r.latent_mask.as_deref().is_some_and(|m| !m.is_empty()) {
+                Err(unsupported("latent_mask", "inpainting"))
+            } else if r.image_cfg_scale.is_some() {
+                Err(unsupported("image_cfg_scale", "instruct-pix2pix image guidance"))
+            } else if r.initial_noise_multiplier.is_some_and(|m| m != 1.0) {
+                Err(unsupported("initial_noise_multiplier", "scaling the initial noise"))
+            } else {
+                Ok(())
+            }
+        }
+        ProcessingRequest::Txt2Img(_) => Ok(()),
+    }
+}
+
 fn prepare(job: GenerationJob, context: &mut JobContext) -> crate::Result<PreparedGeneration> {
     let GenerationJob { request, mut settings, provider } = job;
     let base = request.base().clone();
@@ -280,6 +327,7 @@ fn prepare(job: GenerationJob, context: &mut JobContext) -> crate::Result<Prepar
         ProcessingRequest::Txt2Img(r) => r.validate()?,
         ProcessingRequest::Img2Img { request, .. } => request.validate()?,
     };
+    reject_unimplemented(&request)?;
     apply_override_settings(&mut settings, &base)?;
     let started = Instant::now();
     let model_name = settings.model.clone().or_else(|| provider.current().map(|p| p.display().to_string()));

@@ -23,12 +23,6 @@ pub(crate) async fn txt2img(state: Arc<ServerState>, request: Txt2ImgRequest) ->
 /// Runs an img2img request (`init_images` are base64 images, optionally `data:` URLs).
 pub(crate) async fn img2img(state: Arc<ServerState>, request: Img2ImgRequest) -> Result<ImageResponse> {
     request.validate()?;
-    if request.mask.is_some() {
-        return Err(Error::Field {
-            field: "mask",
-            message: "inpainting is not supported by sdrt yet; send img2img without a mask".to_owned(),
-        });
-    }
     let init_images =
         request.init_images.iter().map(|image| decode_image("init_images", image)).collect::<Result<Vec<_>>>()?;
     let parameters = serde_json::to_value(&request).unwrap_or_default();
