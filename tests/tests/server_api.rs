@@ -57,6 +57,7 @@ async fn txt2img_returns_the_runners_images_with_a1111_info() {
     let info: GenerationInfo = serde_json::from_str(&response.info).expect("info is a JSON string");
     assert_eq!(info.all_seeds, vec![7, 8]);
     assert_eq!(info.sampler_name, "Euler");
+    assert_eq!((info.clip_skip, info.version.as_str()), (1, "sdrt-0.1.0"));
     assert_eq!(response.parameters["steps"], 4);
     assert_eq!(response.parameters["cfg_scale"], 7.0, "defaults are filled in");
 
@@ -207,10 +208,12 @@ async fn post_options_changes_later_jobs_and_rejects_bad_values() {
     assert_eq!(options["randn_source"], "CPU");
 
     let mut request = small_request();
-    request.as_object_mut().expect("object").remove("override_settings");
+    request["override_settings"] = json!({"CLIP_stop_at_last_layers": 2});
     let (_, answer) = call(&app, "POST", "/sdapi/v1/txt2img", Some(request)).await;
     let info: GenerationInfo = serde_json::from_str(answer["info"].as_str().expect("info")).expect("info JSON");
     assert!(info.infotexts[0].contains("RNG: CPU"), "the new default applies: {}", info.infotexts[0]);
+    assert_eq!(info.clip_skip, 2, "per-request overrides show in info");
+    assert!(info.infotexts[0].contains("Clip skip: 2"), "{}", info.infotexts[0]);
 
     for (body, status, key) in [
         (json!({"randn_source": "quantum"}), StatusCode::UNPROCESSABLE_ENTITY, "randn_source"),

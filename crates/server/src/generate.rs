@@ -6,7 +6,7 @@ use std::sync::Arc;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use sdrt_api_types::{GenerationInfo, GenerationRequest, ImageResponse, Img2ImgRequest, Txt2ImgRequest};
-use sdrt_runtime::{GenerationJob, GenerationOutput, JobControl, ProcessingRequest};
+use sdrt_runtime::{GenerationJob, GenerationOutput, GenerationSettings, JobControl, ProcessingRequest};
 
 use crate::error::{Error, Result};
 use crate::images::decode_image;
@@ -47,14 +47,16 @@ async fn run(
     if !base.save_images {
         settings.outdir = None;
     }
-    let version = settings.version.clone();
+    // What the job will run with (it applies `override_settings` itself; bad values fail there).
+    let mut effective = settings.clone();
+    let _ = effective.apply_settings(&base.override_settings);
     let job = GenerationJob::new(request, settings, Arc::clone(&state.provider));
     let (runner, progress) = (Arc::clone(&state.runner), Arc::clone(&state.progress));
     let joined = tokio::task::spawn_blocking(move || runner.run_with(job, progress, control)).await;
     state.progress.finish();
     let (output, _metrics) = joined.map_err(|e| Error::Worker(e.to_string()))??;
     let images = if base.send_images { encode_images(&output)? } else { Vec::new() };
-    let info = generation_info(&base, &output, denoising_strength, job_timestamp, &version);
+    let info = generation_info(&base, &output, denoising_strength, job_timestamp, &effective);
     Ok(ImageResponse { images, parameters, info: info.to_info_string() })
 }
 
@@ -78,7 +80,7 @@ fn generation_info(
     output: &GenerationOutput,
     denoising_strength: Option<f64>,
     job_timestamp: String,
-    version: &str,
+    settings: &GenerationSettings,
 ) -> GenerationInfo {
     let count = output.images.len();
     let first = output.images.first();
@@ -106,7 +108,8 @@ fn generation_info(
         denoising_strength,
         infotexts: output.images.iter().map(|i| i.infotext.clone()).collect(),
         job_timestamp,
-        version: version.to_owned(),
+        clip_skip: settings.clip_skip,
+        version: settings.version.clone(),
         ..GenerationInfo::default()
     }
 }
