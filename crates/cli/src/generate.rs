@@ -81,15 +81,9 @@ pub struct GenerateArgs {
     /// Model folder (optimum/diffusers ONNX layout); default: the bundled tiny random-weight pipeline.
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Execution provider: cpu, cuda, tensorrt or coreml (the last three need the cargo feature).
-    #[arg(long, default_value = "cpu")]
-    pub provider: String,
-    /// ONNX Runtime intra-op threads (default: physical cores).
-    #[arg(long)]
-    pub threads: Option<usize>,
-    /// ONNX Runtime session tuning (defaults are the fastest measured; see tools/bench/README.md).
+    /// Execution provider, threads and ONNX Runtime session tuning.
     #[command(flatten)]
-    pub tuning: SessionTuning,
+    pub session: SessionArgs,
     /// Output folder.
     #[arg(long, default_value = "outputs")]
     pub outdir: PathBuf,
@@ -101,9 +95,16 @@ pub struct GenerateArgs {
     pub json: bool,
 }
 
-/// Session options, mostly for measuring what each one is worth.
+/// Where and how the ONNX Runtime sessions run; the tuning options are mostly for measuring what each one is
+/// worth (the defaults are the fastest measured; see tools/bench/README.md).
 #[derive(Args, Debug, Clone)]
-pub struct SessionTuning {
+pub struct SessionArgs {
+    /// Execution provider: cpu, cuda, tensorrt or coreml (the last three need the cargo feature).
+    #[arg(long, default_value = "cpu")]
+    pub provider: String,
+    /// ONNX Runtime intra-op threads (default: physical cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
     /// Graph optimisation level: disabled, basic, extended or all.
     #[arg(long, default_value = "all")]
     pub graph_optimization: String,
@@ -127,10 +128,10 @@ pub struct SessionTuning {
     pub sequential_load: bool,
 }
 
-impl SessionTuning {
-    /// The session configuration for `--provider NAME`, `--threads` and these options.
-    pub fn session_config(&self, provider: &str, threads: Option<usize>) -> Result<SessionConfig> {
-        let provider = match provider.to_ascii_lowercase().as_str() {
+impl SessionArgs {
+    /// The session configuration these flags ask for.
+    pub fn session_config(&self) -> Result<SessionConfig> {
+        let provider = match self.provider.to_ascii_lowercase().as_str() {
             "cpu" => ExecutionProvider::Cpu,
             "cuda" => ExecutionProvider::Cuda { device_id: 0 },
             "tensorrt" => ExecutionProvider::TensorRt { device_id: 0 },
@@ -139,7 +140,7 @@ impl SessionTuning {
         };
         Ok(SessionConfig {
             provider,
-            intra_op_threads: threads,
+            intra_op_threads: self.threads,
             optimization: self.optimization()?,
             intra_op_spinning: !self.no_spinning,
             prepacking: !self.no_prepacking,
@@ -209,10 +210,6 @@ impl GenerateArgs {
         self.model.clone().unwrap_or_else(bundled_model)
     }
 
-    pub fn session_config(&self) -> Result<SessionConfig> {
-        self.tuning.session_config(&self.provider, self.threads)
-    }
-
     pub fn settings(&self, save: bool) -> Result<GenerationSettings> {
         let randn_source = parse_randn_source(&self.rng)
             .with_context(|| format!("--rng {:?} is not a source; use gpu, cpu or nv", self.rng))?;
@@ -242,7 +239,7 @@ impl GenerateArgs {
                 bundled_model().display()
             );
         }
-        Ok(Arc::new(ModelProvider::new(self.session_config()?)))
+        Ok(Arc::new(ModelProvider::new(self.session.session_config()?)))
     }
 }
 
@@ -401,7 +398,7 @@ mod tests {
         let err = args.settings(true).unwrap_err().to_string();
         assert!(err.contains("--rng") && err.contains("cpu"), "{err}");
         let args = Wrapper::try_parse_from(["sdrt", "--provider", "tpu"]).unwrap().args;
-        assert!(args.session_config().unwrap_err().to_string().contains("--provider"));
+        assert!(args.session.session_config().unwrap_err().to_string().contains("--provider"));
         let args = Wrapper::try_parse_from(["sdrt", "--seed", "-1", "--subseed", "5"]).unwrap().args;
         assert_eq!(args.base_request().subseed, 5);
     }

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use sdrt_runtime::{GenerationSettings, ModelProvider};
 
-use crate::generate::{SessionTuning, bundled_model};
+use crate::generate::{SessionArgs, bundled_model};
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -25,19 +25,14 @@ pub struct ServeArgs {
     /// Where `save_images: true` requests write their PNGs.
     #[arg(long, default_value = "outputs")]
     pub outdir: PathBuf,
-    /// Execution provider: cpu, cuda, tensorrt or coreml (the last three need the cargo feature).
-    #[arg(long, default_value = "cpu")]
-    pub provider: String,
-    /// ONNX Runtime intra-op threads (default: physical cores).
-    #[arg(long)]
-    pub threads: Option<usize>,
+    /// Execution provider, threads and ONNX Runtime session tuning.
     #[command(flatten)]
-    pub tuning: SessionTuning,
+    pub session: SessionArgs,
 }
 
 pub fn serve(args: &ServeArgs) -> Result<()> {
     sdrt_models::ensure_runtime()?;
-    let mut provider = ModelProvider::new(args.tuning.session_config(&args.provider, args.threads)?);
+    let mut provider = ModelProvider::new(args.session.session_config()?);
     if let Some(dir) = &args.models_dir {
         let names =
             provider.register_folder_of_models(dir).with_context(|| format!("--models-dir {}", dir.display()))?;
