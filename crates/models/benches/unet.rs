@@ -2,21 +2,12 @@
 //! raw `OnnxModel::run_f32` session call, to show what the wrapper's checks and conversions cost; and the
 //! wrapper with `bound_io` on and off.
 
-use std::path::PathBuf;
+mod common;
 
+use common::{pseudo_random, sd15_tiny};
 use criterion::{Criterion, criterion_group, criterion_main};
 use ndarray::{Array1, Array3, Array4, ArrayD, IxDyn};
 use sdrt_models::{OnnxModel, SessionConfig, Unet, UnetInput};
-
-fn sd15_tiny_unet() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/models/sd15-tiny/unet/model.onnx")
-}
-
-fn pseudo_random(len: usize, seed: u32) -> Vec<f32> {
-    (0..len)
-        .map(|i| ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) as f32 / (1 << 24) as f32 - 0.5)
-        .collect()
-}
 
 fn unet_call(c: &mut Criterion) {
     let config = SessionConfig { intra_op_threads: Some(1), ..SessionConfig::default() };
@@ -24,12 +15,12 @@ fn unet_call(c: &mut Criterion) {
     let cond = Array3::from_shape_vec((2, 77, 8), pseudo_random(2 * 77 * 8, 2)).expect("shape");
     let timesteps = Array1::from_elem(2, 500.0f32);
 
-    let mut unet = Unet::load(&sd15_tiny_unet(), &config).expect("sd15-tiny unet loads");
+    let mut unet = Unet::load(&sd15_tiny("unet"), &config).expect("sd15-tiny unet loads");
     c.bench_function("unet sd15-tiny wrapper", |b| {
         b.iter(|| unet.predict(&UnetInput::new(sample.view(), timesteps.view(), cond.view())).expect("runs"))
     });
 
-    let mut raw = OnnxModel::load_with("unet", &sd15_tiny_unet(), &config).expect("loads");
+    let mut raw = OnnxModel::load_with("unet", &sd15_tiny("unet"), &config).expect("loads");
     c.bench_function("unet sd15-tiny raw session", |b| {
         b.iter(|| {
             raw.run_f32(vec![
@@ -51,7 +42,7 @@ fn bound_io(c: &mut Criterion) {
         let timesteps = Array1::from_elem(2, 500.0f32);
         for bound_io in [true, false] {
             let config = SessionConfig { intra_op_threads: Some(1), bound_io, ..SessionConfig::default() };
-            let mut unet = Unet::load(&sd15_tiny_unet(), &config).expect("sd15-tiny unet loads");
+            let mut unet = Unet::load(&sd15_tiny("unet"), &config).expect("sd15-tiny unet loads");
             let name = format!("unet sd15-tiny {side}x{side} bound_io={bound_io}");
             c.bench_function(&name, |b| {
                 b.iter(|| unet.predict(&UnetInput::new(sample.view(), timesteps.view(), cond.view())).expect("runs"))

@@ -2,22 +2,13 @@
 //! `VaeDecoder`, one intra-op thread, like benches/unet.rs does for the UNet.
 
 use std::hint::black_box;
-use std::path::PathBuf;
 
+mod common;
+
+use common::{pseudo_random, sd15_tiny};
 use criterion::{Criterion, criterion_group, criterion_main};
 use ndarray::Array4;
 use sdrt_models::{SessionConfig, VaeDecoder};
-
-fn sd15_tiny_vae_decoder() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/models/sd15-tiny/vae_decoder/model.onnx")
-}
-
-/// Deterministic values in [−0.5, 0.5) from a multiplicative hash.
-fn pseudo_random(len: usize, seed: u32) -> Vec<f32> {
-    (0..len)
-        .map(|i| ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) as f32 / (1 << 24) as f32 - 0.5)
-        .collect()
-}
 
 fn vae_decode(c: &mut Criterion) {
     let config = SessionConfig { intra_op_threads: Some(1), ..SessionConfig::default() };
@@ -25,7 +16,7 @@ fn vae_decode(c: &mut Criterion) {
     let latents =
         Array4::from_shape_vec((1, 4, 8, 8), pseudo_random(256, 3)).expect("shape").mapv(|v| v * 3.4 / 0.18215);
 
-    let mut vae = VaeDecoder::load(&sd15_tiny_vae_decoder(), &config).expect("sd15-tiny vae_decoder loads");
+    let mut vae = VaeDecoder::load(&sd15_tiny("vae_decoder"), &config).expect("sd15-tiny vae_decoder loads");
     let image = vae.decode(latents.view()).expect("decodes");
     assert_eq!(image.shape(), &[1, 3, 64, 64], "decoder output shape");
     assert!(image.iter().all(|v| v.is_finite()), "decoder output is finite");
