@@ -7,10 +7,12 @@ use ndarray::{Array1, Array2, Array3, Array4, ArrayD, Axis, Ix2, Ix3, Ix4, IxDyn
 use sdrt_models::{LoadedModel, ModelFolder, SessionConfig, TextLayer, UnetInput};
 use sdrt_tests::{fixture, fixture_json, fixtures_dir};
 
-/// f32 pipelines must match within 1e-5 (relative to max(1, |reference|)); fp16 within the fp16 tolerance the
-/// fixture suggests.
+/// f32 pipelines must match within 5e-5 (relative to max(1, |reference|)); fp16 within the fp16 tolerance the
+/// fixture suggests. The references come from an AVX-512 machine; ONNX Runtime's MLAS picks other GEMM/conv
+/// kernels on AVX2-only CPUs, whose different summation order moves VAE-encoder outputs by up to 1.5e-5
+/// (measured on an AVX2 EPYC); a wrong weight or layout moves them by orders of magnitude more.
 fn tolerance(pipeline: &str) -> f32 {
-    if pipeline.ends_with("fp16") { 1e-2 } else { 1e-5 }
+    if pipeline.ends_with("fp16") { 1e-2 } else { 5e-5 }
 }
 
 /// Reads a little-endian `.npy` array (f32, f16, f64, i64, i32) as f64.

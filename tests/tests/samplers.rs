@@ -7,8 +7,8 @@ use std::rc::Rc;
 
 use ndarray::{ArrayD, Axis, IxDyn};
 use sdrt_processing::{
-    CfgDenoiser, Denoiser, DiscreteDenoiser, Hooks, ModelSchedule, NoiseSource, Prediction, Result, Sampler,
-    SamplerKind, SamplerParams, Schedule, ScheduleOptions, ScheduledCond, Tensor, UNetModel, Unguided,
+    CfgDenoiser, Denoiser, DiscreteDenoiser, Hooks, Img2ImgSteps, ModelSchedule, NoiseSource, Prediction, Result,
+    Sampler, SamplerKind, SamplerParams, Schedule, ScheduleOptions, ScheduledCond, Tensor, UNetModel, Unguided,
 };
 use sdrt_tests::{fixture, fixture_json};
 
@@ -262,7 +262,7 @@ fn unknown_names_and_bad_parameters_are_errors() {
     let mut noise = Replay { bank: npy("noise/bank.npy"), calls: Vec::new() };
     let wrong = Tensor::zeros(IxDyn(&[1, 4, 4, 4]));
     let sampler = Sampler::from_names("Euler", None, SamplerParams::default()).unwrap();
-    let err =
-        sampler.img2img(&model, &mut d, &mut noise, &x, &wrong, 10, 0.5, Hooks::default()).unwrap_err().to_string();
+    let steps = Img2ImgSteps::from_strength(10, 0.5).unwrap();
+    let err = sampler.img2img(&model, &mut d, &mut noise, &x, &wrong, steps, Hooks::default()).unwrap_err().to_string();
     assert!(err.contains("noise"), "{err}");
 }

@@ -121,7 +121,15 @@ async fn bad_requests_are_422_naming_the_field() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(answer["detail"].as_str().expect("detail").contains("mask: inpainting is not implemented"), "{answer}");
     for (body, field) in [
-        (json!({"width": 64, "height": 64, "enable_hr": true}), "enable_hr"),
+        (json!({"width": 64, "height": 64, "enable_hr": true, "hr_upscaler": "Lanczoz"}), "hr_upscaler"),
+        (json!({"width": 64, "height": 64, "enable_hr": true, "hr_scale": 200}), "hr_scale"),
+        (json!({"width": 64, "height": 64, "enable_hr": true, "hr_scale": 0}), "hr_scale"),
+    ] {
+        let (status, answer) = call(&app, "POST", "/sdapi/v1/txt2img", Some(body.clone())).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {answer}");
+        assert!(answer["detail"].as_str().expect("detail").contains(field), "{body}: {answer}");
+    }
+    for (body, field) in [
         (json!({"width": 64, "height": 64, "restore_faces": true}), "restore_faces"),
         (json!({"width": 64, "height": 64, "alwayson_scripts": {"controlnet": {}}}), "alwayson_scripts"),
     ] {

@@ -163,6 +163,68 @@ impl SessionArgs {
     }
 }
 
+/// txt2img adds hires fix (A1111's `enable_hr` and `hr_*` fields, in kebab-case).
+#[derive(Args, Debug, Clone)]
+pub struct Txt2ImgArgs {
+    #[command(flatten)]
+    pub common: GenerateArgs,
+    /// Hires fix: generate at --width×--height, enlarge, then img2img at the larger size.
+    #[arg(long)]
+    pub enable_hr: bool,
+    /// Hires fix enlargement factor (ignored when --hr-resize-x/--hr-resize-y are given).
+    #[arg(long, default_value_t = 2.0)]
+    pub hr_scale: f64,
+    /// Hires upscaler: "Latent", "Latent (antialiased)", "Latent (bicubic)", "Latent (bicubic antialiased)",
+    /// "Latent (nearest)", "Latent (nearest-exact)", "None", "Lanczos" or "Nearest".
+    #[arg(long, default_value = "Latent")]
+    pub hr_upscaler: String,
+    /// Hires pass steps (0 = the same as --steps).
+    #[arg(long, default_value_t = 0)]
+    pub hr_second_pass_steps: u32,
+    /// Resize the hires pass to this width (0 = from --hr-scale or the height's aspect).
+    #[arg(long, default_value_t = 0)]
+    pub hr_resize_x: u32,
+    /// Resize the hires pass to this height (0 = from --hr-scale or the width's aspect).
+    #[arg(long, default_value_t = 0)]
+    pub hr_resize_y: u32,
+    /// Sampler of the hires pass (default: the first pass's).
+    #[arg(long)]
+    pub hr_sampler_name: Option<String>,
+    /// Schedule type of the hires pass (default: the first pass's).
+    #[arg(long)]
+    pub hr_scheduler: Option<String>,
+    /// Prompt of the hires pass (default: --prompt).
+    #[arg(long, default_value = "")]
+    pub hr_prompt: String,
+    /// Negative prompt of the hires pass (default: --negative-prompt).
+    #[arg(long, default_value = "")]
+    pub hr_negative_prompt: String,
+    /// How much the hires pass changes the enlarged image.
+    #[arg(long, default_value_t = 0.7)]
+    pub denoising_strength: f64,
+}
+
+impl Txt2ImgArgs {
+    /// The API request these flags describe.
+    pub fn request(&self) -> Txt2ImgRequest {
+        Txt2ImgRequest {
+            base: self.common.base_request(),
+            enable_hr: self.enable_hr,
+            hr_scale: self.hr_scale,
+            hr_upscaler: Some(self.hr_upscaler.clone()),
+            hr_second_pass_steps: self.hr_second_pass_steps,
+            hr_resize_x: self.hr_resize_x,
+            hr_resize_y: self.hr_resize_y,
+            hr_sampler_name: self.hr_sampler_name.clone(),
+            hr_scheduler: self.hr_scheduler.clone(),
+            hr_prompt: self.hr_prompt.clone(),
+            hr_negative_prompt: self.hr_negative_prompt.clone(),
+            denoising_strength: self.denoising_strength,
+            ..Txt2ImgRequest::default()
+        }
+    }
+}
+
 /// img2img adds the init image and how far to move from it.
 #[derive(Args, Debug, Clone)]
 pub struct Img2ImgArgs {
@@ -280,11 +342,14 @@ pub fn run_job(
     Ok(result?)
 }
 
-pub fn txt2img(args: &GenerateArgs) -> Result<()> {
-    let request = Txt2ImgRequest { base: args.base_request(), ..Txt2ImgRequest::default() };
-    let provider = args.provider()?;
-    let (output, metrics) = run_job(ProcessingRequest::Txt2Img(request), args.settings(true)?, provider, args.json)?;
-    report(&output, &metrics, args.json)
+pub fn txt2img(args: &Txt2ImgArgs) -> Result<()> {
+    let request = args.request();
+    request.validate()?;
+    let common = &args.common;
+    let provider = common.provider()?;
+    let (output, metrics) =
+        run_job(ProcessingRequest::Txt2Img(request), common.settings(true)?, provider, common.json)?;
+    report(&output, &metrics, common.json)
 }
 
 pub fn img2img(args: &Img2ImgArgs) -> Result<()> {

@@ -19,7 +19,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Generate images from a text prompt.
-    Txt2img(generate::GenerateArgs),
+    Txt2img(generate::Txt2ImgArgs),
     /// Generate images from an init image and a prompt.
     Img2img(generate::Img2ImgArgs),
     /// Print the generation parameters (A1111 infotext) stored in an image.

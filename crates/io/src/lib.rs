@@ -16,8 +16,10 @@ mod image_info;
 mod infotext;
 mod model_hash;
 mod naming;
+mod pil_resize;
 mod png_meta;
 mod resize;
+mod upscaler;
 
 pub use error::{Error, Result};
 pub use exif_meta::{
@@ -32,7 +34,9 @@ pub use naming::{
     DEFAULT_PATTERN, NameParams, apply_pattern, limit_stem, next_image_path, next_sequence_number,
     sanitize_filename_part, write_atomically,
 };
+pub use pil_resize::{PilFilter, pil_resize};
 pub use png_meta::{
     PARAMETERS_KEY, PngImage, decode_png, encode_png_rgb8, encode_png_with_infotext, is_latin1, read_png_texts,
 };
 pub use resize::{ResizeMode, resize_image};
+pub use upscaler::ImageUpscaler;

@@ -1,13 +1,13 @@
 //! A1111's img2img resize modes (`images.resize_image`): just resize, crop and resize, resize and fill.
 //!
-//! Resampling is Lanczos3 from the `image` crate; A1111 uses PIL's LANCZOS, whose kernel support and
-//! rounding differ slightly, so resized pixels may differ by a few levels from A1111's. Images already at the
-//! target size are passed through untouched.
+//! Resampling is PIL's LANCZOS reproduced bit for bit ([`crate::pil_resize`]), as A1111 calls it. Images
+//! already at the target size are passed through untouched.
 
 use image::RgbImage;
-use image::imageops::{self, FilterType};
+use image::imageops;
 
 use crate::error::{Error, Result};
+use crate::pil_resize::{PilFilter, pil_resize};
 
 /// How an init image is fitted to the requested size (A1111's `resize_mode` 0–2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -63,7 +63,7 @@ fn lanczos(image: &RgbImage, width: u32, height: u32) -> RgbImage {
     if image.dimensions() == (width, height) {
         return image.clone();
     }
-    imageops::resize(image, width.max(1), height.max(1), FilterType::Lanczos3)
+    pil_resize(image, width.max(1), height.max(1), PilFilter::Lanczos)
 }
 
 /// A1111's `src_w`/`src_h` for a mode: the scaled size that covers (`cover`) or fits inside the target.

@@ -60,6 +60,7 @@ fn tokenize_and_encode(c: &mut Criterion) {
         emphasis: Emphasis::Original,
         denoising_strength: None,
         pad_cond_uncond: false,
+        after_first_pass: None,
     };
     c.bench_function("tokenize_encode_2chunk_prompt_and_negative", |b| {
         b.iter(|| black_box(pipeline.encode_prompts(&spec).expect("encode")))

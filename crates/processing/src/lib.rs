@@ -25,8 +25,8 @@ pub use denoiser::{
 pub use error::{Error, Result};
 pub use noise::{ImageRng, NoiseParams};
 pub use pipeline::{
-    BatchConditioning, GenerationSpec, LATENT_CHANNELS, LATENT_FACTOR, Pipeline, RgbImage, SampleOutput,
-    images_to_tensor, latents_to_images,
+    BatchConditioning, GenerationSpec, LATENT_CHANNELS, LATENT_FACTOR, LatentUpscaleMode, Pipeline, RgbImage,
+    SampleOutput, images_to_tensor, latents_to_images, upscale_latents,
 };
 pub use prompt::{
     BREAK_TEXT, BREAK_WEIGHT, MulticondList, ScheduleSteps, SubPrompt, WeightedText, multicond_prompt_list,
@@ -34,8 +34,8 @@ pub use prompt::{
 };
 pub use rng::{CpuKernel, NoiseGenerator, RandomSource, randn};
 pub use sampling::{
-    Hooks, NoiseSource, Sampled, Sampler, SamplerKind, SamplerParams, StepEvent, UniPcOptions, UniPcSkip, UniPcVariant,
-    img2img_t_enc,
+    Hooks, Img2ImgSteps, NoiseSource, Sampled, Sampler, SamplerKind, SamplerParams, StepEvent, UniPcOptions, UniPcSkip,
+    UniPcVariant,
 };
 pub use schedules::{ModelFamily, Schedule, ScheduleOptions, sigmas};
 pub use seeds::{batch_seeds, fixed_seed, random_seed};

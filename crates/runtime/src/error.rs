@@ -5,13 +5,14 @@ use std::path::PathBuf;
 /// What can go wrong while running a job.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A lifecycle stage failed; `message` says why.
-    #[error("{stage} failed: {message}")]
+    /// A lifecycle stage failed; `source` says why.
+    #[error("{stage} failed: {source}")]
     Stage {
         /// The stage that failed.
         stage: crate::lifecycle::Stage,
-        /// Its error, rendered.
-        message: String,
+        /// Its error.
+        #[source]
+        source: Box<Error>,
     },
     /// The queue's worker is gone (a job panicked).
     #[error("the execution queue is closed; start a new runner")]
@@ -79,9 +80,36 @@ pub enum Error {
         /// What is wrong and how to fix it.
         problem: String,
     },
+    /// A request field has a value sdrt cannot use (an unknown upscaler, a size out of range, a mask that
+    /// is not an image).
+    #[error("invalid {field}: {problem}")]
+    Field {
+        /// The request field.
+        field: &'static str,
+        /// What is wrong and how to fix it.
+        problem: String,
+    },
     /// A pipeline stage failed.
     #[error(transparent)]
     Processing(#[from] sdrt_processing::Error),
+}
+
+impl Error {
+    /// The error under any stage wrappers: what actually went wrong.
+    pub fn root(&self) -> &Error {
+        match self {
+            Self::Stage { source, .. } => source.root(),
+            other => other,
+        }
+    }
+
+    /// The lifecycle stage the error happened in, when it came from a job.
+    pub fn stage(&self) -> Option<crate::lifecycle::Stage> {
+        match self {
+            Self::Stage { stage, .. } => Some(*stage),
+            _ => None,
+        }
+    }
 }
 
 /// Result with this crate's [`Error`].

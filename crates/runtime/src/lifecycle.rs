@@ -94,11 +94,11 @@ pub trait ProcessingJob: Send + 'static {
     /// Short name used in logs, metrics and hooks.
     fn kind(&self) -> &'static str;
     /// Validate and resolve everything the model work needs.
-    fn prepare(self, context: &mut JobContext) -> Result<Self::Prepared, String>;
+    fn prepare(self, context: &mut JobContext) -> Result<Self::Prepared>;
     /// The model work. Runs on the execution queue.
-    fn execute(prepared: Self::Prepared, context: &mut JobContext) -> Result<Self::Executed, String>;
+    fn execute(prepared: Self::Prepared, context: &mut JobContext) -> Result<Self::Executed>;
     /// Turn the model output into the result (infotext, files).
-    fn finalize(executed: Self::Executed, context: &mut JobContext) -> Result<Self::Output, String>;
+    fn finalize(executed: Self::Executed, context: &mut JobContext) -> Result<Self::Output>;
 }
 
 /// Runs jobs through prepare → execute → finalize.
@@ -168,13 +168,10 @@ impl ProcessingRunner {
                 progress: context.progress.clone(),
                 control: context.control.clone(),
             };
-            let (result, metrics) = self
-                .queue
-                .run(move || {
-                    let result = J::execute(prepared, &mut moved);
-                    (result, moved.metrics)
-                })
-                .map_err(|e| e.to_string())?;
+            let (result, metrics) = self.queue.run(move || {
+                let result = J::execute(prepared, &mut moved);
+                (result, moved.metrics)
+            })?;
             context.metrics = metrics;
             result
         })?;
@@ -185,14 +182,14 @@ impl ProcessingRunner {
         &self,
         stage: Stage,
         context: &mut JobContext,
-        body: impl FnOnce(&mut JobContext) -> Result<T, String>,
+        body: impl FnOnce(&mut JobContext) -> Result<T>,
     ) -> Result<T> {
         let _span = tracing::info_span!("runtime::stage", %stage).entered();
         self.notify(HookPoint::Before(stage), &context.info);
         let started = Instant::now();
         let result = body(context);
         context.metrics.record(stage.name(), started.elapsed());
-        let value = result.map_err(|message| Error::Stage { stage, message })?;
+        let value = result.map_err(|source| Error::Stage { stage, source: Box::new(source) })?;
         self.notify(HookPoint::After(stage), &context.info);
         Ok(value)
     }
@@ -229,18 +226,18 @@ mod tests {
         fn kind(&self) -> &'static str {
             "double"
         }
-        fn prepare(self, _: &mut JobContext) -> Result<Self::Prepared, String> {
+        fn prepare(self, _: &mut JobContext) -> Result<Self::Prepared> {
             if self.fail_in == Some(Stage::Prepare) {
-                Err("bad request".into())
+                Err(Error::Unsupported { field: "value", feature: "bad requests" })
             } else {
                 Ok((self.value, self.fail_in))
             }
         }
-        fn execute((value, fail_in): Self::Prepared, context: &mut JobContext) -> Result<Self::Executed, String> {
+        fn execute((value, fail_in): Self::Prepared, context: &mut JobContext) -> Result<Self::Executed> {
             context.metrics.record("sample", std::time::Duration::from_millis(1));
-            if fail_in == Some(Stage::Execute) { Err("model failed".into()) } else { Ok((value * 2, fail_in)) }
+            if fail_in == Some(Stage::Execute) { Err(Error::QueueClosed) } else { Ok((value * 2, fail_in)) }
         }
-        fn finalize((value, _): Self::Executed, _: &mut JobContext) -> Result<u32, String> {
+        fn finalize((value, _): Self::Executed, _: &mut JobContext) -> Result<u32> {
             Ok(value + 1)
         }
     }
@@ -274,7 +271,8 @@ mod tests {
         let recorder = Arc::new(Recorder::default());
         let runner = ProcessingRunner::new().with_hook(recorder.clone());
         let error = runner.run(Doubling { value: 1, fail_in: Some(Stage::Execute) }).expect_err("must fail");
-        assert_eq!(error.to_string(), "execute failed: model failed");
+        assert_eq!(error.to_string(), "execute failed: the execution queue is closed; start a new runner");
+        assert!(matches!(error.root(), Error::QueueClosed), "the stage keeps its typed source: {error:?}");
         let seen = recorder.0.lock().expect("lock").clone();
         assert_eq!(seen.last().map(String::as_str), Some("double:Before(Execute)"));
         assert_eq!(runner.metrics().jobs, 1, "failed jobs are counted");

@@ -49,14 +49,18 @@ impl Error {
     fn status(&self) -> StatusCode {
         match self {
             Error::Request(_) | Error::Field { .. } | Error::Setting { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            Error::Runtime(sdrt_runtime::Error::UnknownModel { .. }) => StatusCode::NOT_FOUND,
-            // Prepare is where the runtime checks a request (overrides, init images, the model name).
-            Error::Runtime(
+            Error::Runtime(error) => match error.root() {
+                // Prepare is where the runtime checks a request (overrides, init images, masks, names): a model
+                // name it cannot find there is a bad field value, not a missing resource.
+                _ if error.stage() == Some(sdrt_runtime::Stage::Prepare) => StatusCode::UNPROCESSABLE_ENTITY,
+                sdrt_runtime::Error::UnknownModel { .. } => StatusCode::NOT_FOUND,
                 sdrt_runtime::Error::Request(_)
                 | sdrt_runtime::Error::InitImage { .. }
-                | sdrt_runtime::Error::Stage { stage: sdrt_runtime::Stage::Prepare, .. },
-            ) => StatusCode::UNPROCESSABLE_ENTITY,
-            Error::Runtime(_) | Error::Encode { .. } | Error::Worker(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                | sdrt_runtime::Error::Unsupported { .. }
+                | sdrt_runtime::Error::Setting { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            Error::Encode { .. } | Error::Worker(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 

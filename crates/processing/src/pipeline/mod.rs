@@ -3,19 +3,21 @@
 
 mod image;
 mod unet;
+mod upscale;
 
 use std::sync::Arc;
 
 use sdrt_models::{LoadedModel, ModelFamily as LoadedFamily, PredictionType, TextLayer};
 
 pub use image::{RgbImage, images_to_tensor, latents_to_images};
+pub use upscale::{LatentUpscaleMode, upscale_latents};
 
 use crate::conditioning::{ClipTextEncoder, Conditioner, Embedder, Emphasis, PromptSchedule};
 use crate::denoiser::{CfgDenoiser, DiscreteDenoiser, ModelSchedule, Prediction, ScheduledCond, Tensor};
 use crate::error::{Error, Result};
 use crate::noise::{ImageRng, NoiseParams};
 use crate::prompt::ScheduleSteps;
-use crate::sampling::{Hooks, Sampled, Sampler};
+use crate::sampling::{Hooks, Img2ImgSteps, Sampled, Sampler};
 use crate::schedules::ModelFamily;
 
 /// The image/latent size ratio of every SD VAE.
@@ -51,6 +53,10 @@ pub struct GenerationSpec {
     /// A1111's `pad_cond_uncond`: pad the shorter of cond/uncond with empty-prompt chunks so they share one
     /// UNet call (off by default, as in A1111; changes results slightly).
     pub pad_cond_uncond: bool,
+    /// For a hires pass: the first pass's prompt-schedule step count. A1111 continues prompt-editing timelines
+    /// into the second pass (integer steps count on after it, fractions from 1.0 up), and the pass runs
+    /// exactly `steps` denoising steps.
+    pub after_first_pass: Option<usize>,
 }
 
 impl GenerationSpec {
@@ -93,11 +99,25 @@ impl GenerationSpec {
         Ok(())
     }
 
+    /// How much of the schedule an img2img pass runs: a hires pass runs exactly `steps` (A1111 hands it its
+    /// step count, which selects the fix-steps branch); plain img2img runs ⌊strength·steps⌋.
+    fn img2img_steps(&self, strength: f64) -> Result<Img2ImgSteps> {
+        if self.after_first_pass.is_some() {
+            Img2ImgSteps::exactly(self.steps, strength)
+        } else {
+            Img2ImgSteps::from_strength(self.steps, strength)
+        }
+    }
+
     /// The step count prompt schedules are built over: second-order samplers call the model twice per
     /// step, and A1111 counts model calls (`SamplerData.total_steps`).
-    fn schedule_steps(&self) -> ScheduleSteps {
+    pub fn schedule_steps(&self) -> ScheduleSteps {
         let factor = if self.sampler.kind().is_second_order() { 2 } else { 1 };
-        ScheduleSteps::new(self.steps * factor)
+        let total = self.steps * factor;
+        match self.after_first_pass {
+            Some(base) => ScheduleSteps { base, hires: Some(total), old_scheduling: false },
+            None => ScheduleSteps::new(total),
+        }
     }
 }
 
@@ -229,16 +249,10 @@ impl<'m> Pipeline<'m> {
         let mut denoiser =
             CfgDenoiser::new(inner, conds, unconds, spec.cfg_scale)?.with_pad_cond_uncond(spec.pad_cond_uncond);
         let sampled = match (init_latent, spec.denoising_strength) {
-            (Some(init), Some(strength)) => spec.sampler.img2img(
-                &self.schedule,
-                &mut denoiser,
-                &mut rng,
-                init,
-                &noise,
-                spec.steps,
-                strength,
-                hooks,
-            )?,
+            (Some(init), Some(strength)) => {
+                let steps = spec.img2img_steps(strength)?;
+                spec.sampler.img2img(&self.schedule, &mut denoiser, &mut rng, init, &noise, steps, hooks)?
+            }
             (Some(_), None) => {
                 return Err(invalid("denoising_strength", "img2img needs a denoising strength in 0..=1".into()));
             }

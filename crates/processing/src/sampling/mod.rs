@@ -209,19 +209,14 @@ impl Sampler {
         noise_source: &mut dyn NoiseSource,
         init_latent: &Tensor,
         noise: &Tensor,
-        steps: usize,
-        denoising_strength: f64,
+        steps: Img2ImgSteps,
         hooks: Hooks<'_>,
     ) -> Result<Sampled> {
+        let Img2ImgSteps { total: steps, t_enc } = steps;
         let _span =
-            tracing::info_span!("processing::sample", sampler = self.kind.label(), steps, img2img = true).entered();
+            tracing::info_span!("processing::sample", sampler = self.kind.label(), steps, t_enc, img2img = true)
+                .entered();
         check_steps(steps)?;
-        if !(0.0..=1.0).contains(&denoising_strength) {
-            return Err(Error::InvalidParameter {
-                field: "denoising_strength",
-                problem: format!("{denoising_strength} must be within 0..=1"),
-            });
-        }
         if init_latent.shape() != noise.shape() {
             return Err(Error::Shape {
                 stage: STAGE,
@@ -230,7 +225,6 @@ impl Sampler {
                 expected: format!("{:?} (the init latent's shape)", init_latent.shape()),
             });
         }
-        let t_enc = img2img_t_enc(steps, denoising_strength);
         if self.kind.is_timestep_sampler() {
             let ts = timesteps::a1111_timesteps(steps + usize::from(self.kind.discards_penultimate_sigma()));
             let a = model.alphas_cumprod()[ts[t_enc]];
@@ -379,9 +373,47 @@ fn check_sigma_sequence(sigmas: &[f64]) -> Result<()> {
     Ok(())
 }
 
-/// A1111 `setup_img2img_steps` (without `img2img_fix_steps`): ⌊min(strength, 0.999)·steps⌋.
-pub fn img2img_t_enc(steps: usize, denoising_strength: f64) -> usize {
-    (denoising_strength.min(0.999) * steps as f64) as usize
+/// How much of a schedule img2img runs: the schedule's length and `t_enc`, the number of steps taken from
+/// its tail (A1111's `setup_img2img_steps`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Img2ImgSteps {
+    /// Steps the σ schedule is built for.
+    pub total: usize,
+    /// Steps actually run, counted from the end of the schedule (`t_enc + 1` model steps for σ samplers).
+    pub t_enc: usize,
+}
+
+impl Img2ImgSteps {
+    /// A1111's default: a schedule of `steps`, of which ⌊min(strength, 0.999)·steps⌋ are run.
+    pub fn from_strength(steps: usize, denoising_strength: f64) -> Result<Self> {
+        check_strength(denoising_strength)?;
+        Ok(Self { total: steps, t_enc: (denoising_strength.min(0.999) * steps as f64) as usize })
+    }
+
+    /// A1111's fix-steps branch (the hires pass, or `img2img_fix_steps`): a longer schedule,
+    /// ⌊steps / min(strength, 0.999)⌋, of which exactly `steps` denoising steps run.
+    pub fn exactly(steps: usize, denoising_strength: f64) -> Result<Self> {
+        check_strength(denoising_strength)?;
+        if denoising_strength == 0.0 || steps == 0 {
+            return Err(Error::InvalidParameter {
+                field: "denoising_strength",
+                problem: "0 leaves nothing to denoise in a pass that runs a fixed number of steps; use a value > 0"
+                    .into(),
+            });
+        }
+        Ok(Self { total: (steps as f64 / denoising_strength.min(0.999)) as usize, t_enc: steps - 1 })
+    }
+}
+
+fn check_strength(denoising_strength: f64) -> Result<()> {
+    if (0.0..=1.0).contains(&denoising_strength) {
+        Ok(())
+    } else {
+        Err(Error::InvalidParameter {
+            field: "denoising_strength",
+            problem: format!("{denoising_strength} must be within 0..=1"),
+        })
+    }
 }
 
 /// The running state every sampler shares: the denoiser, the noise, hooks and the last x0 prediction.
@@ -515,7 +547,8 @@ mod tests {
             assert!(out.latent.iter().all(|v| v.is_finite()), "{kind:?}");
             assert!(d.calls >= 3, "{kind:?} made {} calls", d.calls);
             let init = start().mapv(|v| v * 0.1);
-            let out = sampler.img2img(&model, &mut d, &mut n, &init, &start(), 10, 0.5, Hooks::default()).unwrap();
+            let steps = Img2ImgSteps::from_strength(10, 0.5).unwrap();
+            let out = sampler.img2img(&model, &mut d, &mut n, &init, &start(), steps, Hooks::default()).unwrap();
             assert!(out.latent.iter().all(|v| v.is_finite()), "{kind:?} img2img");
         }
     }
@@ -556,8 +589,10 @@ mod tests {
 
     #[test]
     fn img2img_uses_the_tail_of_the_schedule() {
-        assert_eq!(img2img_t_enc(20, 0.75), 15);
-        assert_eq!(img2img_t_enc(20, 1.0), 19);
+        assert_eq!(Img2ImgSteps::from_strength(20, 0.75).unwrap().t_enc, 15);
+        assert_eq!(Img2ImgSteps::from_strength(20, 1.0).unwrap().t_enc, 19);
+        assert_eq!(Img2ImgSteps::exactly(20, 0.7).unwrap(), Img2ImgSteps { total: 28, t_enc: 19 });
+        assert!(Img2ImgSteps::exactly(20, 0.0).is_err());
         let model = ModelSchedule::scaled_linear();
         let sampler = Sampler::from_names("Euler", None, SamplerParams::default()).unwrap();
         let mut sigmas_seen = Vec::new();
@@ -577,8 +612,7 @@ mod tests {
                 &mut Pattern { calls: 0 },
                 &init,
                 &zero,
-                20,
-                0.5,
+                Img2ImgSteps::from_strength(20, 0.5).unwrap(),
                 Hooks::default(),
             )
             .unwrap();
@@ -598,18 +632,7 @@ mod tests {
             .txt2img(&model, &mut Shrink { calls: 0 }, &mut Pattern { calls: 0 }, &start(), 0, Hooks::default())
             .unwrap_err();
         assert!(err.to_string().contains("steps"));
-        let err = sampler
-            .img2img(
-                &model,
-                &mut Shrink { calls: 0 },
-                &mut Pattern { calls: 0 },
-                &start(),
-                &start(),
-                10,
-                1.5,
-                Hooks::default(),
-            )
-            .unwrap_err();
+        let err = Img2ImgSteps::from_strength(10, 1.5).unwrap_err();
         assert!(err.to_string().contains("denoising_strength"));
         let err = sampler
             .sample_sigmas(&mut Shrink { calls: 0 }, &mut Pattern { calls: 0 }, start(), &[1.0], Hooks::default())

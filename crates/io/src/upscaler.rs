@@ -1,0 +1,98 @@
+//! A1111's built-in image upscalers for hires fix (`None`, `Lanczos`, `Nearest`) and the way
+//! `images.resize_image` drives an upscaler: repeated upscales towards a size rounded down to 8, then a final
+//! LANCZOS resize to the exact target.
+
+use image::RgbImage;
+
+use crate::pil_resize::{PilFilter, pil_resize};
+
+/// An image upscaler that needs no model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageUpscaler {
+    /// "None": one LANCZOS resize to the target.
+    None,
+    /// "Lanczos": `UpscalerLanczos`.
+    Lanczos,
+    /// "Nearest": `UpscalerNearest`.
+    Nearest,
+}
+
+impl ImageUpscaler {
+    /// Every built-in upscaler, in A1111's listing order.
+    pub const ALL: [Self; 3] = [Self::None, Self::Lanczos, Self::Nearest];
+
+    /// A1111's name.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::None => "None",
+            Self::Lanczos => "Lanczos",
+            Self::Nearest => "Nearest",
+        }
+    }
+
+    /// The upscaler A1111 calls `name` (exact match, as its lookup).
+    pub fn from_label(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|u| u.label() == name)
+    }
+
+    /// `images.resize_image(0, image, width, height, upscaler_name=self)`: A1111's "just resize" with this
+    /// upscaler doing the enlarging.
+    pub fn resize(self, image: &RgbImage, width: u32, height: u32) -> RgbImage {
+        let filter = match self {
+            Self::None => return pil_resize(image, width, height, PilFilter::Lanczos),
+            Self::Lanczos => PilFilter::Lanczos,
+            Self::Nearest => PilFilter::Nearest,
+        };
+        let scale = (f64::from(width) / f64::from(image.width())).max(f64::from(height) / f64::from(image.height()));
+        let upscaled = if scale > 1.0 { upscale(image, scale, filter) } else { image.clone() };
+        pil_resize(&upscaled, width, height, PilFilter::Lanczos)
+    }
+}
+
+/// `Upscaler.upscale`: up to three passes of the upscaler's own resize by `scale` until the image covers the
+/// destination (its size times `scale`, rounded down to a multiple of 8), then LANCZOS to that destination.
+fn upscale(image: &RgbImage, scale: f64, filter: PilFilter) -> RgbImage {
+    let destination = |side: u32| ((f64::from(side) * scale) / 8.0).floor() as u32 * 8;
+    let (dest_w, dest_h) = (destination(image.width()), destination(image.height()));
+    let mut current = image.clone();
+    for pass in 0..3 {
+        if current.width() >= dest_w && current.height() >= dest_h && (pass > 0 || scale != 1.0) {
+            break;
+        }
+        let before = current.dimensions();
+        let (w, h) = ((f64::from(current.width()) * scale) as u32, (f64::from(current.height()) * scale) as u32);
+        current = pil_resize(&current, w, h, filter);
+        if current.dimensions() == before {
+            break;
+        }
+    }
+    pil_resize(&current, dest_w, dest_h, PilFilter::Lanczos)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_round_trip_exactly() {
+        for upscaler in ImageUpscaler::ALL {
+            assert_eq!(ImageUpscaler::from_label(upscaler.label()), Some(upscaler));
+        }
+        assert_eq!(ImageUpscaler::from_label("lanczos"), None);
+    }
+
+    #[test]
+    fn nearest_doubling_is_one_nearest_resize() {
+        let image = RgbImage::from_fn(16, 8, |x, y| image::Rgb([x as u8 * 15, y as u8 * 30, 7]));
+        let out = ImageUpscaler::Nearest.resize(&image, 32, 16);
+        assert_eq!(out, pil_resize(&image, 32, 16, PilFilter::Nearest));
+    }
+
+    #[test]
+    fn odd_targets_end_at_the_exact_size() {
+        let image = RgbImage::from_pixel(16, 16, image::Rgb([1, 2, 3]));
+        for upscaler in ImageUpscaler::ALL {
+            assert_eq!(upscaler.resize(&image, 37, 29).dimensions(), (37, 29), "{upscaler:?}");
+        }
+    }
+}

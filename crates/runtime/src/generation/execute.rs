@@ -1,0 +1,199 @@
+//! execute: the plan's passes per batch over one loaded pipeline: text encode → (init image encode) → first
+//! pass → (hires: upscale → second pass) → decode, each stage timed and reported.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use ndarray::{Axis, Slice};
+use sdrt_processing::{
+    BatchConditioning, GenerationSpec, Hooks, LATENT_FACTOR, Pipeline, RgbImage, SampleOutput, Sampled, StepEvent,
+    Tensor, images_to_tensor, upscale_latents,
+};
+
+use super::plan::{HiresPlan, HiresUpscaler, JobPlan, to_image_buffer};
+use super::{ExecutedGeneration, PreparedGeneration, poisoned};
+use crate::lifecycle::JobContext;
+use crate::progress::{ProgressEvent, eta};
+
+/// One batch's decoded images and final latents.
+pub(crate) struct BatchResult {
+    pub(crate) spec: GenerationSpec,
+    pub(crate) images: Vec<RgbImage>,
+    pub(crate) latents: Tensor,
+}
+
+pub(crate) fn execute(prepared: PreparedGeneration, context: &mut JobContext) -> crate::Result<ExecutedGeneration> {
+    let model = prepared.handle.model.clone();
+    let mut model = model.lock().map_err(|_| poisoned())?;
+    let mut passes = Passes {
+        pipeline: Pipeline::new(&mut model)?,
+        context,
+        conditionings: Vec::new(),
+        unet_calls: 0,
+        encoder_calls: 0,
+    };
+    let plan = &prepared.plan;
+    let mut batches = Vec::with_capacity(plan.batches.len());
+    let mut interrupted = false;
+    for (index, spec) in plan.batches.iter().enumerate() {
+        if passes.context.control.is_interrupted() {
+            interrupted = true;
+            break;
+        }
+        let init_latent = passes.init_latent(plan, spec)?;
+        let mut sampled = passes.sample(spec, init_latent.as_ref(), index)?;
+        if let (Some(hires), false) = (&plan.hires, sampled.interrupted) {
+            sampled = passes.hires(hires, spec, &sampled.latent, index)?;
+        }
+        let started = Instant::now();
+        let images = passes.pipeline.decode(&sampled.latent)?;
+        passes.context.metrics.record("decode", started.elapsed());
+        batches.push(BatchResult { spec: spec.clone(), images, latents: sampled.latent });
+        if sampled.interrupted && passes.context.control.is_interrupted() {
+            interrupted = true;
+            break;
+        }
+    }
+    let (unet_calls, encoder_calls) = (passes.unet_calls, passes.encoder_calls);
+    drop(passes);
+    Ok(ExecutedGeneration { prepared, batches, interrupted, unet_calls, encoder_calls })
+}
+
+/// The pipeline and what the passes of one job share.
+struct Passes<'p, 'm> {
+    pipeline: Pipeline<'m>,
+    context: &'p mut JobContext,
+    /// Conditionings already encoded in this job: batches share their prompts (A1111's `cached_c` /
+    /// `cached_uc`), and the hires pass has its own.
+    conditionings: Vec<(GenerationSpec, BatchConditioning)>,
+    unet_calls: usize,
+    encoder_calls: usize,
+}
+
+impl Passes<'_, '_> {
+    /// The VAE latents of the plan's init images for this batch (one image repeated, or one per image).
+    fn init_latent(&mut self, plan: &JobPlan, spec: &GenerationSpec) -> crate::Result<Option<Tensor>> {
+        let Some(images) = &plan.init_images else { return Ok(None) };
+        let batch: Vec<RgbImage> = (0..spec.batch_size()).map(|i| images[i % images.len()].clone()).collect();
+        self.encode_images(&batch).map(Some)
+    }
+
+    fn encode_images(&mut self, images: &[RgbImage]) -> crate::Result<Tensor> {
+        let started = Instant::now();
+        let latent = self.pipeline.encode_images(&images_to_tensor(images)?)?;
+        self.context.metrics.record("encode_image", started.elapsed());
+        Ok(latent)
+    }
+
+    fn conditioning(&mut self, spec: &GenerationSpec) -> crate::Result<BatchConditioning> {
+        let started = Instant::now();
+        if let Some((_, known)) = self.conditionings.iter().find(|(seen, _)| same_conditioning(seen, spec)) {
+            return Ok(known.clone());
+        }
+        let conditioning = self.pipeline.encode_prompts(spec)?;
+        self.encoder_calls += conditioning.encoder_calls;
+        self.context.metrics.record("text_encode", started.elapsed());
+        self.conditionings.push((spec.clone(), conditioning.clone()));
+        Ok(conditioning)
+    }
+
+    /// One sampling pass (txt2img from noise, or img2img from `init_latent`) with progress and interrupt.
+    fn sample(&mut self, spec: &GenerationSpec, init_latent: Option<&Tensor>, batch: usize) -> crate::Result<Sampled> {
+        let conditioning = self.conditioning(spec)?;
+        let started = Instant::now();
+        let cancel = AtomicBool::new(false);
+        let steps_done = Cell::new(0usize);
+        let context = &*self.context;
+        let (job, progress, control) = (context.info.id, &context.progress, &context.control);
+        let mut on_step = |event: &StepEvent<'_>| {
+            let done = event.step + 1;
+            steps_done.set(done);
+            progress.on_progress(&ProgressEvent {
+                job,
+                batch,
+                step: done,
+                total: event.total,
+                eta: eta(started.elapsed(), done, event.total),
+            });
+            if control.take_stop_request() {
+                cancel.store(true, Ordering::SeqCst);
+            }
+        };
+        let hooks = Hooks { on_step: Some(&mut on_step), cancel: Some(&cancel) };
+        let SampleOutput { sampled, unet_calls } = self.pipeline.sample(spec, &conditioning, init_latent, hooks)?;
+        self.unet_calls += unet_calls;
+        self.context.metrics.record("sample", started.elapsed());
+        self.context.metrics.steps += steps_done.get();
+        Ok(sampled)
+    }
+
+    /// A1111's `sample_hr_pass`: enlarge the first pass (in latent space, or decode → upscale → encode),
+    /// truncate to the requested box, then img2img at the new size with fresh noise from the same seeds.
+    fn hires(
+        &mut self,
+        hires: &HiresPlan,
+        first: &GenerationSpec,
+        latents: &Tensor,
+        batch: usize,
+    ) -> crate::Result<Sampled> {
+        let started = Instant::now();
+        let (width, height) = hires.upscale_to;
+        let upscaled = match hires.upscaler {
+            HiresUpscaler::Latent(mode) => {
+                upscale_latents(latents, height / LATENT_FACTOR, width / LATENT_FACTOR, mode)?
+            }
+            HiresUpscaler::Image(upscaler) => {
+                let enlarged = self
+                    .pipeline
+                    .decode(latents)?
+                    .iter()
+                    .map(|image| {
+                        let resized =
+                            upscaler.resize(&to_image_buffer(image, "hr_upscaler")?, width as u32, height as u32);
+                        Ok(RgbImage { width: width as u32, height: height as u32, pixels: resized.into_raw() })
+                    })
+                    .collect::<crate::Result<Vec<_>>>()?;
+                self.encode_images(&enlarged)?
+            }
+        };
+        let truncated = truncate(&upscaled, hires.truncate);
+        self.context.metrics.record("hires_upscale", started.elapsed());
+        let spec = hires.spec(first, (truncated.shape()[2], truncated.shape()[3]));
+        self.sample(&spec, Some(&truncated), batch)
+    }
+}
+
+/// `samples[:, :, ty//2 : h-(ty+1)//2, tx//2 : w-(tx+1)//2]` (A1111 keeps the centre of a covering resize).
+fn truncate(latents: &Tensor, (columns, rows): (usize, usize)) -> Tensor {
+    let (h, w) = (latents.shape()[2], latents.shape()[3]);
+    let rows_kept = Slice::from(rows / 2..h - rows.div_ceil(2));
+    let columns_kept = Slice::from(columns / 2..w - columns.div_ceil(2));
+    latents.slice_axis(Axis(2), rows_kept).slice_axis(Axis(3), columns_kept).to_owned()
+}
+
+/// Whether two passes encode to the same conditioning (prompts and everything the encoder and prompt
+/// schedules use).
+fn same_conditioning(a: &GenerationSpec, b: &GenerationSpec) -> bool {
+    a.prompts == b.prompts
+        && a.negative_prompts == b.negative_prompts
+        && a.schedule_steps() == b.schedule_steps()
+        && a.clip_skip == b.clip_skip
+        && a.emphasis == b.emphasis
+        && a.pad_cond_uncond == b.pad_cond_uncond
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::IxDyn;
+
+    #[test]
+    fn truncation_keeps_the_centre_with_the_odd_row_at_the_end() {
+        let latents = Tensor::from_shape_fn(IxDyn(&[1, 1, 6, 5]), |d| (d[2] * 10 + d[3]) as f32);
+        let cut = truncate(&latents, (1, 3));
+        assert_eq!(cut.shape(), &[1, 1, 3, 4]);
+        assert_eq!(cut[[0, 0, 0, 0]], 10.0, "one row off the top, two off the bottom, none off the left");
+        assert_eq!(cut[[0, 0, 2, 3]], 33.0);
+    }
+}

@@ -1,0 +1,384 @@
+//! prepare: a request resolved once into a [`JobPlan`]: per-batch specs (seeds, sampler, conditioning
+//! texts), the hires pass, fitted init images and the infotext template. Nothing after prepare looks at the
+//! request again.
+
+use std::time::Instant;
+
+use sdrt_api_types::{GenerationRequest, SIDE_RANGE, SamplerChoice, Txt2ImgRequest};
+use sdrt_io::{GenerationParams, HiresParams, ImageUpscaler, InfotextValue, ResizeMode};
+use sdrt_processing::{
+    GenerationSpec, LATENT_FACTOR, LatentUpscaleMode, ModelFamily, NoiseParams, Pipeline, RgbImage, Sampler,
+    SamplerParams, ScheduleOptions, batch_seeds, fixed_seed,
+};
+
+use super::settings::{GenerationSettings, randn_source_name};
+use super::{GenerationJob, PreparedGeneration, ProcessingRequest, poisoned};
+use crate::lifecycle::JobContext;
+use crate::provider::ModelHandle;
+
+/// Everything a job does, resolved from its request.
+pub(crate) struct JobPlan {
+    /// One spec per batch (`n_iter` of them): the first pass.
+    pub(crate) batches: Vec<GenerationSpec>,
+    /// txt2img's hires fix, run on every batch after its first pass.
+    pub(crate) hires: Option<HiresPlan>,
+    /// img2img's init images, fitted to the request's size.
+    pub(crate) init_images: Option<Vec<RgbImage>>,
+    /// The infotext fields every image shares (seeds are filled per image).
+    pub(crate) template: GenerationParams,
+    /// The settings the job runs with (`override_settings` applied).
+    pub(crate) settings: GenerationSettings,
+    /// Variation strength (decides whether the infotext names the variation seed).
+    pub(crate) subseed_strength: f64,
+}
+
+/// How the first pass's result is enlarged for the hires pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HiresUpscaler {
+    /// Resample the latents (`Latent …`).
+    Latent(LatentUpscaleMode),
+    /// Decode, enlarge the image, encode again.
+    Image(ImageUpscaler),
+}
+
+impl HiresUpscaler {
+    /// The upscaler A1111 calls `name` (no name: A1111's default latent mode, "Latent").
+    fn resolve(name: Option<&str>) -> crate::Result<Self> {
+        let Some(name) = name else { return Ok(Self::Latent(LatentUpscaleMode::Bilinear)) };
+        LatentUpscaleMode::from_label(name)
+            .map(Self::Latent)
+            .or_else(|| ImageUpscaler::from_label(name).map(Self::Image))
+            .ok_or_else(|| crate::Error::Field {
+                field: "hr_upscaler",
+                problem: format!("unknown upscaler {name:?}; use one of: {}", upscaler_names().join(", ")),
+            })
+    }
+}
+
+/// Every `hr_upscaler` name sdrt runs: the latent modes, then the image upscalers.
+pub fn upscaler_names() -> Vec<&'static str> {
+    let latent = LatentUpscaleMode::ALL.into_iter().map(LatentUpscaleMode::label);
+    latent.chain(ImageUpscaler::ALL.into_iter().map(ImageUpscaler::label)).collect()
+}
+
+/// txt2img's second pass (A1111 `StableDiffusionProcessingTxt2Img.sample_hr_pass`).
+pub(crate) struct HiresPlan {
+    pub(crate) upscaler: HiresUpscaler,
+    /// The size the first pass is enlarged to (`hr_upscale_to_x/y`).
+    pub(crate) upscale_to: (usize, usize),
+    /// Latent rows/columns cut from the enlarged result when `hr_resize_x/y` change the aspect ratio.
+    pub(crate) truncate: (usize, usize),
+    sampler: Sampler,
+    steps: usize,
+    denoising_strength: f64,
+    prompt: String,
+    negative_prompt: String,
+}
+
+impl HiresPlan {
+    /// The second pass's spec for a batch whose first pass was `first`, on enlarged latents of `latent_size`
+    /// (rows, columns): same seeds, the hires sampler, steps and prompts, and prompt timelines continuing
+    /// after the first pass.
+    pub(crate) fn spec(&self, first: &GenerationSpec, (rows, columns): (usize, usize)) -> GenerationSpec {
+        let images = first.batch_size();
+        GenerationSpec {
+            prompts: vec![self.prompt.clone(); images],
+            negative_prompts: vec![self.negative_prompt.clone(); images],
+            steps: self.steps,
+            width: columns * LATENT_FACTOR,
+            height: rows * LATENT_FACTOR,
+            sampler: self.sampler.clone(),
+            denoising_strength: Some(self.denoising_strength),
+            after_first_pass: Some(first.schedule_steps().base),
+            ..first.clone()
+        }
+    }
+}
+
+pub(crate) fn prepare(job: GenerationJob, context: &mut JobContext) -> crate::Result<PreparedGeneration> {
+    let GenerationJob { request, mut settings, provider } = job;
+    let base = request.base().clone();
+    let sampling = match &request {
+        ProcessingRequest::Txt2Img(r) => r.validate()?,
+        ProcessingRequest::Img2Img { request, .. } => request.validate()?,
+    };
+    reject_unimplemented(&request)?;
+    apply_override_settings(&mut settings, &base)?;
+    let started = Instant::now();
+    let model_name = settings.model.clone().or_else(|| provider.current().map(|p| p.display().to_string()));
+    let model_name = model_name.ok_or(crate::Error::UnknownModel {
+        name: String::new(),
+        known: provider.registered().keys().cloned().collect::<Vec<_>>().join(", "),
+    })?;
+    let handle = provider.get(&model_name)?;
+    context.metrics.record("load_model", started.elapsed());
+
+    let choice = sampling.first_pass;
+    let family = {
+        let mut model = handle.model.lock().map_err(|_| poisoned())?;
+        Pipeline::new(&mut model)?.schedule_family()
+    };
+    let sampler = build_sampler(&choice, &base, family)?;
+    let hires = match (&request, sampling.hires_pass) {
+        (ProcessingRequest::Txt2Img(r), Some(hires_choice)) if r.enable_hr => {
+            let plan = hires_plan(r, &build_sampler(&hires_choice, &base, family)?)?;
+            Some((plan, hires_infotext(r, &choice, &hires_choice)))
+        }
+        _ => None,
+    };
+    let denoising_strength = match &request {
+        ProcessingRequest::Txt2Img(r) => r.enable_hr.then_some(r.denoising_strength),
+        ProcessingRequest::Img2Img { request, .. } => Some(request.denoising_strength),
+    };
+    let first_pass_strength = denoising_strength.filter(|_| matches!(request, ProcessingRequest::Img2Img { .. }));
+    let batches = batch_specs(&base, &settings, &sampler, first_pass_strength)?;
+    let init_images = match &request {
+        ProcessingRequest::Txt2Img(_) => None,
+        ProcessingRequest::Img2Img { request, init_images } => {
+            Some(fit_init_images(init_images, base.width, base.height, request.resize_mode)?)
+        }
+    };
+    let (hires, hires_infotext) = hires.unzip();
+    let template = GenerationParams {
+        hires: hires_infotext,
+        ..infotext_template(&base, &choice, &settings, &handle, denoising_strength)
+    };
+    let plan = JobPlan { batches, hires, init_images, template, settings, subseed_strength: base.subseed_strength };
+    Ok(PreparedGeneration { handle, plan })
+}
+
+fn apply_override_settings(settings: &mut GenerationSettings, base: &GenerationRequest) -> crate::Result<()> {
+    settings
+        .apply_settings(&base.override_settings)
+        .map(drop)
+        .map_err(|p| crate::Error::Setting { field: format!("override_settings.{}", p.key), problem: p.problem })
+}
+
+/// Fields asking for features sdrt does not have yet are refused, so no request is answered with an image
+/// that silently ignored part of it. Values that change nothing (`false`, empty, "None") pass, since clients
+/// often send every field.
+fn reject_unimplemented(request: &ProcessingRequest) -> crate::Result<()> {
+    let unsupported = |field: &'static str, feature: &'static str| crate::Error::Unsupported { field, feature };
+    let base = request.base();
+    let named = |value: &Option<String>| value.as_deref().is_some_and(|v| !v.is_empty() && v != "None");
+    if base.styles.as_ref().is_some_and(|s| !s.is_empty()) {
+        return Err(unsupported("styles", "prompt styles"));
+    }
+    if base.restore_faces == Some(true) {
+        return Err(unsupported("restore_faces", "face restoration"));
+    }
+    if base.tiling == Some(true) {
+        return Err(unsupported("tiling", "tiling"));
+    }
+    if named(&base.refiner_checkpoint) {
+        return Err(unsupported("refiner_checkpoint", "the refiner"));
+    }
+    if named(&base.script_name) {
+        return Err(unsupported("script_name", "scripts"));
+    }
+    if !base.alwayson_scripts.is_empty() {
+        return Err(unsupported("alwayson_scripts", "always-on scripts (extensions)"));
+    }
+    if base.s_min_uncond.is_some_and(|v| v > 0.0) {
+        return Err(unsupported("s_min_uncond", "skipping the negative prompt at low σ"));
+    }
+    match request {
+        ProcessingRequest::Txt2Img(r) => {
+            let other_checkpoint =
+                named(&r.hr_checkpoint_name) && r.hr_checkpoint_name.as_deref() != Some("Use same checkpoint");
+            if r.enable_hr && other_checkpoint {
+                Err(unsupported("hr_checkpoint_name", "a second checkpoint for the hires pass"))
+            } else {
+                Ok(())
+            }
+        }
+        ProcessingRequest::Img2Img { request: r, .. } => {
+            if r.mask.as_deref().is_some_and(|m| !m.is_empty()) {
+                Err(unsupported("mask", "inpainting"))
+            } else if r.latent_mask.as_deref().is_some_and(|m| !m.is_empty()) {
+                Err(unsupported("latent_mask", "inpainting"))
+            } else if r.initial_noise_multiplier.is_some_and(|m| m != 1.0) {
+                Err(unsupported("initial_noise_multiplier", "scaling the initial noise"))
+            } else {
+                Ok(())
+            }
+        }
+    }
+}
+
+fn build_sampler(choice: &SamplerChoice, base: &GenerationRequest, family: ModelFamily) -> crate::Result<Sampler> {
+    let defaults = SamplerParams::default();
+    let params = SamplerParams {
+        eta: base.eta,
+        s_churn: base.s_churn.unwrap_or(defaults.s_churn),
+        s_tmin: base.s_tmin.unwrap_or(defaults.s_tmin),
+        s_tmax: base.s_tmax.unwrap_or(defaults.s_tmax),
+        s_noise: base.s_noise.unwrap_or(defaults.s_noise),
+        ..defaults
+    };
+    let sampler = Sampler::from_names(choice.sampler.name, Some(choice.scheduler.name), params)?;
+    Ok(sampler.with_options(ScheduleOptions { family, ..ScheduleOptions::default() }))
+}
+
+/// A1111's `calculate_target_resolution`: the enlarged size from `hr_scale`, or from `hr_resize_x/y` (one
+/// side keeps the aspect ratio; both sides cover the box, and the excess is truncated in latent space).
+fn hires_plan(request: &Txt2ImgRequest, sampler: &Sampler) -> crate::Result<HiresPlan> {
+    let base = &request.base;
+    let (width, height) = (base.width as usize, base.height as usize);
+    let (resize_x, resize_y) = (request.hr_resize_x as usize, request.hr_resize_y as usize);
+    let mut truncate = (0, 0);
+    let upscale_to = match (resize_x, resize_y) {
+        (0, 0) => ((width as f64 * request.hr_scale) as usize, (height as f64 * request.hr_scale) as usize),
+        (x, 0) => (x, x * height / width),
+        (0, y) => (y * width / height, y),
+        (x, y) => {
+            let covers_by_width = (width as f64 / height as f64) < (x as f64 / y as f64);
+            let to = if covers_by_width { (x, x * height / width) } else { (y * width / height, y) };
+            truncate = ((to.0 - x) / LATENT_FACTOR, (to.1 - y) / LATENT_FACTOR);
+            to
+        }
+    };
+    let (min, max) = (SIDE_RANGE.0 as usize, SIDE_RANGE.1 as usize);
+    if upscale_to.0 < min || upscale_to.1 < min || upscale_to.0 > max || upscale_to.1 > max {
+        let field = if resize_x == 0 && resize_y == 0 { "hr_scale" } else { "hr_resize_x" };
+        return Err(crate::Error::Field {
+            field,
+            problem: format!(
+                "the hires pass would be {}x{}; each side must be within [{min}, {max}]",
+                upscale_to.0, upscale_to.1
+            ),
+        });
+    }
+    let prompt = if request.hr_prompt.is_empty() { &base.prompt } else { &request.hr_prompt };
+    let negative =
+        if request.hr_negative_prompt.is_empty() { &base.negative_prompt } else { &request.hr_negative_prompt };
+    Ok(HiresPlan {
+        upscaler: HiresUpscaler::resolve(request.hr_upscaler.as_deref().filter(|n| !n.is_empty()))?,
+        upscale_to,
+        truncate,
+        sampler: sampler.clone(),
+        steps: if request.hr_second_pass_steps == 0 { base.steps } else { request.hr_second_pass_steps } as usize,
+        denoising_strength: request.denoising_strength,
+        prompt: prompt.clone(),
+        negative_prompt: negative.clone(),
+    })
+}
+
+/// The hires keys A1111 adds to `extra_generation_params` (`init`, `calculate_target_resolution`, and the
+/// sampler's `get_sigmas` for "Hires schedule type").
+fn hires_infotext(request: &Txt2ImgRequest, first: &SamplerChoice, hires: &SamplerChoice) -> HiresParams {
+    let explicit_size = request.hr_resize_x != 0 || request.hr_resize_y != 0;
+    let hires_sampler = request.hr_sampler_name.as_deref().filter(|s| !s.is_empty() && *s != "Use same sampler");
+    let differs = |hr: &str, first: &str| (!hr.is_empty() && hr != first).then(|| hr.to_owned());
+    // "Schedule type" is recorded only for a pass with a schedule function; the hires one only when it
+    // differs from the first pass's.
+    let first_schedule = first.effective_scheduler().map(|s| s.label);
+    let hires_schedule = hires.effective_scheduler().map(|s| s.label).filter(|label| Some(*label) != first_schedule);
+    HiresParams {
+        checkpoint: None,
+        sampler: hires_sampler.filter(|s| *s != request.base.requested_sampler()).map(str::to_owned),
+        prompt: differs(&request.hr_prompt, &request.base.prompt),
+        negative_prompt: differs(&request.hr_negative_prompt, &request.base.negative_prompt),
+        schedule_type: hires_schedule.map(str::to_owned),
+        upscale: (!explicit_size).then_some(InfotextValue::Float(request.hr_scale)),
+        resize: explicit_size.then_some((request.hr_resize_x, request.hr_resize_y)),
+        steps: (request.hr_second_pass_steps != 0).then_some(request.hr_second_pass_steps),
+        upscaler: request.hr_upscaler.clone().filter(|n| !n.is_empty()),
+    }
+}
+
+fn batch_specs(
+    base: &GenerationRequest,
+    settings: &GenerationSettings,
+    sampler: &Sampler,
+    denoising_strength: Option<f64>,
+) -> crate::Result<Vec<GenerationSpec>> {
+    let seed = fixed_seed(base.seed, "seed")?;
+    let subseed = fixed_seed(base.subseed, "subseed")?;
+    let batch = base.batch_size as usize;
+    let strength = base.subseed_strength as f32;
+    (0..base.n_iter as usize)
+        .map(|iteration| {
+            let (seeds, subseeds) = batch_seeds(seed, subseed, strength, iteration * batch, batch)?;
+            Ok(GenerationSpec {
+                prompts: vec![base.prompt.clone(); batch],
+                negative_prompts: vec![base.negative_prompt.clone(); batch],
+                steps: base.steps as usize,
+                cfg_scale: base.cfg_scale,
+                width: base.width as usize,
+                height: base.height as usize,
+                sampler: sampler.clone(),
+                noise: NoiseParams {
+                    latent_shape: [0, 0, 0],
+                    seeds,
+                    subseeds,
+                    subseed_strength: strength,
+                    seed_resize_from: (base.seed_resize_from_h, base.seed_resize_from_w),
+                    source: settings.randn_source,
+                    eta_noise_seed_delta: settings.eta_noise_seed_delta,
+                },
+                clip_skip: settings.clip_skip,
+                emphasis: settings.emphasis,
+                denoising_strength,
+                pad_cond_uncond: settings.pad_cond_uncond,
+                after_first_pass: None,
+            })
+        })
+        .collect()
+}
+
+fn fit_init_images(images: &[RgbImage], width: u32, height: u32, resize_mode: u32) -> crate::Result<Vec<RgbImage>> {
+    let mode = ResizeMode::from_a1111(resize_mode).map_err(|source| crate::Error::InitImage { source })?;
+    images
+        .iter()
+        .map(|image| {
+            let buffer = to_image_buffer(image, "init_images")?;
+            let fitted = sdrt_io::resize_image(&buffer, width, height, mode)
+                .map_err(|source| crate::Error::InitImage { source })?;
+            Ok(RgbImage { width, height, pixels: fitted.into_raw() })
+        })
+        .collect()
+}
+
+/// An `image` crate buffer of `image`, or an error naming `field` when its bytes do not fill it.
+pub(crate) fn to_image_buffer(image: &RgbImage, field: &'static str) -> crate::Result<image::RgbImage> {
+    image::RgbImage::from_raw(image.width, image.height, image.pixels.clone()).ok_or_else(|| crate::Error::Field {
+        field,
+        problem: format!("{}×{} RGB needs {} bytes", image.width, image.height, image.width * image.height * 3),
+    })
+}
+
+/// The infotext fields shared by every image of the job (seeds are filled per image).
+fn infotext_template(
+    base: &GenerationRequest,
+    choice: &SamplerChoice,
+    settings: &GenerationSettings,
+    handle: &ModelHandle,
+    denoising_strength: Option<f64>,
+) -> GenerationParams {
+    // A1111 records the resolved schedule when the sampler has a default one (DPM++ 2M → Karras),
+    // otherwise the request's scheduler (Automatic for Euler).
+    let schedule_type = choice.effective_scheduler().unwrap_or(choice.scheduler).label;
+    let uses_ensd = settings.eta_noise_seed_delta != 0 && choice.sampler.uses_ensd && base.eta != Some(0.0);
+    let resized = base.seed_resize_from_w > 0 && base.seed_resize_from_h > 0;
+    GenerationParams {
+        prompt: base.prompt.clone(),
+        negative_prompt: base.negative_prompt.clone(),
+        steps: base.steps,
+        sampler: choice.sampler.name.to_owned(),
+        schedule_type: Some(schedule_type.to_owned()),
+        cfg_scale: InfotextValue::Float(base.cfg_scale),
+        width: base.width,
+        height: base.height,
+        model_hash: Some(handle.hash.clone()),
+        model: Some(handle.name.clone()),
+        variation_seed_strength: (base.subseed_strength != 0.0).then_some(base.subseed_strength),
+        seed_resize_from: resized.then_some((base.seed_resize_from_w as u32, base.seed_resize_from_h as u32)),
+        denoising_strength,
+        clip_skip: settings.clip_skip,
+        ensd: uses_ensd.then_some(settings.eta_noise_seed_delta as i64),
+        rng: randn_source_name(settings.randn_source).to_owned(),
+        version: Some(settings.version.clone()),
+        ..GenerationParams::default()
+    }
+}

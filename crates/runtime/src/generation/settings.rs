@@ -1,0 +1,128 @@
+//! The A1111 settings a generation depends on beyond its request (`randn_source`, clip skip, ENSD, …), and
+//! applying them by name from `override_settings` or `POST /sdapi/v1/options`.
+
+use std::path::PathBuf;
+
+use sdrt_processing::{CpuKernel, Emphasis, RandomSource};
+use serde_json::{Map, Value};
+
+/// The A1111 settings (not request fields) a generation depends on; requests may override them through
+/// `override_settings` (`randn_source`, `CLIP_stop_at_last_layers`, `eta_noise_seed_delta`, `emphasis`).
+#[derive(Debug, Clone)]
+pub struct GenerationSettings {
+    /// Model name or folder; `None` = the provider's resident model.
+    pub model: Option<String>,
+    /// A1111's "Random number generator source".
+    pub randn_source: RandomSource,
+    /// A1111's "Clip skip".
+    pub clip_skip: u32,
+    /// A1111's "Eta noise seed delta".
+    pub eta_noise_seed_delta: u64,
+    /// A1111's "Emphasis mode".
+    pub emphasis: Emphasis,
+    /// A1111's `pad_cond_uncond`: pad prompts of different chunk counts to share one UNet call.
+    pub pad_cond_uncond: bool,
+    /// Where images are saved; `None` keeps them in memory only.
+    pub outdir: Option<PathBuf>,
+    /// A1111 file name pattern (`None` = `[seed]-[prompt_spaces]` after the number).
+    pub filename_pattern: Option<String>,
+    /// Also save each image's final latents as a float32 `.npy` beside it.
+    pub save_latents: bool,
+    /// The `Version` infotext value.
+    pub version: String,
+}
+
+impl Default for GenerationSettings {
+    fn default() -> Self {
+        Self {
+            model: None,
+            randn_source: RandomSource::Gpu,
+            clip_skip: 1,
+            eta_noise_seed_delta: 0,
+            emphasis: Emphasis::Original,
+            pad_cond_uncond: false,
+            outdir: None,
+            filename_pattern: None,
+            save_latents: false,
+            version: format!("sdrt-{}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+}
+
+/// Parses A1111's random source names (`GPU`, `CPU`, `NV`, any case).
+pub fn parse_randn_source(name: &str) -> Option<RandomSource> {
+    match name.to_ascii_lowercase().as_str() {
+        "gpu" => Some(RandomSource::Gpu),
+        "cpu" => Some(RandomSource::Cpu(CpuKernel::default())),
+        "nv" => Some(RandomSource::Nv),
+        _ => None,
+    }
+}
+
+/// The A1111 name of a random source.
+pub fn randn_source_name(source: RandomSource) -> &'static str {
+    match source {
+        RandomSource::Gpu => "GPU",
+        RandomSource::Cpu(_) => "CPU",
+        RandomSource::Nv => "NV",
+    }
+}
+
+/// A setting value sdrt cannot use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettingProblem {
+    /// A1111's setting name (`randn_source`, `CLIP_stop_at_last_layers`, …).
+    pub key: &'static str,
+    /// What is wrong and how to fix it.
+    pub problem: String,
+}
+
+impl GenerationSettings {
+    /// Applies A1111 settings by name (`override_settings`, `POST /sdapi/v1/options`): `randn_source`,
+    /// `CLIP_stop_at_last_layers`, `eta_noise_seed_delta`, `emphasis`, `pad_cond_uncond`,
+    /// `sd_model_checkpoint`. Returns the names it does not implement (they change nothing, as unknown
+    /// settings do in A1111).
+    pub fn apply_settings(&mut self, entries: &Map<String, Value>) -> std::result::Result<Vec<String>, SettingProblem> {
+        let bad = |key: &'static str, problem: String| SettingProblem { key, problem };
+        let mut ignored = Vec::new();
+        for (key, value) in entries {
+            match key.as_str() {
+                "randn_source" => {
+                    let name = value.as_str().unwrap_or_default();
+                    self.randn_source = parse_randn_source(name)
+                        .ok_or_else(|| bad("randn_source", format!("{value} is not a source; use GPU, CPU or NV")))?;
+                }
+                "CLIP_stop_at_last_layers" => {
+                    self.clip_skip =
+                        value.as_u64().filter(|n| (1..=12).contains(n)).ok_or_else(|| {
+                            bad("CLIP_stop_at_last_layers", format!("{value} is not a layer count 1–12"))
+                        })? as u32;
+                }
+                "eta_noise_seed_delta" => {
+                    self.eta_noise_seed_delta = value
+                        .as_u64()
+                        .ok_or_else(|| bad("eta_noise_seed_delta", format!("{value} is not a non-negative integer")))?;
+                }
+                "emphasis" => {
+                    let name = value.as_str().unwrap_or_default();
+                    self.emphasis = name.parse().map_err(|_| {
+                        bad("emphasis", format!("{value} is not a mode; use Original, No norm or None"))
+                    })?;
+                }
+                "pad_cond_uncond" => {
+                    self.pad_cond_uncond = value
+                        .as_bool()
+                        .ok_or_else(|| bad("pad_cond_uncond", format!("{value} is not true or false")))?;
+                }
+                "sd_model_checkpoint" => {
+                    let name = value.as_str().ok_or_else(|| {
+                        bad("sd_model_checkpoint", format!("{value} is not a model name; send a string"))
+                    })?;
+                    self.model = Some(name.to_owned());
+                }
+                other => ignored.push(other.to_owned()),
+            }
+        }
+        Ok(ignored)
+    }
+}
