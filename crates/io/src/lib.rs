@@ -9,11 +9,13 @@
 //! - Output names ([`apply_pattern`], [`next_image_path`]), [`write_atomically`], [`image_grid`].
 //! - [`model_hash`]: the `Model hash` of an ONNX model folder.
 
+mod composite;
 mod error;
 mod exif_meta;
 mod grid;
 mod image_info;
 mod infotext;
+mod mask;
 mod model_hash;
 mod naming;
 mod pil_resize;
@@ -21,6 +23,7 @@ mod png_meta;
 mod resize;
 mod upscaler;
 
+pub use composite::{apply_overlay, fill_masked, overlay_image};
 pub use error::{Error, Result};
 pub use exif_meta::{
     DEFAULT_JPEG_QUALITY, decode_user_comment, encode_jpeg_with_infotext, encode_webp_with_infotext,
@@ -29,6 +32,7 @@ pub use exif_meta::{
 pub use grid::{GRID_BACKGROUND, grid_shape, image_grid};
 pub use image_info::{ImageInfo, read_image_info};
 pub use infotext::{GenerationParams, HiresParams, InfotextValue, ParsedInfotext, python_float, quote, unquote};
+pub use mask::{CropBox, blur_mask, crop_region, expand_crop_region, mask_from_image, pil_luminance};
 pub use model_hash::{SHORT_HASH_LEN, model_hash, model_sha256};
 pub use naming::{
     DEFAULT_PATTERN, NameParams, apply_pattern, limit_stem, next_image_path, next_sequence_number,
