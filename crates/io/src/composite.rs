@@ -56,14 +56,16 @@ fn box_blur_line(line: &[[u8; 4]], radius: f32) -> Vec<[u8; 4]> {
     let edge_a = (r + 1).min(size);
     let edge_b = size.saturating_sub(r + 1);
     let px = |i: usize, c: usize| u32::from(line[i][c]);
-    let mut acc = [0u32; 4];
-    for c in 0..4 {
-        acc[c] = px(0, c).wrapping_mul(r as u32 + 1);
-        for x in 0..edge_a.saturating_sub(1) {
-            acc[c] = acc[c].wrapping_add(px(x, c));
-        }
-        acc[c] = acc[c].wrapping_add(px(last, c).wrapping_mul((r + 1 - edge_a) as u32));
-    }
+    // The running sum for pixel −1: the first pixel r + 1 times, pixels 0 … r − 1 (the last one repeated
+    // past the end of a short line).
+    let acc_start = |c: usize| {
+        let inside = (0..edge_a.saturating_sub(1)).fold(0u32, |sum, x| sum.wrapping_add(px(x, c)));
+        px(0, c)
+            .wrapping_mul(r as u32 + 1)
+            .wrapping_add(inside)
+            .wrapping_add(px(last, c).wrapping_mul((r + 1 - edge_a) as u32))
+    };
+    let mut acc: [u32; 4] = std::array::from_fn(acc_start);
     let mut out = vec![[0u8; 4]; size];
     let mut step = |x: usize, subtract: usize, add: usize, far_left: usize, far_right: usize| {
         for c in 0..4 {
