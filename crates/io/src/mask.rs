@@ -6,19 +6,19 @@ use image::{DynamicImage, GrayImage, Luma};
 /// A1111's `create_binary_mask`: an RGBA mask whose alpha is not fully opaque is its alpha channel
 /// (thresholded at 128 when `round`); any other image is its luminance (PIL `convert("L")`).
 pub fn mask_from_image(image: &DynamicImage, round: bool) -> GrayImage {
-    if let DynamicImage::ImageRgba8(rgba) = image {
-        if rgba.pixels().any(|p| p[3] != 255) {
-            return GrayImage::from_fn(rgba.width(), rgba.height(), |x, y| {
-                let alpha = rgba.get_pixel(x, y)[3];
-                Luma([if !round {
-                    alpha
-                } else if alpha > 128 {
-                    255
-                } else {
-                    0
-                }])
-            });
-        }
+    if let DynamicImage::ImageRgba8(rgba) = image
+        && rgba.pixels().any(|p| p[3] != 255)
+    {
+        let threshold = |alpha: u8| {
+            if !round {
+                alpha
+            } else if alpha > 128 {
+                255
+            } else {
+                0
+            }
+        };
+        return GrayImage::from_fn(rgba.width(), rgba.height(), |x, y| Luma([threshold(rgba.get_pixel(x, y)[3])]));
     }
     let rgb = image.to_rgb8();
     GrayImage::from_fn(rgb.width(), rgb.height(), |x, y| Luma([pil_luminance(rgb.get_pixel(x, y).0)]))
