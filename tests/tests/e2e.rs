@@ -55,7 +55,11 @@ fn request(case: &Value) -> ProcessingRequest {
             let mut request = Img2ImgRequest::from_json(&json).unwrap();
             let path = case["request"]["init_image"].as_str().unwrap();
             request.init_images = vec![path.to_owned()];
-            ProcessingRequest::Img2Img { request, init_images: vec![decode_png(path)] }
+            let mask = case["request"]["mask_image"].as_str().map(|mask| {
+                request.mask = Some(mask.to_owned());
+                sdrt_io::mask_from_image(&image::open(fixture(mask)).unwrap(), request.mask_round)
+            });
+            ProcessingRequest::Img2Img { request, init_images: vec![decode_png(path)], mask }
         }
         other => panic!("unknown mode {other}"),
     }
@@ -180,6 +184,33 @@ fn every_hires_case_reproduces_through_the_runner() {
     assert!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.join("\n"));
 }
 
+/// Inpainting (tests/fixtures/passes/inpaint.json): every masked-content mode, invert, "Only masked" with
+/// padding on a larger image, soft masks with a noise multiplier, a 9-channel inpainting UNet with and
+/// without a mask.
+#[test]
+fn every_inpainting_case_reproduces_through_the_runner() {
+    sdrt_models::ensure_runtime().unwrap();
+    let cases = fixture_json("passes/inpaint.json");
+    let version = cases["a1111_version"].as_str().unwrap();
+    let provider =
+        Arc::new(ModelProvider::new(SessionConfig { intra_op_threads: Some(1), ..SessionConfig::default() }));
+    let all = cases["cases"].as_array().unwrap();
+    let fills: std::collections::BTreeSet<u64> =
+        all.iter().filter_map(|c| c["request"]["inpainting_fill"].as_u64()).collect();
+    assert_eq!(fills.len(), 4, "every masked-content mode is covered");
+    let mut problems = Vec::new();
+    for case in all {
+        let (found, worst) = compare_case(case, version, &provider);
+        eprintln!("{}: max |Δlatents| = {worst:.2e} × std", case["name"].as_str().unwrap());
+        problems.extend(found);
+    }
+    for entry in cases["discrimination"].as_array().unwrap() {
+        let ratio = entry["ratio_to_tolerance"].as_f64().unwrap();
+        assert!(ratio > 10.0, "the tolerance must catch {}: only {ratio:.1}× it", entry["change"]);
+    }
+    assert!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.join("\n"));
+}
+
 #[test]
 fn saved_png_round_trips_the_infotext_and_latents() {
     sdrt_models::ensure_runtime().unwrap();
@@ -283,14 +314,14 @@ fn img2img_fits_other_sizes_and_rejects_latent_upscale_by_name() {
     for mode in [0, 1, 2] {
         let ProcessingRequest::Img2Img { mut request, .. } = request(case) else { unreachable!() };
         request.resize_mode = mode;
-        let job = ProcessingRequest::Img2Img { request, init_images: vec![small.clone()] };
+        let job = ProcessingRequest::Img2Img { request, init_images: vec![small.clone()], mask: None };
         let (output, _) =
             ProcessingRunner::new().run(GenerationJob::new(job, settings(case, version), provider.clone())).unwrap();
         assert_eq!((output.images[0].image.width, output.images[0].image.height), (64, 64), "mode {mode}");
     }
     let ProcessingRequest::Img2Img { mut request, .. } = request(case) else { unreachable!() };
     request.resize_mode = 3;
-    let job = ProcessingRequest::Img2Img { request, init_images: vec![small] };
+    let job = ProcessingRequest::Img2Img { request, init_images: vec![small], mask: None };
     let err = ProcessingRunner::new().run(GenerationJob::new(job, settings(case, version), provider)).unwrap_err();
     assert!(err.to_string().contains("resize_mode"), "{err}");
 }

@@ -116,10 +116,21 @@ async fn bad_requests_are_422_naming_the_field() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(answer["detail"].as_str().expect("detail").starts_with("init_images"), "{answer}");
     let valid = BASE64.encode(sdrt_io::encode_png_rgb8(&[0; 64 * 64 * 3], 64, 64, &[]).expect("encodes"));
-    let masked = img2img(json!({"mask": valid, "init_images": [valid]}));
+    let masked = img2img(json!({"mask": "not an image", "init_images": [valid]}));
     let (status, answer) = call(&app, "POST", "/sdapi/v1/img2img", Some(masked)).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert!(answer["detail"].as_str().expect("detail").contains("mask: inpainting is not implemented"), "{answer}");
+    assert!(answer["detail"].as_str().expect("detail").starts_with("mask"), "{answer}");
+    for (extra, field) in [
+        (json!({"inpainting_fill": 7}), "inpainting_fill"),
+        (json!({"mask_blur": -1}), "mask_blur"),
+        (json!({"latent_mask": valid}), "latent_mask"),
+    ] {
+        let mut body = img2img(json!({"mask": valid, "init_images": [valid]}));
+        body.as_object_mut().expect("object").extend(extra.as_object().expect("object").clone());
+        let (status, answer) = call(&app, "POST", "/sdapi/v1/img2img", Some(body)).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+        assert!(answer["detail"].as_str().expect("detail").contains(field), "{field}: {answer}");
+    }
     for (body, field) in [
         (json!({"width": 64, "height": 64, "enable_hr": true, "hr_upscaler": "Lanczoz"}), "hr_upscaler"),
         (json!({"width": 64, "height": 64, "enable_hr": true, "hr_scale": 200}), "hr_scale"),
@@ -156,6 +167,36 @@ async fn img2img_takes_base64_init_images() {
     let info: GenerationInfo = serde_json::from_str(answer["info"].as_str().expect("info")).expect("info JSON");
     assert_eq!(info.denoising_strength, Some(0.5));
     assert!(info.infotexts[0].contains("Denoising strength: 0.5"), "{}", info.infotexts[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inpainting_and_hires_fix_through_the_api() {
+    let app = server();
+    let pixels: Vec<u8> = (0..64 * 64 * 3).map(|i| (i * 7 % 251) as u8).collect();
+    let init = BASE64.encode(sdrt_io::encode_png_rgb8(&pixels, 64, 64, &[]).expect("encodes"));
+    // A smaller mask than the image is resized, as A1111 does; webuiapi always sends image_cfg_scale.
+    let mask_pixels: Vec<u8> = (0..32 * 32).flat_map(|i| if i % 32 < 16 { [255; 3] } else { [0; 3] }).collect();
+    let mask = BASE64.encode(sdrt_io::encode_png_rgb8(&mask_pixels, 32, 32, &[]).expect("encodes"));
+    let body = json!({"init_images": [init], "mask": mask, "prompt": "a red ball", "width": 64, "height": 64,
+                      "steps": 3, "seed": 5, "inpainting_fill": 1, "inpaint_full_res": false, "image_cfg_scale": 1.5});
+    let (status, answer) = call(&app, "POST", "/sdapi/v1/img2img", Some(body)).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let info: GenerationInfo = serde_json::from_str(answer["info"].as_str().expect("info")).expect("info JSON");
+    assert!(info.infotexts[0].contains("Mask blur: 4"), "{}", info.infotexts[0]);
+    let png = BASE64.decode(answer["images"][0].as_str().expect("image")).expect("base64");
+    let image = sdrt_io::decode_png(&png).expect("png");
+    let original = &pixels[(63 * 64 + 63) * 3..(63 * 64 + 63) * 3 + 3];
+    assert_eq!(&image.pixels[(63 * 64 + 63) * 3..(63 * 64 + 63) * 3 + 3], original, "unmasked pixels are kept");
+
+    let body = json!({"prompt": "x", "width": 64, "height": 64, "steps": 2, "seed": 9, "enable_hr": true,
+                      "hr_scale": 2, "hr_upscaler": "Latent (nearest-exact)", "denoising_strength": 0.5});
+    let (status, answer) = call(&app, "POST", "/sdapi/v1/txt2img", Some(body)).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let png = BASE64.decode(answer["images"][0].as_str().expect("image")).expect("base64");
+    let image = sdrt_io::decode_png(&png).expect("png");
+    assert_eq!((image.width, image.height), (128, 128));
+    let info: GenerationInfo = serde_json::from_str(answer["info"].as_str().expect("info")).expect("info JSON");
+    assert!(info.infotexts[0].contains("Hires upscaler: Latent (nearest-exact)"), "{}", info.infotexts[0]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -239,6 +239,30 @@ pub struct Img2ImgArgs {
     /// 0 just resize, 1 crop and resize, 2 resize and fill.
     #[arg(long, default_value_t = 0)]
     pub resize_mode: u32,
+    /// Inpainting mask (white = repaint; an image with transparency uses its alpha channel).
+    #[arg(long)]
+    pub mask: Option<PathBuf>,
+    /// Mask blur in pixels (both directions).
+    #[arg(long, default_value_t = 4)]
+    pub mask_blur: i64,
+    /// Masked content: 0 fill, 1 original, 2 latent noise, 3 latent nothing.
+    #[arg(long, default_value_t = 1)]
+    pub inpainting_fill: u32,
+    /// Inpaint area "Only masked": work on the masked region at full resolution (else "Whole picture").
+    #[arg(long)]
+    pub inpaint_full_res: bool,
+    /// Padding around the masked region for --inpaint-full-res, in pixels.
+    #[arg(long, default_value_t = 32)]
+    pub inpaint_full_res_padding: u32,
+    /// 1 inpaints what is not masked.
+    #[arg(long, default_value_t = 0)]
+    pub inpainting_mask_invert: u32,
+    /// Multiplier of the initial noise (A1111's "Noise multiplier for img2img").
+    #[arg(long, default_value_t = 1.0)]
+    pub initial_noise_multiplier: f64,
+    /// Keep soft mask edges instead of rounding the mask to 0/1.
+    #[arg(long)]
+    pub no_mask_round: bool,
 }
 
 /// The tiny random-weight pipeline committed with the repository.
@@ -354,27 +378,44 @@ pub fn txt2img(args: &Txt2ImgArgs) -> Result<()> {
 
 pub fn img2img(args: &Img2ImgArgs) -> Result<()> {
     let init = read_rgb(&args.init_image)?;
+    let mask = args.mask.as_deref().map(|path| read_mask(path, !args.no_mask_round)).transpose()?;
     let request = Img2ImgRequest {
         base: args.common.base_request(),
         denoising_strength: args.denoising_strength,
         resize_mode: args.resize_mode,
-        // Validation wants a non-empty list; the decoded image travels beside the request.
+        // Validation wants non-empty fields; the decoded images travel beside the request.
         init_images: vec![args.init_image.display().to_string()],
+        mask: args.mask.as_ref().map(|path| path.display().to_string()),
+        mask_blur: Some(args.mask_blur),
+        inpainting_fill: args.inpainting_fill,
+        inpaint_full_res: args.inpaint_full_res,
+        inpaint_full_res_padding: args.inpaint_full_res_padding,
+        inpainting_mask_invert: args.inpainting_mask_invert,
+        initial_noise_multiplier: Some(args.initial_noise_multiplier),
+        mask_round: !args.no_mask_round,
         ..Img2ImgRequest::default()
     };
+    request.validate()?;
     let provider = args.common.provider()?;
-    let job = ProcessingRequest::Img2Img { request, init_images: vec![init] };
+    let job = ProcessingRequest::Img2Img { request, init_images: vec![init], mask };
     let (output, metrics) = run_job(job, args.common.settings(true)?, provider, args.common.json)?;
     report(&output, &metrics, args.common.json)
 }
 
-/// Decodes an image file to 8-bit RGB.
+/// Decodes an image file to 8-bit RGB (transparency flattened onto white, as A1111 does).
 pub fn read_rgb(path: &Path) -> Result<RgbImage> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading --init-image {}", path.display()))?;
-    let image = image::load_from_memory(&bytes)
-        .with_context(|| format!("--init-image {}: not a PNG, JPEG or WebP image", path.display()))?
-        .to_rgb8();
+    let image = sdrt_io::flatten(&read_image(path, "--init-image")?);
     Ok(RgbImage { width: image.width(), height: image.height(), pixels: image.into_raw() })
+}
+
+/// Decodes an inpainting mask file as A1111 reads masks.
+fn read_mask(path: &Path, round: bool) -> Result<image::GrayImage> {
+    Ok(sdrt_io::mask_from_image(&read_image(path, "--mask")?, round))
+}
+
+fn read_image(path: &Path, flag: &str) -> Result<image::DynamicImage> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {flag} {}", path.display()))?;
+    image::load_from_memory(&bytes).with_context(|| format!("{flag} {}: not a PNG, JPEG or WebP image", path.display()))
 }
 
 fn report(output: &GenerationOutput, metrics: &JobMetrics, json: bool) -> Result<()> {

@@ -144,6 +144,18 @@ fn alpha_composite(destination: &mut RgbaImage, source: &RgbaImage) {
     }
 }
 
+/// A1111's `images.flatten` with its default background: an image with transparency is composited onto
+/// white (`img2img_background_color`); others are just converted to RGB.
+pub fn flatten(image: &image::DynamicImage) -> RgbImage {
+    let image::DynamicImage::ImageRgba8(rgba) = image else { return image.to_rgb8() };
+    let mut canvas = RgbaImage::from_pixel(rgba.width(), rgba.height(), Rgba([255, 255, 255, 255]));
+    alpha_composite(&mut canvas, rgba);
+    RgbImage::from_fn(canvas.width(), canvas.height(), |x, y| {
+        let p = canvas.get_pixel(x, y);
+        image::Rgb([p[0], p[1], p[2]])
+    })
+}
+
 /// A1111's `masking.fill` ("Masked content: fill"): the masked area is painted from ever less blurred
 /// copies of the unmasked pixels around it; unmasked pixels come back unchanged.
 pub fn fill_masked(image: &RgbImage, mask: &GrayImage) -> RgbImage {
@@ -222,6 +234,13 @@ mod tests {
         let out = apply_overlay(&result, &overlay_image(&original, &mask), None).unwrap();
         assert_eq!(out.get_pixel(0, 0), &image::Rgb([10, 20, 30]));
         assert_eq!(out.get_pixel(1, 1), &image::Rgb([200, 200, 200]));
+    }
+
+    #[test]
+    fn transparent_pixels_flatten_onto_white() {
+        let rgba = RgbaImage::from_fn(2, 1, |x, _| Rgba([0, 0, 0, if x == 0 { 0 } else { 255 }]));
+        let flat = flatten(&image::DynamicImage::ImageRgba8(rgba));
+        assert_eq!(flat.as_raw(), &[255, 255, 255, 0, 0, 0]);
     }
 
     #[test]

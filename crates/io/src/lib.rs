@@ -23,7 +23,7 @@ mod png_meta;
 mod resize;
 mod upscaler;
 
-pub use composite::{apply_overlay, fill_masked, overlay_image};
+pub use composite::{apply_overlay, fill_masked, flatten, overlay_image};
 pub use error::{Error, Result};
 pub use exif_meta::{
     DEFAULT_JPEG_QUALITY, decode_user_comment, encode_jpeg_with_infotext, encode_webp_with_infotext,

@@ -61,6 +61,7 @@ fn tokenize_and_encode(c: &mut Criterion) {
         denoising_strength: None,
         pad_cond_uncond: false,
         after_first_pass: None,
+        noise_multiplier: 1.0,
     };
     c.bench_function("tokenize_encode_2chunk_prompt_and_negative", |b| {
         b.iter(|| black_box(pipeline.encode_prompts(&spec).expect("encode")))

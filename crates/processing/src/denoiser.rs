@@ -289,8 +289,28 @@ impl<M: UNetModel> DiscreteDenoiser<M> {
 
     /// x0 of every row of `x`, row `i` conditioned on `conds[i]`.
     pub fn denoise_with(&mut self, x: &Tensor, sigma: f64, conds: &[&M::Cond]) -> Result<Tensor> {
+        self.denoise_with_image(x, sigma, conds, None)
+    }
+
+    /// [`DiscreteDenoiser::denoise_with`] for UNets that also take image conditioning (inpainting models):
+    /// its rows are appended to the scaled latents on the channel axis, unscaled, as LDM's `c_concat`.
+    pub fn denoise_with_image(
+        &mut self,
+        x: &Tensor,
+        sigma: f64,
+        conds: &[&M::Cond],
+        image: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let c_in = 1.0 / (sigma * sigma + 1.0).sqrt();
-        let x_in = x.mapv(|v| (f64::from(v) * c_in) as f32);
+        let mut x_in = x.mapv(|v| (f64::from(v) * c_in) as f32);
+        if let Some(image) = image {
+            x_in = ndarray::concatenate(Axis(1), &[x_in.view(), image.view()]).map_err(|_| Error::Shape {
+                stage: "processing::denoise",
+                tensor: "image conditioning",
+                found: image.shape().to_vec(),
+                expected: format!("[{}, channels, height, width] like the latents {:?}", x.shape()[0], x.shape()),
+            })?;
+        }
         let timestep = self.schedule.sigma_to_t(sigma);
         let out = self.model.predict(&x_in, timestep as f32, conds)?;
         if out.shape() != x.shape() {
@@ -380,6 +400,8 @@ pub struct CfgDenoiser<M: UNetModel> {
     model_calls: usize,
     pad_cond_uncond: bool,
     last_uncond: Option<Tensor>,
+    /// Per image, the inpainting model's image conditioning (`[B, 5, h, w]`), the same for cond and uncond.
+    image: Option<Tensor>,
 }
 
 impl<M: UNetModel> CfgDenoiser<M> {
@@ -422,7 +444,23 @@ impl<M: UNetModel> CfgDenoiser<M> {
             model_calls: 0,
             pad_cond_uncond: false,
             last_uncond: None,
+            image: None,
         })
+    }
+
+    /// Image conditioning for inpainting UNets: one row per image (`[B, 5, h, w]`: mask, masked-image
+    /// latents), given to every cond and uncond row of that image (A1111's `image_cond_in`).
+    pub fn with_image_conditioning(mut self, image: Tensor) -> Result<Self> {
+        if image.ndim() != 4 || image.shape()[0] != self.conds.len() {
+            return Err(Error::Shape {
+                stage: "processing::denoise",
+                tensor: "image conditioning",
+                found: image.shape().to_vec(),
+                expected: format!("[{}, channels, height, width]: one row per image", self.conds.len()),
+            });
+        }
+        self.image = Some(image);
+        Ok(self)
     }
 
     /// A1111's `pad_cond_uncond` option: when cond and uncond differ in length, pad the shorter side with
@@ -506,13 +544,16 @@ impl<M: UNetModel> Denoiser for CfgDenoiser<M> {
         let (cond_out, uncond_out) = if cond_len == uncond_len || padded.is_some() {
             let all_images: Vec<usize> = cond_images.iter().chain(&image_rows).copied().collect();
             let all_conds: Vec<&M::Cond> = cond_rows.iter().chain(&uncond_rows).copied().collect();
-            let out = self.inner.denoise_with(&gather_rows(x, &all_images), sigma, &all_conds)?;
+            let image = self.image.as_ref().map(|i| gather_rows(i, &all_images));
+            let out = self.inner.denoise_with_image(&gather_rows(x, &all_images), sigma, &all_conds, image.as_ref())?;
             self.model_calls += 1;
             let n = cond_rows.len();
             (out.slice_axis(Axis(0), (..n).into()).to_owned(), out.slice_axis(Axis(0), (n..).into()).to_owned())
         } else {
-            let cond_out = self.inner.denoise_with(&gather_rows(x, &cond_images), sigma, &cond_rows)?;
-            let uncond_out = self.inner.denoise_with(x, sigma, &uncond_rows)?;
+            let cond_image = self.image.as_ref().map(|i| gather_rows(i, &cond_images));
+            let cond_out =
+                self.inner.denoise_with_image(&gather_rows(x, &cond_images), sigma, &cond_rows, cond_image.as_ref())?;
+            let uncond_out = self.inner.denoise_with_image(x, sigma, &uncond_rows, self.image.as_ref())?;
             self.model_calls += 2;
             (cond_out, uncond_out)
         };

@@ -25,8 +25,8 @@ pub use denoiser::{
 pub use error::{Error, Result};
 pub use noise::{ImageRng, NoiseParams};
 pub use pipeline::{
-    BatchConditioning, GenerationSpec, LATENT_CHANNELS, LATENT_FACTOR, LatentUpscaleMode, Pipeline, RgbImage,
-    SampleOutput, images_to_tensor, latents_to_images, upscale_latents,
+    BatchConditioning, GenerationSpec, LATENT_CHANNELS, LATENT_FACTOR, LatentMask, LatentUpscaleMode, PassInputs,
+    Pipeline, RgbImage, SampleOutput, images_to_tensor, latents_to_images, upscale_latents,
 };
 pub use prompt::{
     BREAK_TEXT, BREAK_WEIGHT, MulticondList, ScheduleSteps, SubPrompt, WeightedText, multicond_prompt_list,

@@ -9,7 +9,7 @@ use sdrt_api_types::{GenerationInfo, GenerationRequest, ImageResponse, Img2ImgRe
 use sdrt_runtime::{GenerationJob, GenerationOutput, GenerationSettings, JobControl, ProcessingRequest};
 
 use crate::error::{Error, Result};
-use crate::images::decode_image;
+use crate::images::{decode_image, decode_mask};
 use crate::state::ServerState;
 
 /// Runs a txt2img request.
@@ -17,7 +17,9 @@ pub(crate) async fn txt2img(state: Arc<ServerState>, request: Txt2ImgRequest) ->
     request.validate()?;
     let parameters = serde_json::to_value(&request).unwrap_or_default();
     let base = request.base.clone();
-    run(state, ProcessingRequest::Txt2Img(request), base, parameters, None).await
+    // A1111 reports the hires pass's denoising strength in `info` (its txt2img keeps it only with enable_hr).
+    let strength = request.enable_hr.then_some(request.denoising_strength);
+    run(state, ProcessingRequest::Txt2Img(request), base, parameters, strength).await
 }
 
 /// Runs an img2img request (`init_images` are base64 images, optionally `data:` URLs).
@@ -25,10 +27,14 @@ pub(crate) async fn img2img(state: Arc<ServerState>, request: Img2ImgRequest) ->
     request.validate()?;
     let init_images =
         request.init_images.iter().map(|image| decode_image("init_images", image)).collect::<Result<Vec<_>>>()?;
+    let mask = match request.mask.as_deref().filter(|m| !m.is_empty()) {
+        Some(mask) => Some(decode_mask("mask", mask, request.mask_round)?),
+        None => None,
+    };
     let parameters = serde_json::to_value(&request).unwrap_or_default();
     let base = request.base.clone();
     let strength = request.denoising_strength;
-    run(state, ProcessingRequest::Img2Img { request, init_images }, base, parameters, Some(strength)).await
+    run(state, ProcessingRequest::Img2Img { request, init_images, mask }, base, parameters, Some(strength)).await
 }
 
 async fn run(

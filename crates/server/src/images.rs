@@ -18,11 +18,19 @@ pub(crate) fn decode_base64(field: &'static str, text: &str) -> Result<Vec<u8>> 
 
 /// Decodes a base64 PNG, JPEG or WebP image to RGB.
 pub(crate) fn decode_image(field: &'static str, text: &str) -> Result<RgbImage> {
-    let bytes = decode_base64(field, text)?;
-    let image = image::load_from_memory(&bytes)
-        .map_err(|e| Error::Field { field, message: format!("not a PNG, JPEG or WebP image: {e}") })?
-        .to_rgb8();
+    let image = sdrt_io::flatten(&load(field, text)?);
     Ok(RgbImage { width: image.width(), height: image.height(), pixels: image.into_raw() })
+}
+
+/// An inpainting mask as A1111 reads it (`create_binary_mask`: an alpha channel when it has transparency).
+pub(crate) fn decode_mask(field: &'static str, text: &str, round: bool) -> Result<image::GrayImage> {
+    Ok(sdrt_io::mask_from_image(&load(field, text)?, round))
+}
+
+fn load(field: &'static str, text: &str) -> Result<image::DynamicImage> {
+    let bytes = decode_base64(field, text)?;
+    image::load_from_memory(&bytes)
+        .map_err(|e| Error::Field { field, message: format!("not a PNG, JPEG or WebP image: {e}") })
 }
 
 /// `POST /sdapi/v1/png-info`: the infotext, the other text items and the parsed parameters (empty when the

@@ -2,6 +2,7 @@
 //! can time and observe each stage: A1111's `process_images` core without the file side.
 
 mod image;
+mod inpaint;
 mod unet;
 mod upscale;
 
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use sdrt_models::{LoadedModel, ModelFamily as LoadedFamily, PredictionType, TextLayer};
 
 pub use image::{RgbImage, images_to_tensor, latents_to_images};
+pub use inpaint::LatentMask;
 pub use upscale::{LatentUpscaleMode, upscale_latents};
 
 use crate::conditioning::{ClipTextEncoder, Conditioner, Embedder, Emphasis, PromptSchedule};
@@ -57,6 +59,19 @@ pub struct GenerationSpec {
     /// into the second pass (integer steps count on after it, fractions from 1.0 up), and the pass runs
     /// exactly `steps` denoising steps.
     pub after_first_pass: Option<usize>,
+    /// img2img: A1111's `initial_noise_multiplier`, applied to the first noise draw (1 = off).
+    pub noise_multiplier: f64,
+}
+
+/// What an img2img pass starts from besides its noise.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PassInputs<'a> {
+    /// The VAE latents to start from (img2img, hires); `None` = txt2img from noise.
+    pub init_latent: Option<&'a Tensor>,
+    /// Inpainting: the area to repaint; everything else stays on `init_latent`.
+    pub mask: Option<&'a LatentMask>,
+    /// Inpainting UNets: `[B, 5, h, w]` mask + masked-image latents (see [`Pipeline::inpainting_conditioning`]).
+    pub image_conditioning: Option<&'a Tensor>,
 }
 
 impl GenerationSpec {
@@ -225,17 +240,48 @@ impl<'m> Pipeline<'m> {
         Ok(posterior.mean.mapv(|v| v * scale).into_dyn())
     }
 
-    /// Samples the batch: txt2img from noise, or img2img from `init_latent` when given.
+    /// Whether the UNet is an inpainting model (9 input channels), which needs image conditioning.
+    pub fn is_inpainting_model(&self) -> bool {
+        self.model.unet.in_channels() == Some(9)
+    }
+
+    /// A 9-channel UNet's image conditioning (A1111 `inpainting_image_conditioning`): `images` `[B, 3, H, W]`
+    /// in [-1, 1] masked by `mask` `[H, W]` (1 = repaint; `None`: all, as A1111 without a mask) with
+    /// `weight` (its "Conditional mask weight"), VAE-encoded, behind the mask at latent size.
+    pub fn inpainting_conditioning(
+        &mut self,
+        images: &Tensor,
+        mask: Option<&ndarray::Array2<f32>>,
+        weight: f64,
+    ) -> Result<Tensor> {
+        let _span = tracing::info_span!("processing::inpainting_conditioning").entered();
+        let masked = inpaint::masked_images(images, mask, weight as f32)?;
+        let latents = self.encode_images(&masked)?;
+        inpaint::concat_mask(&latents, mask)
+    }
+
+    /// A 9-channel UNet's conditioning when nothing is masked (A1111 `txt2img_image_conditioning`): a mid-grey
+    /// image, all repainted, at `width`×`height` for `batch` images.
+    pub fn blank_inpainting_conditioning(&mut self, batch: usize, width: usize, height: usize) -> Result<Tensor> {
+        let grey = Tensor::zeros(ndarray::IxDyn(&[batch, 3, height, width]));
+        self.inpainting_conditioning(&grey, None, 1.0)
+    }
+
+    /// Samples the batch: txt2img from noise, or img2img from `inputs.init_latent` (inpainting when
+    /// `inputs.mask` is given).
     pub fn sample(
         &mut self,
         spec: &GenerationSpec,
         conditioning: &BatchConditioning,
-        init_latent: Option<&Tensor>,
+        inputs: PassInputs<'_>,
         hooks: Hooks<'_>,
     ) -> Result<SampleOutput> {
         spec.check()?;
         let mut rng = ImageRng::new(NoiseParams { latent_shape: spec.latent_shape(), ..spec.noise.clone() })?;
-        let noise = rng.first()?;
+        let mut noise = rng.first()?;
+        if spec.noise_multiplier != 1.0 && inputs.init_latent.is_some() {
+            noise.mapv_inplace(|v| (f64::from(v) * spec.noise_multiplier) as f32);
+        }
         let is_xl = self.model.unet.takes_sdxl_conditioning();
         let time_ids = is_xl.then(|| unet::sdxl_time_ids(spec.width, spec.height));
         let unet = unet::OnnxUnet::new(&mut self.model.unet, time_ids, conditioning.empty.clone());
@@ -248,10 +294,24 @@ impl<'m> Pipeline<'m> {
         let unconds = conditioning.unconds.iter().map(scheduled).collect::<Result<Vec<_>>>()?;
         let mut denoiser =
             CfgDenoiser::new(inner, conds, unconds, spec.cfg_scale)?.with_pad_cond_uncond(spec.pad_cond_uncond);
-        let sampled = match (init_latent, spec.denoising_strength) {
+        if let Some(image) = inputs.image_conditioning {
+            denoiser = denoiser.with_image_conditioning(image.clone())?;
+        }
+        let sampled = match (inputs.init_latent, spec.denoising_strength) {
             (Some(init), Some(strength)) => {
                 let steps = spec.img2img_steps(strength)?;
-                spec.sampler.img2img(&self.schedule, &mut denoiser, &mut rng, init, &noise, steps, hooks)?
+                let sampler = &spec.sampler;
+                match inputs.mask {
+                    Some(mask) => {
+                        let before = sampler.kind().is_timestep_sampler();
+                        let mut masked = inpaint::MaskedDenoiser::new(&mut denoiser, init, mask, before);
+                        let mut sampled =
+                            sampler.img2img(&self.schedule, &mut masked, &mut rng, init, &noise, steps, hooks)?;
+                        sampled.latent = mask.blend(&sampled.latent, init)?;
+                        sampled
+                    }
+                    None => sampler.img2img(&self.schedule, &mut denoiser, &mut rng, init, &noise, steps, hooks)?,
+                }
             }
             (Some(_), None) => {
                 return Err(invalid("denoising_strength", "img2img needs a denoising strength in 0..=1".into()));

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use ndarray::{Array2, Array3, Axis, s};
 use sdrt_models::{Unet, UnetInput};
 
+use super::LATENT_CHANNELS;
 use crate::conditioning::Cond;
 use crate::denoiser::{Tensor, UNetModel};
 use crate::error::{Error, Result};
@@ -144,7 +145,10 @@ impl UNetModel for OnnxUnet<'_> {
     type Cond = Arc<Cond>;
 
     fn predict(&mut self, x_in: &Tensor, timestep: f32, conds: &[&Arc<Cond>]) -> Result<Tensor> {
-        let sample = super::nchw(x_in, STAGE, "sample", "[batch, channels, height/8, width/8]")?;
+        let all = super::nchw(x_in, STAGE, "sample", "[batch, channels, height/8, width/8]")?;
+        // Channels past the latent ones are an inpainting model's image conditioning (`c_concat`).
+        let sample = all.slice(s![.., ..LATENT_CHANNELS.min(all.shape()[1]), .., ..]);
+        let image = (all.shape()[1] > LATENT_CHANNELS).then(|| all.slice(s![.., LATENT_CHANNELS.., .., ..]));
         let rows = sample.shape()[0];
         if conds.len() != rows {
             return Err(Error::Shape {
@@ -161,7 +165,7 @@ impl UNetModel for OnnxUnet<'_> {
             sample,
             timesteps: timesteps.view(),
             encoder_hidden_states: stacked.hidden.view(),
-            inpaint_conditioning: None,
+            inpaint_conditioning: image,
             text_embeds: stacked.pooled.as_ref().map(|p| p.view()),
             time_ids: stacked.time_ids.as_ref().map(|t| t.view()),
             timestep_cond: None,

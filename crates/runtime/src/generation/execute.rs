@@ -7,10 +7,11 @@ use std::time::Instant;
 
 use ndarray::{Axis, Slice};
 use sdrt_processing::{
-    BatchConditioning, GenerationSpec, Hooks, LATENT_FACTOR, Pipeline, RgbImage, SampleOutput, Sampled, StepEvent,
-    Tensor, images_to_tensor, upscale_latents,
+    BatchConditioning, GenerationSpec, Hooks, ImageRng, LATENT_FACTOR, NoiseParams, PassInputs, Pipeline, RgbImage,
+    SampleOutput, Sampled, StepEvent, Tensor, images_to_tensor, upscale_latents,
 };
 
+use super::inpaint::{InpaintPlan, MaskedContent};
 use super::plan::{HiresPlan, HiresUpscaler, JobPlan, to_image_buffer};
 use super::{ExecutedGeneration, PreparedGeneration, poisoned};
 use crate::lifecycle::JobContext;
@@ -41,14 +42,24 @@ pub(crate) fn execute(prepared: PreparedGeneration, context: &mut JobContext) ->
             interrupted = true;
             break;
         }
-        let init_latent = passes.init_latent(plan, spec)?;
-        let mut sampled = passes.sample(spec, init_latent.as_ref(), index)?;
+        let images_in = init_batch(plan, spec);
+        let init_latent = passes.init_latent(plan, images_in.as_deref())?;
+        let image_conditioning = passes.image_conditioning(plan, spec, images_in.as_deref())?;
+        let inputs = PassInputs {
+            init_latent: init_latent.as_ref(),
+            mask: plan.inpaint.as_ref().map(|inpaint| &inpaint.latent_mask),
+            image_conditioning: image_conditioning.as_ref(),
+        };
+        let mut sampled = passes.sample(spec, inputs, index)?;
         if let (Some(hires), false) = (&plan.hires, sampled.interrupted) {
-            sampled = passes.hires(hires, spec, &sampled.latent, index)?;
+            sampled = passes.hires(plan, hires, spec, &sampled.latent, index)?;
         }
         let started = Instant::now();
-        let images = passes.pipeline.decode(&sampled.latent)?;
+        let mut images = passes.pipeline.decode(&sampled.latent)?;
         passes.context.metrics.record("decode", started.elapsed());
+        if let Some(inpaint) = &plan.inpaint {
+            images = overlay(images, inpaint)?;
+        }
         batches.push(BatchResult { spec: spec.clone(), images, latents: sampled.latent });
         if sampled.interrupted && passes.context.control.is_interrupted() {
             interrupted = true;
@@ -72,11 +83,56 @@ struct Passes<'p, 'm> {
 }
 
 impl Passes<'_, '_> {
-    /// The VAE latents of the plan's init images for this batch (one image repeated, or one per image).
-    fn init_latent(&mut self, plan: &JobPlan, spec: &GenerationSpec) -> crate::Result<Option<Tensor>> {
-        let Some(images) = &plan.init_images else { return Ok(None) };
-        let batch: Vec<RgbImage> = (0..spec.batch_size()).map(|i| images[i % images.len()].clone()).collect();
-        self.encode_images(&batch).map(Some)
+    /// The VAE latents of this batch's init images, with the masked area replaced as `inpainting_fill` asks
+    /// ("latent noise": noise from the first batch's seeds, as A1111 draws it; "latent nothing": zeros).
+    fn init_latent(&mut self, plan: &JobPlan, images: Option<&[RgbImage]>) -> crate::Result<Option<Tensor>> {
+        let Some(images) = images else { return Ok(None) };
+        let latent = self.encode_images(images)?;
+        let Some(inpaint) = &plan.inpaint else { return Ok(Some(latent)) };
+        let filled = match inpaint.content {
+            MaskedContent::LatentNoise => {
+                let first = &plan.batches[0].noise;
+                let shape = latent.shape();
+                let params = NoiseParams {
+                    latent_shape: [shape[1], shape[2], shape[3]],
+                    seeds: first.seeds.iter().copied().cycle().take(shape[0]).collect(),
+                    subseeds: vec![0; shape[0]],
+                    subseed_strength: 0.0,
+                    seed_resize_from: (0, 0),
+                    source: first.source,
+                    eta_noise_seed_delta: 0,
+                };
+                let noise = ImageRng::new(params)?.first()?;
+                inpaint.latent_mask.fill(&latent, Some(&noise))?
+            }
+            MaskedContent::LatentNothing => inpaint.latent_mask.fill(&latent, None)?,
+            MaskedContent::Fill | MaskedContent::Original => latent,
+        };
+        Ok(Some(filled))
+    }
+
+    /// An inpainting UNet's image conditioning for a first pass: from the (masked) init images in img2img,
+    /// blank in txt2img. `None` for ordinary UNets.
+    fn image_conditioning(
+        &mut self,
+        plan: &JobPlan,
+        spec: &GenerationSpec,
+        images: Option<&[RgbImage]>,
+    ) -> crate::Result<Option<Tensor>> {
+        if !plan.inpainting_model {
+            return Ok(None);
+        }
+        let started = Instant::now();
+        let weight = plan.settings.inpainting_mask_weight;
+        let conditioning = match images {
+            Some(images) => {
+                let mask = plan.inpaint.as_ref().map(|inpaint| &inpaint.conditioning_mask);
+                self.pipeline.inpainting_conditioning(&images_to_tensor(images)?, mask, weight)?
+            }
+            None => self.pipeline.blank_inpainting_conditioning(spec.batch_size(), spec.width, spec.height)?,
+        };
+        self.context.metrics.record("image_conditioning", started.elapsed());
+        Ok(Some(conditioning))
     }
 
     fn encode_images(&mut self, images: &[RgbImage]) -> crate::Result<Tensor> {
@@ -98,8 +154,8 @@ impl Passes<'_, '_> {
         Ok(conditioning)
     }
 
-    /// One sampling pass (txt2img from noise, or img2img from `init_latent`) with progress and interrupt.
-    fn sample(&mut self, spec: &GenerationSpec, init_latent: Option<&Tensor>, batch: usize) -> crate::Result<Sampled> {
+    /// One sampling pass (txt2img from noise, or img2img from `inputs.init_latent`) with progress and interrupt.
+    fn sample(&mut self, spec: &GenerationSpec, inputs: PassInputs<'_>, batch: usize) -> crate::Result<Sampled> {
         let conditioning = self.conditioning(spec)?;
         let started = Instant::now();
         let cancel = AtomicBool::new(false);
@@ -121,7 +177,7 @@ impl Passes<'_, '_> {
             }
         };
         let hooks = Hooks { on_step: Some(&mut on_step), cancel: Some(&cancel) };
-        let SampleOutput { sampled, unet_calls } = self.pipeline.sample(spec, &conditioning, init_latent, hooks)?;
+        let SampleOutput { sampled, unet_calls } = self.pipeline.sample(spec, &conditioning, inputs, hooks)?;
         self.unet_calls += unet_calls;
         self.context.metrics.record("sample", started.elapsed());
         self.context.metrics.steps += steps_done.get();
@@ -132,6 +188,7 @@ impl Passes<'_, '_> {
     /// truncate to the requested box, then img2img at the new size with fresh noise from the same seeds.
     fn hires(
         &mut self,
+        plan: &JobPlan,
         hires: &HiresPlan,
         first: &GenerationSpec,
         latents: &Tensor,
@@ -160,8 +217,38 @@ impl Passes<'_, '_> {
         let truncated = truncate(&upscaled, hires.truncate);
         self.context.metrics.record("hires_upscale", started.elapsed());
         let spec = hires.spec(first, (truncated.shape()[2], truncated.shape()[3]));
-        self.sample(&spec, Some(&truncated), batch)
+        // Inpainting UNets get blank conditioning at the hires size (A1111 v1.10 builds it at the first pass's
+        // size for latent upscalers, which fails: its issue #6281).
+        let image_conditioning = match plan.inpainting_model {
+            true => Some(self.pipeline.blank_inpainting_conditioning(spec.batch_size(), spec.width, spec.height)?),
+            false => None,
+        };
+        let inputs =
+            PassInputs { init_latent: Some(&truncated), mask: None, image_conditioning: image_conditioning.as_ref() };
+        self.sample(&spec, inputs, batch)
     }
+}
+
+/// This batch's init images: one per image, a single init image repeated.
+fn init_batch(plan: &JobPlan, spec: &GenerationSpec) -> Option<Vec<RgbImage>> {
+    let images = plan.init_images.as_ref()?;
+    Some((0..spec.batch_size()).map(|i| images[i % images.len()].clone()).collect())
+}
+
+/// A1111's `apply_overlay` on every decoded image: the unmasked original laid back over the result (and the
+/// result fitted back into the original for "Only masked").
+fn overlay(images: Vec<RgbImage>, inpaint: &InpaintPlan) -> crate::Result<Vec<RgbImage>> {
+    images
+        .into_iter()
+        .enumerate()
+        .map(|(i, image)| {
+            let result = to_image_buffer(&image, "image")?;
+            let overlay = &inpaint.overlays[i % inpaint.overlays.len()];
+            let composed = sdrt_io::apply_overlay(&result, overlay, inpaint.paste_to)
+                .map_err(|source| crate::Error::InitImage { source })?;
+            Ok(RgbImage { width: composed.width(), height: composed.height(), pixels: composed.into_raw() })
+        })
+        .collect()
 }
 
 /// `samples[:, :, ty//2 : h-(ty+1)//2, tx//2 : w-(tx+1)//2]` (A1111 keeps the centre of a covering resize).

@@ -3,6 +3,7 @@
 //! finalize writes infotexts and files. Everything after prepare derives from the plan.
 
 mod execute;
+mod inpaint;
 mod plan;
 mod save;
 mod settings;
@@ -24,12 +25,15 @@ pub use settings::{GenerationSettings, SettingProblem, parse_randn_source, randn
 pub enum ProcessingRequest {
     /// Text to image.
     Txt2Img(Txt2ImgRequest),
-    /// Image to image; `init_images` are already decoded (the request's base64 strings are not read).
+    /// Image to image; `init_images` and `mask` are already decoded (the request's base64 strings are not
+    /// read).
     Img2Img {
         /// The request.
         request: Img2ImgRequest,
         /// Decoded init images; one is used for the whole batch, several are used one per image.
         init_images: Vec<RgbImage>,
+        /// Inpainting: the decoded mask (white = repaint), as [`sdrt_io::mask_from_image`] reads it.
+        mask: Option<image::GrayImage>,
     },
 }
 

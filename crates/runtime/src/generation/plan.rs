@@ -11,6 +11,7 @@ use sdrt_processing::{
     SamplerParams, ScheduleOptions, batch_seeds, fixed_seed,
 };
 
+use super::inpaint::{InpaintPlan, PreparedInpaint, prepare_inpaint};
 use super::settings::{GenerationSettings, randn_source_name};
 use super::{GenerationJob, PreparedGeneration, ProcessingRequest, poisoned};
 use crate::lifecycle::JobContext;
@@ -22,8 +23,12 @@ pub(crate) struct JobPlan {
     pub(crate) batches: Vec<GenerationSpec>,
     /// txt2img's hires fix, run on every batch after its first pass.
     pub(crate) hires: Option<HiresPlan>,
-    /// img2img's init images, fitted to the request's size.
+    /// img2img's init images, fitted to the request's size (inpainting: cropped and filled too).
     pub(crate) init_images: Option<Vec<RgbImage>>,
+    /// img2img with a mask.
+    pub(crate) inpaint: Option<InpaintPlan>,
+    /// The UNet takes image conditioning (9 channels).
+    pub(crate) inpainting_model: bool,
     /// The infotext fields every image shares (seeds are filled per image).
     pub(crate) template: GenerationParams,
     /// The settings the job runs with (`override_settings` applied).
@@ -114,9 +119,10 @@ pub(crate) fn prepare(job: GenerationJob, context: &mut JobContext) -> crate::Re
     context.metrics.record("load_model", started.elapsed());
 
     let choice = sampling.first_pass;
-    let family = {
+    let (family, inpainting_model) = {
         let mut model = handle.model.lock().map_err(|_| poisoned())?;
-        Pipeline::new(&mut model)?.schedule_family()
+        let pipeline = Pipeline::new(&mut model)?;
+        (pipeline.schedule_family(), pipeline.is_inpainting_model())
     };
     let sampler = build_sampler(&choice, &base, family)?;
     let hires = match (&request, sampling.hires_pass) {
@@ -131,19 +137,49 @@ pub(crate) fn prepare(job: GenerationJob, context: &mut JobContext) -> crate::Re
         ProcessingRequest::Img2Img { request, .. } => Some(request.denoising_strength),
     };
     let first_pass_strength = denoising_strength.filter(|_| matches!(request, ProcessingRequest::Img2Img { .. }));
-    let batches = batch_specs(&base, &settings, &sampler, first_pass_strength)?;
-    let init_images = match &request {
-        ProcessingRequest::Txt2Img(_) => None,
-        ProcessingRequest::Img2Img { request, init_images } => {
-            Some(fit_init_images(init_images, base.width, base.height, request.resize_mode)?)
+    let noise_multiplier = match &request {
+        ProcessingRequest::Img2Img { request, .. } => request.initial_noise_multiplier.unwrap_or(1.0),
+        ProcessingRequest::Txt2Img(_) => 1.0,
+    };
+    let batches = batch_specs(&base, &settings, &sampler, first_pass_strength, noise_multiplier)?;
+    let mut extra = Vec::new();
+    let (init_images, inpaint) = match &request {
+        ProcessingRequest::Txt2Img(_) => (None, None),
+        ProcessingRequest::Img2Img { request, init_images, mask } => {
+            match mask.as_ref().map(|mask| prepare_inpaint(request, init_images, mask)).transpose()?.flatten() {
+                Some(PreparedInpaint { images, plan, infotext }) => {
+                    extra = infotext;
+                    (Some(images), Some(plan))
+                }
+                None => (Some(fit_init_images(init_images, base.width, base.height, request.resize_mode)?), None),
+            }
         }
     };
+    if noise_multiplier != 1.0 {
+        extra.push(("Noise multiplier".to_owned(), InfotextValue::Float(noise_multiplier)));
+    }
+    // A1111 marks `is_using_inpainting_conditioning` for SD 1.x/2.x inpainting UNets always, for SDXL ones only
+    // in img2img.
+    let is_img2img = matches!(request, ProcessingRequest::Img2Img { .. });
+    let conditional_mask_weight =
+        (inpainting_model && (is_img2img || family != ModelFamily::Sdxl)).then_some(settings.inpainting_mask_weight);
     let (hires, hires_infotext) = hires.unzip();
     let template = GenerationParams {
         hires: hires_infotext,
+        conditional_mask_weight,
+        extra,
         ..infotext_template(&base, &choice, &settings, &handle, denoising_strength)
     };
-    let plan = JobPlan { batches, hires, init_images, template, settings, subseed_strength: base.subseed_strength };
+    let plan = JobPlan {
+        batches,
+        hires,
+        init_images,
+        inpaint,
+        inpainting_model,
+        template,
+        settings,
+        subseed_strength: base.subseed_strength,
+    };
     Ok(PreparedGeneration { handle, plan })
 }
 
@@ -192,13 +228,14 @@ fn reject_unimplemented(request: &ProcessingRequest) -> crate::Result<()> {
                 Ok(())
             }
         }
-        ProcessingRequest::Img2Img { request: r, .. } => {
-            if r.mask.as_deref().is_some_and(|m| !m.is_empty()) {
-                Err(unsupported("mask", "inpainting"))
-            } else if r.latent_mask.as_deref().is_some_and(|m| !m.is_empty()) {
-                Err(unsupported("latent_mask", "inpainting"))
-            } else if r.initial_noise_multiplier.is_some_and(|m| m != 1.0) {
-                Err(unsupported("initial_noise_multiplier", "scaling the initial noise"))
+        ProcessingRequest::Img2Img { request: r, mask, .. } => {
+            if r.latent_mask.as_deref().is_some_and(|m| !m.is_empty()) {
+                Err(unsupported("latent_mask", "a separate latent mask"))
+            } else if r.mask.as_deref().is_some_and(|m| !m.is_empty()) && mask.is_none() {
+                Err(crate::Error::Field {
+                    field: "mask",
+                    problem: "the request names a mask but none was decoded; send it as a base64 image".into(),
+                })
             } else {
                 Ok(())
             }
@@ -292,6 +329,7 @@ fn batch_specs(
     settings: &GenerationSettings,
     sampler: &Sampler,
     denoising_strength: Option<f64>,
+    noise_multiplier: f64,
 ) -> crate::Result<Vec<GenerationSpec>> {
     let seed = fixed_seed(base.seed, "seed")?;
     let subseed = fixed_seed(base.subseed, "subseed")?;
@@ -322,6 +360,7 @@ fn batch_specs(
                 denoising_strength,
                 pad_cond_uncond: settings.pad_cond_uncond,
                 after_first_pass: None,
+                noise_multiplier,
             })
         })
         .collect()

@@ -22,6 +22,9 @@ pub struct GenerationSettings {
     pub emphasis: Emphasis,
     /// A1111's `pad_cond_uncond`: pad prompts of different chunk counts to share one UNet call.
     pub pad_cond_uncond: bool,
+    /// A1111's "Inpainting conditioning mask strength" (`inpainting_mask_weight`, infotext "Conditional mask
+    /// weight"): how much of the masked area inpainting UNets see blanked out (1 = all of it).
+    pub inpainting_mask_weight: f64,
     /// Where images are saved; `None` keeps them in memory only.
     pub outdir: Option<PathBuf>,
     /// A1111 file name pattern (`None` = `[seed]-[prompt_spaces]` after the number).
@@ -41,6 +44,7 @@ impl Default for GenerationSettings {
             eta_noise_seed_delta: 0,
             emphasis: Emphasis::Original,
             pad_cond_uncond: false,
+            inpainting_mask_weight: 1.0,
             outdir: None,
             filename_pattern: None,
             save_latents: false,
@@ -80,7 +84,7 @@ pub struct SettingProblem {
 impl GenerationSettings {
     /// Applies A1111 settings by name (`override_settings`, `POST /sdapi/v1/options`): `randn_source`,
     /// `CLIP_stop_at_last_layers`, `eta_noise_seed_delta`, `emphasis`, `pad_cond_uncond`,
-    /// `sd_model_checkpoint`. Returns the names it does not implement (they change nothing, as unknown
+    /// `inpainting_mask_weight`, `sd_model_checkpoint`. Returns the names it does not implement (they change nothing, as unknown
     /// settings do in A1111).
     pub fn apply_settings(&mut self, entries: &Map<String, Value>) -> std::result::Result<Vec<String>, SettingProblem> {
         let bad = |key: &'static str, problem: String| SettingProblem { key, problem };
@@ -113,6 +117,12 @@ impl GenerationSettings {
                     self.pad_cond_uncond = value
                         .as_bool()
                         .ok_or_else(|| bad("pad_cond_uncond", format!("{value} is not true or false")))?;
+                }
+                "inpainting_mask_weight" => {
+                    self.inpainting_mask_weight = value
+                        .as_f64()
+                        .filter(|w| (0.0..=1.0).contains(w))
+                        .ok_or_else(|| bad("inpainting_mask_weight", format!("{value} is not a weight from 0 to 1")))?;
                 }
                 "sd_model_checkpoint" => {
                     let name = value.as_str().ok_or_else(|| {
