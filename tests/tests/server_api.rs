@@ -244,6 +244,19 @@ async fn name_tables_and_options() {
     assert_eq!(options["randn_source"], "GPU");
     assert_eq!(options["CLIP_stop_at_last_layers"], 1);
     assert_eq!(options["sd_model_checkpoint"], tiny_model());
+    let (_, upscalers) = call(&app, "GET", "/sdapi/v1/upscalers", None).await;
+    assert_eq!(
+        upscalers,
+        json!([
+            {"name": "None", "model_name": null, "model_path": null, "model_url": null, "scale": 4.0},
+            {"name": "Lanczos", "model_name": null, "model_path": null, "model_url": null, "scale": 4.0},
+            {"name": "Nearest", "model_name": null, "model_path": null, "model_url": null, "scale": 4.0},
+        ])
+    );
+    let (_, modes) = call(&app, "GET", "/sdapi/v1/latent-upscale-modes", None).await;
+    let names: Vec<&str> = modes.as_array().expect("list").iter().filter_map(|m| m["name"].as_str()).collect();
+    assert_eq!(names[0], "Latent");
+    assert_eq!(names.len(), 6);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,7 +22,8 @@ pub use names::{
 };
 pub use request::{ExtraFields, GenerationRequest, Img2ImgRequest, Txt2ImgRequest};
 pub use response::{
-    GenerationInfo, ImageResponse, Options, PngInfoRequest, PngInfoResponse, ProgressRequest, ProgressResponse,
-    ProgressState, SamplerItem, SchedulerItem, SdModelItem, sampler_items, scheduler_items,
+    GenerationInfo, ImageResponse, LatentUpscaleModeItem, Options, PngInfoRequest, PngInfoResponse, ProgressRequest,
+    ProgressResponse, ProgressState, SamplerItem, SchedulerItem, SdModelItem, UpscalerItem, sampler_items,
+    scheduler_items,
 };
 pub use validate::{MAX_BATCH_SIZE, MAX_STEPS, SIDE_RANGE, ValidatedSampling};

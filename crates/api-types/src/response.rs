@@ -231,6 +231,28 @@ pub fn scheduler_items() -> Vec<SchedulerItem> {
     SCHEDULERS.iter().map(SchedulerItem::from).collect()
 }
 
+/// One `/upscalers` entry (A1111's `UpscalerItem`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpscalerItem {
+    /// The `hr_upscaler` name.
+    pub name: String,
+    /// The model's name (none for the built-in resamplers).
+    pub model_name: Option<String>,
+    /// Where the model file is.
+    pub model_path: Option<String>,
+    /// Where the model came from.
+    pub model_url: Option<String>,
+    /// Its native scale (A1111 reports 4 for the built-in ones).
+    pub scale: f64,
+}
+
+/// One `/latent-upscale-modes` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LatentUpscaleModeItem {
+    /// The `hr_upscaler` name.
+    pub name: String,
+}
+
 /// The subset of A1111 settings (`GET/POST /sdapi/v1/options`) that sdrt acts on; others are kept in `extra`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]

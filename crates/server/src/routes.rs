@@ -7,8 +7,8 @@ use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use sdrt_api_types::{
-    ImageResponse, Img2ImgRequest, Options, PngInfoRequest, PngInfoResponse, ProgressResponse, SamplerItem,
-    SchedulerItem, SdModelItem, Txt2ImgRequest, sampler_items, scheduler_items,
+    ImageResponse, Img2ImgRequest, LatentUpscaleModeItem, Options, PngInfoRequest, PngInfoResponse, ProgressResponse,
+    SamplerItem, SchedulerItem, SdModelItem, Txt2ImgRequest, UpscalerItem, sampler_items, scheduler_items,
 };
 
 use crate::error::{Error, Result};
@@ -30,6 +30,8 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/sdapi/v1/sd-models", get(sd_models))
         .route("/sdapi/v1/options", get(options).post(set_options))
         .route("/sdapi/v1/png-info", post(png_info))
+        .route("/sdapi/v1/upscalers", get(upscalers))
+        .route("/sdapi/v1/latent-upscale-modes", get(latent_upscale_modes))
         .with_state(state)
 }
 
@@ -90,6 +92,22 @@ async fn interrupt(State(state): Shared) -> Json<serde_json::Value> {
 async fn skip(State(state): Shared) -> Json<serde_json::Value> {
     state.current_control().skip();
     Json(serde_json::json!({}))
+}
+
+async fn upscalers() -> Json<Vec<UpscalerItem>> {
+    let item = |name: &str| UpscalerItem {
+        name: name.to_owned(),
+        model_name: None,
+        model_path: None,
+        model_url: None,
+        scale: 4.0,
+    };
+    Json(sdrt_runtime::image_upscaler_names().into_iter().map(item).collect())
+}
+
+async fn latent_upscale_modes() -> Json<Vec<LatentUpscaleModeItem>> {
+    let item = |name: &str| LatentUpscaleModeItem { name: name.to_owned() };
+    Json(sdrt_runtime::latent_upscale_mode_names().into_iter().map(item).collect())
 }
 
 async fn samplers() -> Json<Vec<SamplerItem>> {

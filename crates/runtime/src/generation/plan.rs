@@ -62,8 +62,17 @@ impl HiresUpscaler {
 
 /// Every `hr_upscaler` name sdrt runs: the latent modes, then the image upscalers.
 pub fn upscaler_names() -> Vec<&'static str> {
-    let latent = LatentUpscaleMode::ALL.into_iter().map(LatentUpscaleMode::label);
-    latent.chain(ImageUpscaler::ALL.into_iter().map(ImageUpscaler::label)).collect()
+    latent_upscale_mode_names().into_iter().chain(image_upscaler_names()).collect()
+}
+
+/// The latent upscale modes (`/sdapi/v1/latent-upscale-modes`).
+pub fn latent_upscale_mode_names() -> Vec<&'static str> {
+    LatentUpscaleMode::ALL.into_iter().map(LatentUpscaleMode::label).collect()
+}
+
+/// The image upscalers (`/sdapi/v1/upscalers`).
+pub fn image_upscaler_names() -> Vec<&'static str> {
+    ImageUpscaler::ALL.into_iter().map(ImageUpscaler::label).collect()
 }
 
 /// txt2img's second pass (A1111 `StableDiffusionProcessingTxt2Img.sample_hr_pass`).
