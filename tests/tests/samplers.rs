@@ -266,3 +266,24 @@ fn unknown_names_and_bad_parameters_are_errors() {
     let err = sampler.img2img(&model, &mut d, &mut noise, &x, &wrong, steps, Hooks::default()).unwrap_err().to_string();
     assert!(err.contains("noise"), "{err}");
 }
+
+/// The wire table (api-types, what requests and `/samplers` name) and the processing table (what runs) must
+/// describe the same samplers the same way: both are A1111's `samplers_k_diffusion` / timestep lists.
+#[test]
+fn the_api_and_processing_sampler_tables_agree() {
+    use sdrt_api_types::{SAMPLERS, SamplerFamily, find_scheduler};
+    assert_eq!(SAMPLERS.len(), SamplerKind::ALL.len(), "one row per sampler in both tables");
+    for info in SAMPLERS {
+        let kind = SamplerKind::from_name(info.name).unwrap_or_else(|e| panic!("{}: {e}", info.name));
+        assert_eq!(kind.label(), info.name);
+        assert_eq!(kind.aliases(), info.aliases, "{}", info.name);
+        assert_eq!(kind.is_second_order(), info.second_order, "{}: second order", info.name);
+        assert_eq!(kind.discards_penultimate_sigma(), info.discard_next_to_last_sigma, "{}: discard", info.name);
+        assert_eq!(kind.uses_ensd(), info.uses_ensd, "{}: ENSD", info.name);
+        assert_eq!(kind.uses_brownian_noise(), info.brownian_noise, "{}: Brownian noise", info.name);
+        assert_eq!(kind.is_timestep_sampler(), info.family == SamplerFamily::Timesteps, "{}: family", info.name);
+        let api_default = info.default_scheduler.and_then(find_scheduler).map(|s| s.label);
+        let processing_default = Some(kind.default_schedule()).filter(|s| *s != Schedule::Automatic).map(|s| s.label());
+        assert_eq!(api_default, processing_default, "{}: the schedule Automatic means", info.name);
+    }
+}
