@@ -6,6 +6,8 @@
 mod conditioning;
 mod denoiser;
 mod error;
+mod guidance;
+mod model_schedule;
 mod noise;
 mod pipeline;
 mod prompt;
@@ -18,11 +20,10 @@ pub use conditioning::{
     CHUNK_TOKENS, COMMA_PADDING_BACKTRACK, ClipTextEncoder, Cond, Conditioner, Embedder, Emphasis, EncodedText,
     PromptChunk, PromptSchedule, PromptTokenizer, TextEncoder, TokenizedPrompt, tokenize_prompt,
 };
-pub use denoiser::{
-    CfgDenoiser, Denoiser, DiscreteDenoiser, ModelSchedule, Prediction, ScheduledCond, TRAINING_TIMESTEPS, Tensor,
-    UNetModel, Unguided,
-};
+pub use denoiser::{Denoiser, DiscreteDenoiser, Prediction, Tensor, UNetModel};
 pub use error::{Error, Result};
+pub use guidance::{CfgDenoiser, ScheduledCond, Unguided};
+pub use model_schedule::{ModelSchedule, TRAINING_TIMESTEPS};
 pub use noise::{ImageRng, NoiseParams};
 pub use pipeline::{
     BatchConditioning, GenerationSpec, LATENT_CHANNELS, LATENT_FACTOR, LatentMask, LatentUpscaleMode, PassInputs,

@@ -3,8 +3,8 @@
 
 use statrs::distribution::{Beta, ContinuousCDF};
 
-use crate::denoiser::{ModelSchedule, linspace};
 use crate::error::{Error, Result};
+use crate::model_schedule::{ModelSchedule, linspace};
 
 /// A sigma schedule ("Schedule type" in A1111).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

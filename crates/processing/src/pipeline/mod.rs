@@ -15,8 +15,10 @@ pub use inpaint::LatentMask;
 pub use upscale::{LatentUpscaleMode, upscale_latents};
 
 use crate::conditioning::{ClipTextEncoder, Conditioner, Embedder, Emphasis, PromptSchedule};
-use crate::denoiser::{CfgDenoiser, DiscreteDenoiser, ModelSchedule, Prediction, ScheduledCond, Tensor};
+use crate::denoiser::{DiscreteDenoiser, Prediction, Tensor};
 use crate::error::{Error, Result};
+use crate::guidance::{CfgDenoiser, ScheduledCond};
+use crate::model_schedule::ModelSchedule;
 use crate::noise::{ImageRng, NoiseParams};
 use crate::prompt::ScheduleSteps;
 use crate::sampling::{Hooks, Img2ImgSteps, Sampled, Sampler};

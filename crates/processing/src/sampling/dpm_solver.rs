@@ -122,7 +122,7 @@ pub(crate) fn fast(
     check_range(sigma_min, sigma_max)?;
     let (t_start, t_end) = (t_of(sigma_max), t_of(sigma_min));
     let m = nfe / 3 + 1;
-    let ts: Vec<f64> = crate::denoiser::linspace(t_start, t_end, m + 1).into_iter().map(f32_round).collect();
+    let ts: Vec<f64> = crate::model_schedule::linspace(t_start, t_end, m + 1).into_iter().map(f32_round).collect();
     let orders: Vec<usize> = if nfe.is_multiple_of(3) {
         std::iter::repeat_n(3, m.saturating_sub(2)).chain([2, 1]).collect()
     } else {

@@ -11,8 +11,9 @@ mod unipc;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::denoiser::{Denoiser, ModelSchedule, Tensor};
+use crate::denoiser::{Denoiser, Tensor};
 use crate::error::{Error, Result};
+use crate::model_schedule::ModelSchedule;
 use crate::schedules::{self, Schedule, ScheduleOptions};
 
 pub use table::SamplerKind;

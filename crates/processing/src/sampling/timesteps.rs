@@ -3,8 +3,9 @@
 
 use super::Ctx;
 use super::ops::{lin2, weighted_sum};
-use crate::denoiser::{ModelSchedule, Tensor};
+use crate::denoiser::Tensor;
 use crate::error::{Error, Result};
+use crate::model_schedule::ModelSchedule;
 
 /// CFG++ maps the CFG scale range 0..12.5 onto 0..1.
 const CFGPP_SCALE_DIVISOR: f64 = 12.5;

@@ -5,8 +5,9 @@
 use super::Ctx;
 use super::ops::{add_scaled, lin2};
 use super::timesteps::eps_at;
-use crate::denoiser::{ModelSchedule, Tensor};
+use crate::denoiser::Tensor;
 use crate::error::{Error, Result};
+use crate::model_schedule::ModelSchedule;
 
 /// B(h) of the UniPC update (A1111 `uni_pc_variant`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
