@@ -13,7 +13,7 @@ use sdrt_runtime::{
     GenerationJob, GenerationOutput, GenerationSettings, HookPoint, JobInfo, ModelProvider, ProcessingRequest,
     ProcessingRunner, RunnerHook, Stage, parse_randn_source,
 };
-use sdrt_tests::{fixture, fixture_json};
+use sdrt_tests::{fixture, fixture_json, fixtures_dir};
 use serde_json::Value;
 
 /// Final latents must agree within this fraction of their standard deviation. The oracle's discrimination
@@ -42,6 +42,9 @@ fn settings(case: &Value, version: &str) -> GenerationSettings {
         clip_skip: s["CLIP_stop_at_last_layers"].as_u64().unwrap() as u32,
         eta_noise_seed_delta: s["eta_noise_seed_delta"].as_u64().unwrap(),
         emphasis: s["emphasis"].as_str().unwrap().parse().unwrap(),
+        upscaler_dir: Some(fixtures_dir().join("passes/upscalers")),
+        esrgan_tile: s["ESRGAN_tile"].as_u64().map_or(192, |t| t as u32),
+        esrgan_tile_overlap: s["ESRGAN_tile_overlap"].as_u64().map_or(8, |t| t as u32),
         version: version.to_owned(),
         ..GenerationSettings::default()
     }

@@ -175,9 +175,13 @@ pub struct Txt2ImgArgs {
     #[arg(long, default_value_t = 2.0)]
     pub hr_scale: f64,
     /// Hires upscaler: "Latent", "Latent (antialiased)", "Latent (bicubic)", "Latent (bicubic antialiased)",
-    /// "Latent (nearest)", "Latent (nearest-exact)", "None", "Lanczos" or "Nearest".
+    /// "Latent (nearest)", "Latent (nearest-exact)", "None", "Lanczos", "Nearest", or the name of a model in
+    /// --upscaler-dir.
     #[arg(long, default_value = "Latent")]
     pub hr_upscaler: String,
+    /// Folder of upscaler models (`<name>.onnx`, ESRGAN family, run in 192-pixel tiles as A1111 does).
+    #[arg(long)]
+    pub upscaler_dir: Option<PathBuf>,
     /// Hires pass steps (0 = the same as --steps).
     #[arg(long, default_value_t = 0)]
     pub hr_second_pass_steps: u32,
@@ -371,8 +375,8 @@ pub fn txt2img(args: &Txt2ImgArgs) -> Result<()> {
     request.validate()?;
     let common = &args.common;
     let provider = common.provider()?;
-    let (output, metrics) =
-        run_job(ProcessingRequest::Txt2Img(request), common.settings(true)?, provider, common.json)?;
+    let settings = GenerationSettings { upscaler_dir: args.upscaler_dir.clone(), ..common.settings(true)? };
+    let (output, metrics) = run_job(ProcessingRequest::Txt2Img(request), settings, provider, common.json)?;
     report(&output, &metrics, common.json)
 }
 

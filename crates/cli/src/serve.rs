@@ -25,6 +25,9 @@ pub struct ServeArgs {
     /// Where `save_images: true` requests write their PNGs.
     #[arg(long, default_value = "outputs")]
     pub outdir: PathBuf,
+    /// Folder of upscaler models (`<name>.onnx`, ESRGAN family) that `hr_upscaler` may name.
+    #[arg(long)]
+    pub upscaler_dir: Option<PathBuf>,
     /// Execution provider, threads and ONNX Runtime session tuning.
     #[command(flatten)]
     pub session: SessionArgs,
@@ -42,8 +45,12 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
     // Offered by its folder name, like the --models-dir ones.
     let name = model.file_name().map_or_else(|| model.display().to_string(), |n| n.to_string_lossy().into_owned());
     provider.register(name.clone(), &model);
-    let settings =
-        GenerationSettings { model: Some(name), outdir: Some(args.outdir.clone()), ..GenerationSettings::default() };
+    let settings = GenerationSettings {
+        model: Some(name),
+        outdir: Some(args.outdir.clone()),
+        upscaler_dir: args.upscaler_dir.clone(),
+        ..GenerationSettings::default()
+    };
     let state = Arc::new(sdrt_server::ServerState::new(Arc::new(provider), settings));
     eprintln!("sdrt serving http://{}/sdapi/v1 (default model {})", args.listen, model.display());
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;

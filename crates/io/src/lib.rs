@@ -21,6 +21,7 @@ mod naming;
 mod pil_resize;
 mod png_meta;
 mod resize;
+mod tiles;
 mod upscaler;
 
 pub use composite::{apply_overlay, fill_masked, flatten, overlay_image};
@@ -43,4 +44,5 @@ pub use png_meta::{
     PARAMETERS_KEY, PngImage, decode_png, encode_png_rgb8, encode_png_with_infotext, is_latin1, read_png_texts,
 };
 pub use resize::{ResizeMode, resize_image};
-pub use upscaler::ImageUpscaler;
+pub use tiles::upscale_tiled;
+pub use upscaler::{ImageUpscaler, upscale_with};

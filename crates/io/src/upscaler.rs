@@ -43,30 +43,51 @@ impl ImageUpscaler {
             Self::Lanczos => PilFilter::Lanczos,
             Self::Nearest => PilFilter::Nearest,
         };
-        let scale = (f64::from(width) / f64::from(image.width())).max(f64::from(height) / f64::from(image.height()));
-        let upscaled = if scale > 1.0 { upscale(image, scale, filter) } else { image.clone() };
-        pil_resize(&upscaled, width, height, PilFilter::Lanczos)
+        let scale = enlargement(image, width, height);
+        let once = |current: &RgbImage| {
+            let (w, h) = ((f64::from(current.width()) * scale) as u32, (f64::from(current.height()) * scale) as u32);
+            Ok::<_, std::convert::Infallible>(pil_resize(current, w, h, filter))
+        };
+        match upscale_with(image, width, height, once) {
+            Ok(resized) => resized,
+            Err(never) => match never {},
+        }
     }
 }
 
-/// `Upscaler.upscale`: up to three passes of the upscaler's own resize by `scale` until the image covers the
-/// destination (its size times `scale`, rounded down to a multiple of 8), then LANCZOS to that destination.
-fn upscale(image: &RgbImage, scale: f64, filter: PilFilter) -> RgbImage {
-    let destination = |side: u32| ((f64::from(side) * scale) / 8.0).floor() as u32 * 8;
-    let (dest_w, dest_h) = (destination(image.width()), destination(image.height()));
+/// The factor `resize_image` asks an upscaler for: the larger of the two side ratios.
+fn enlargement(image: &RgbImage, width: u32, height: u32) -> f64 {
+    (f64::from(width) / f64::from(image.width())).max(f64::from(height) / f64::from(image.height()))
+}
+
+/// `images.resize_image(0, image, width, height, upscaler)` for any upscaler whose one application is
+/// `upscale_once` (a model's fixed factor, or a resize by the requested factor): `Upscaler.upscale` — up to
+/// three applications until the image covers its size times the factor, rounded down to 8, then LANCZOS to
+/// that — followed by LANCZOS to the exact target.
+pub fn upscale_with<E>(
+    image: &RgbImage,
+    width: u32,
+    height: u32,
+    mut upscale_once: impl FnMut(&RgbImage) -> Result<RgbImage, E>,
+) -> Result<RgbImage, E> {
+    let scale = enlargement(image, width, height);
     let mut current = image.clone();
-    for pass in 0..3 {
-        if current.width() >= dest_w && current.height() >= dest_h && (pass > 0 || scale != 1.0) {
-            break;
+    if scale > 1.0 {
+        let destination = |side: u32| ((f64::from(side) * scale) / 8.0).floor() as u32 * 8;
+        let (dest_w, dest_h) = (destination(image.width()), destination(image.height()));
+        for pass in 0..3 {
+            if current.width() >= dest_w && current.height() >= dest_h && (pass > 0 || scale != 1.0) {
+                break;
+            }
+            let before = current.dimensions();
+            current = upscale_once(&current)?;
+            if current.dimensions() == before {
+                break;
+            }
         }
-        let before = current.dimensions();
-        let (w, h) = ((f64::from(current.width()) * scale) as u32, (f64::from(current.height()) * scale) as u32);
-        current = pil_resize(&current, w, h, filter);
-        if current.dimensions() == before {
-            break;
-        }
+        current = pil_resize(&current, dest_w, dest_h, PilFilter::Lanczos);
     }
-    pil_resize(&current, dest_w, dest_h, PilFilter::Lanczos)
+    Ok(pil_resize(&current, width, height, PilFilter::Lanczos))
 }
 
 #[cfg(test)]

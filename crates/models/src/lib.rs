@@ -16,6 +16,7 @@ mod text_encoder;
 mod text_fix;
 mod tokenizer;
 mod unet;
+mod upscaler;
 mod vae;
 
 pub use error::{Error, Result};
@@ -30,4 +31,5 @@ pub use session::{OnnxModel, TensorInfo};
 pub use text_encoder::{TextEncoder, TextEncoding, TextLayer};
 pub use tokenizer::{BOS_TOKEN_ID, CLIP_SEQUENCE_LENGTH, ClipTokenizer, EOS_TOKEN_ID};
 pub use unet::{Unet, UnetInput};
+pub use upscaler::{RgbPixels, UpscaleModel};
 pub use vae::{LatentDistribution, VaeDecoder, VaeEncoder};

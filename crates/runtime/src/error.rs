@@ -89,6 +89,12 @@ pub enum Error {
         /// What is wrong and how to fix it.
         problem: String,
     },
+    /// An upscaler model failed to run.
+    #[error("hires upscaler model: {source}")]
+    Upscaler {
+        /// The models crate's error.
+        source: sdrt_models::Error,
+    },
     /// A pipeline stage failed.
     #[error(transparent)]
     Processing(#[from] sdrt_processing::Error),

@@ -94,15 +94,24 @@ async fn skip(State(state): Shared) -> Json<serde_json::Value> {
     Json(serde_json::json!({}))
 }
 
-async fn upscalers() -> Json<Vec<UpscalerItem>> {
-    let item = |name: &str| UpscalerItem {
+async fn upscalers(State(state): Shared) -> Json<Vec<UpscalerItem>> {
+    let builtin = sdrt_runtime::image_upscaler_names().into_iter().map(|name| UpscalerItem {
         name: name.to_owned(),
         model_name: None,
         model_path: None,
         model_url: None,
         scale: 4.0,
-    };
-    Json(sdrt_runtime::image_upscaler_names().into_iter().map(item).collect())
+    });
+    let dir = state.settings().upscaler_dir;
+    let models = dir.as_deref().map(sdrt_runtime::model_upscalers).unwrap_or_default();
+    let models = models.into_iter().map(|(name, path)| UpscalerItem {
+        model_name: Some(name.clone()),
+        name,
+        model_path: Some(path.display().to_string()),
+        model_url: None,
+        scale: 4.0,
+    });
+    Json(builtin.chain(models).collect())
 }
 
 async fn latent_upscale_modes() -> Json<Vec<LatentUpscaleModeItem>> {

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use ndarray::{Axis, Slice};
+use sdrt_models::RgbPixels;
 use sdrt_processing::{
     BatchConditioning, GenerationSpec, Hooks, ImageRng, LATENT_FACTOR, NoiseParams, PassInputs, Pipeline, RgbImage,
     SampleOutput, Sampled, StepEvent, Tensor, images_to_tensor, upscale_latents,
@@ -196,18 +197,18 @@ impl Passes<'_, '_> {
     ) -> crate::Result<Sampled> {
         let started = Instant::now();
         let (width, height) = hires.upscale_to;
-        let upscaled = match hires.upscaler {
+        let upscaled = match &hires.upscaler {
             HiresUpscaler::Latent(mode) => {
-                upscale_latents(latents, height / LATENT_FACTOR, width / LATENT_FACTOR, mode)?
+                upscale_latents(latents, height / LATENT_FACTOR, width / LATENT_FACTOR, *mode)?
             }
-            HiresUpscaler::Image(upscaler) => {
+            upscaler => {
                 let enlarged = self
                     .pipeline
                     .decode(latents)?
                     .iter()
                     .map(|image| {
-                        let resized =
-                            upscaler.resize(&to_image_buffer(image, "hr_upscaler")?, width as u32, height as u32);
+                        let image = to_image_buffer(image, "hr_upscaler")?;
+                        let resized = enlarge(upscaler, &image, width as u32, height as u32)?;
                         Ok(RgbImage { width: width as u32, height: height as u32, pixels: resized.into_raw() })
                     })
                     .collect::<crate::Result<Vec<_>>>()?;
@@ -226,6 +227,36 @@ impl Passes<'_, '_> {
         let inputs =
             PassInputs { init_latent: Some(&truncated), mask: None, image_conditioning: image_conditioning.as_ref() };
         self.sample(&spec, inputs, batch)
+    }
+}
+
+/// `images.resize_image(0, image, width, height, upscaler)` with an image upscaler or an upscaler model.
+fn enlarge(
+    upscaler: &HiresUpscaler,
+    image: &image::RgbImage,
+    width: u32,
+    height: u32,
+) -> crate::Result<image::RgbImage> {
+    match upscaler {
+        HiresUpscaler::Image(builtin) => Ok(builtin.resize(image, width, height)),
+        HiresUpscaler::Model { model, tile, overlap } => {
+            let mut model = model.lock().map_err(|_| poisoned())?;
+            let mut run = |tile: &image::RgbImage| -> crate::Result<image::RgbImage> {
+                let pixels = RgbPixels { width: tile.width(), height: tile.height(), pixels: tile.as_raw().clone() };
+                let out = model.upscale(&pixels).map_err(|source| crate::Error::Upscaler { source })?;
+                image::RgbImage::from_raw(out.width, out.height, out.pixels).ok_or(crate::Error::Field {
+                    field: "hr_upscaler",
+                    problem: "the upscaler model returned a malformed image".into(),
+                })
+            };
+            sdrt_io::upscale_with(image, width, height, |current| {
+                sdrt_io::upscale_tiled(current, *tile, *overlap, &mut run)
+            })
+        }
+        HiresUpscaler::Latent(_) => Err(crate::Error::Field {
+            field: "hr_upscaler",
+            problem: "a latent upscale mode does not resize images".into(),
+        }),
     }
 }
 

@@ -2,10 +2,13 @@
 //! texts), the hires pass, fitted init images and the infotext template. Nothing after prepare looks at the
 //! request again.
 
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use sdrt_api_types::{GenerationRequest, SIDE_RANGE, SamplerChoice, Txt2ImgRequest};
 use sdrt_io::{GenerationParams, HiresParams, ImageUpscaler, InfotextValue, ResizeMode};
+use sdrt_models::{SessionConfig, UpscaleModel};
 use sdrt_processing::{
     GenerationSpec, LATENT_FACTOR, LatentUpscaleMode, ModelFamily, NoiseParams, Pipeline, RgbImage, Sampler,
     SamplerParams, ScheduleOptions, batch_seeds, fixed_seed,
@@ -38,26 +41,56 @@ pub(crate) struct JobPlan {
 }
 
 /// How the first pass's result is enlarged for the hires pass.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum HiresUpscaler {
     /// Resample the latents (`Latent …`).
     Latent(LatentUpscaleMode),
     /// Decode, enlarge the image, encode again.
     Image(ImageUpscaler),
+    /// Decode, enlarge with an upscaler model run in tiles (`tile`, `overlap`), encode again.
+    Model { model: Box<Mutex<UpscaleModel>>, tile: u32, overlap: u32 },
 }
 
 impl HiresUpscaler {
-    /// The upscaler A1111 calls `name` (no name: A1111's default latent mode, "Latent").
-    fn resolve(name: Option<&str>) -> crate::Result<Self> {
+    /// The upscaler A1111 calls `name` (no name: A1111's default latent mode, "Latent"); a model from the
+    /// settings' upscaler folder is loaded here.
+    fn resolve(name: Option<&str>, settings: &GenerationSettings, config: &SessionConfig) -> crate::Result<Self> {
         let Some(name) = name else { return Ok(Self::Latent(LatentUpscaleMode::Bilinear)) };
-        LatentUpscaleMode::from_label(name)
-            .map(Self::Latent)
-            .or_else(|| ImageUpscaler::from_label(name).map(Self::Image))
-            .ok_or_else(|| crate::Error::Field {
+        if let Some(mode) = LatentUpscaleMode::from_label(name) {
+            return Ok(Self::Latent(mode));
+        }
+        if let Some(upscaler) = ImageUpscaler::from_label(name) {
+            return Ok(Self::Image(upscaler));
+        }
+        let models = settings.upscaler_dir.as_deref().map(model_upscalers).unwrap_or_default();
+        let Some((_, path)) = models.iter().find(|(model, _)| model == name) else {
+            let mut known: Vec<String> = upscaler_names().into_iter().map(str::to_owned).collect();
+            known.extend(models.into_iter().map(|(model, _)| model));
+            let folder = match &settings.upscaler_dir {
+                Some(dir) => format!("no {name}.onnx in {}", dir.display()),
+                None => "no upscaler folder is set (--upscaler-dir)".to_owned(),
+            };
+            return Err(crate::Error::Field {
                 field: "hr_upscaler",
-                problem: format!("unknown upscaler {name:?}; use one of: {}", upscaler_names().join(", ")),
-            })
+                problem: format!("unknown upscaler {name:?} ({folder}); use one of: {}", known.join(", ")),
+            });
+        };
+        let model =
+            UpscaleModel::load(path, config).map_err(|source| crate::Error::Model { path: path.clone(), source })?;
+        let model = Box::new(Mutex::new(model));
+        Ok(Self::Model { model, tile: settings.esrgan_tile, overlap: settings.esrgan_tile_overlap })
     }
+}
+
+/// The upscaler models in `dir`: every `<name>.onnx`, by name.
+pub fn model_upscalers(dir: &Path) -> Vec<(String, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut models: Vec<(String, PathBuf)> = entries
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "onnx") && path.is_file())
+        .filter_map(|path| Some((path.file_stem()?.to_str()?.to_owned(), path)))
+        .collect();
+    models.sort();
+    models
 }
 
 /// Every `hr_upscaler` name sdrt runs: the latent modes, then the image upscalers.
@@ -136,7 +169,8 @@ pub(crate) fn prepare(job: GenerationJob, context: &mut JobContext) -> crate::Re
     let sampler = build_sampler(&choice, &base, family)?;
     let hires = match (&request, sampling.hires_pass) {
         (ProcessingRequest::Txt2Img(r), Some(hires_choice)) if r.enable_hr => {
-            let plan = hires_plan(r, &build_sampler(&hires_choice, &base, family)?)?;
+            let plan =
+                hires_plan(r, &build_sampler(&hires_choice, &base, family)?, &settings, provider.session_config())?;
             Some((plan, hires_infotext(r, &choice, &hires_choice)))
         }
         _ => None,
@@ -268,7 +302,12 @@ fn build_sampler(choice: &SamplerChoice, base: &GenerationRequest, family: Model
 
 /// A1111's `calculate_target_resolution`: the enlarged size from `hr_scale`, or from `hr_resize_x/y` (one
 /// side keeps the aspect ratio; both sides cover the box, and the excess is truncated in latent space).
-fn hires_plan(request: &Txt2ImgRequest, sampler: &Sampler) -> crate::Result<HiresPlan> {
+fn hires_plan(
+    request: &Txt2ImgRequest,
+    sampler: &Sampler,
+    settings: &GenerationSettings,
+    config: &SessionConfig,
+) -> crate::Result<HiresPlan> {
     let base = &request.base;
     let (width, height) = (base.width as usize, base.height as usize);
     let (resize_x, resize_y) = (request.hr_resize_x as usize, request.hr_resize_y as usize);
@@ -299,7 +338,7 @@ fn hires_plan(request: &Txt2ImgRequest, sampler: &Sampler) -> crate::Result<Hire
     let negative =
         if request.hr_negative_prompt.is_empty() { &base.negative_prompt } else { &request.hr_negative_prompt };
     Ok(HiresPlan {
-        upscaler: HiresUpscaler::resolve(request.hr_upscaler.as_deref().filter(|n| !n.is_empty()))?,
+        upscaler: HiresUpscaler::resolve(request.hr_upscaler.as_deref().filter(|n| !n.is_empty()), settings, config)?,
         upscale_to,
         truncate,
         sampler: sampler.clone(),

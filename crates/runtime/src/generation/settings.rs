@@ -25,6 +25,12 @@ pub struct GenerationSettings {
     /// A1111's "Inpainting conditioning mask strength" (`inpainting_mask_weight`, infotext "Conditional mask
     /// weight"): how much of the masked area inpainting UNets see blanked out (1 = all of it).
     pub inpainting_mask_weight: f64,
+    /// A folder of upscaler models (`<name>.onnx`, ESRGAN family) that `hr_upscaler` may name.
+    pub upscaler_dir: Option<PathBuf>,
+    /// A1111's `ESRGAN_tile`: the tile side upscaler models run on (0 = the whole image at once).
+    pub esrgan_tile: u32,
+    /// A1111's `ESRGAN_tile_overlap`: pixels the tiles overlap by.
+    pub esrgan_tile_overlap: u32,
     /// Where images are saved; `None` keeps them in memory only.
     pub outdir: Option<PathBuf>,
     /// A1111 file name pattern (`None` = `[seed]-[prompt_spaces]` after the number).
@@ -45,6 +51,9 @@ impl Default for GenerationSettings {
             emphasis: Emphasis::Original,
             pad_cond_uncond: false,
             inpainting_mask_weight: 1.0,
+            upscaler_dir: None,
+            esrgan_tile: 192,
+            esrgan_tile_overlap: 8,
             outdir: None,
             filename_pattern: None,
             save_latents: false,
@@ -84,7 +93,7 @@ pub struct SettingProblem {
 impl GenerationSettings {
     /// Applies A1111 settings by name (`override_settings`, `POST /sdapi/v1/options`): `randn_source`,
     /// `CLIP_stop_at_last_layers`, `eta_noise_seed_delta`, `emphasis`, `pad_cond_uncond`,
-    /// `inpainting_mask_weight`, `sd_model_checkpoint`. Returns the names it does not implement (they change nothing, as unknown
+    /// `inpainting_mask_weight`, `ESRGAN_tile`, `ESRGAN_tile_overlap`, `sd_model_checkpoint`. Returns the names it does not implement (they change nothing, as unknown
     /// settings do in A1111).
     pub fn apply_settings(&mut self, entries: &Map<String, Value>) -> std::result::Result<Vec<String>, SettingProblem> {
         let bad = |key: &'static str, problem: String| SettingProblem { key, problem };
@@ -123,6 +132,17 @@ impl GenerationSettings {
                         .as_f64()
                         .filter(|w| (0.0..=1.0).contains(w))
                         .ok_or_else(|| bad("inpainting_mask_weight", format!("{value} is not a weight from 0 to 1")))?;
+                }
+                "ESRGAN_tile" | "ESRGAN_tile_overlap" => {
+                    let pixels = value.as_u64().filter(|v| *v <= 4096).ok_or_else(|| {
+                        let key = if key == "ESRGAN_tile" { "ESRGAN_tile" } else { "ESRGAN_tile_overlap" };
+                        bad(key, format!("{value} is not a pixel count from 0 to 4096"))
+                    })? as u32;
+                    if key == "ESRGAN_tile" {
+                        self.esrgan_tile = pixels;
+                    } else {
+                        self.esrgan_tile_overlap = pixels;
+                    }
                 }
                 "sd_model_checkpoint" => {
                     let name = value.as_str().ok_or_else(|| {
