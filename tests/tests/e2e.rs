@@ -214,6 +214,28 @@ fn every_inpainting_case_reproduces_through_the_runner() {
     assert!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.join("\n"));
 }
 
+/// The SDE samplers with A1111's Brownian-tree noise (tests/fixtures/passes/sde.json, generated with
+/// k-diffusion's `BrownianTreeNoiseSampler` on torchsde): every SDE sampler, a batch, img2img.
+#[test]
+fn every_sde_case_reproduces_through_the_runner() {
+    sdrt_models::ensure_runtime().unwrap();
+    let cases = fixture_json("passes/sde.json");
+    let version = cases["a1111_version"].as_str().unwrap();
+    let provider =
+        Arc::new(ModelProvider::new(SessionConfig { intra_op_threads: Some(1), ..SessionConfig::default() }));
+    let mut problems = Vec::new();
+    for case in cases["cases"].as_array().unwrap() {
+        let (found, worst) = compare_case(case, version, &provider);
+        eprintln!("{}: max |Δlatents| = {worst:.2e} × std", case["name"].as_str().unwrap());
+        problems.extend(found);
+    }
+    for entry in cases["discrimination"].as_array().unwrap() {
+        let ratio = entry["ratio_to_tolerance"].as_f64().unwrap();
+        assert!(ratio > 10.0, "the tolerance must catch {}: only {ratio:.1}× it", entry["change"]);
+    }
+    assert!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.join("\n"));
+}
+
 #[test]
 fn saved_png_round_trips_the_infotext_and_latents() {
     sdrt_models::ensure_runtime().unwrap();

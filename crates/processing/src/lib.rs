@@ -3,6 +3,7 @@
 //!
 //! Models are reached only through traits implemented by `sdrt-models`; this crate never sees ONNX Runtime.
 
+mod brownian;
 mod conditioning;
 mod denoiser;
 mod error;
@@ -16,6 +17,7 @@ mod sampling;
 mod schedules;
 mod seeds;
 
+pub use brownian::BrownianNoise;
 pub use conditioning::{
     CHUNK_TOKENS, COMMA_PADDING_BACKTRACK, ClipTextEncoder, Cond, Conditioner, Embedder, Emphasis, EncodedText,
     PromptChunk, PromptSchedule, PromptTokenizer, TextEncoder, TokenizedPrompt, tokenize_prompt,

@@ -14,6 +14,7 @@ pub use image::{RgbImage, images_to_tensor, latents_to_images};
 pub use inpaint::LatentMask;
 pub use upscale::{LatentUpscaleMode, upscale_latents};
 
+use crate::brownian::BrownianNoise;
 use crate::conditioning::{ClipTextEncoder, Conditioner, Embedder, Emphasis, PromptSchedule};
 use crate::denoiser::{DiscreteDenoiser, Prediction, Tensor};
 use crate::error::{Error, Result};
@@ -299,26 +300,35 @@ impl<'m> Pipeline<'m> {
         if let Some(image) = inputs.image_conditioning {
             denoiser = denoiser.with_image_conditioning(image.clone())?;
         }
-        let sampled = match (inputs.init_latent, spec.denoising_strength) {
-            (Some(init), Some(strength)) => {
-                let steps = spec.img2img_steps(strength)?;
-                let sampler = &spec.sampler;
-                match inputs.mask {
-                    Some(mask) => {
-                        let before = sampler.kind().is_timestep_sampler();
-                        let mut masked = inpaint::MaskedDenoiser::new(&mut denoiser, init, mask, before);
-                        let mut sampled =
-                            sampler.img2img(&self.schedule, &mut masked, &mut rng, init, &noise, steps, hooks)?;
-                        sampled.latent = mask.blend(&sampled.latent, init)?;
-                        sampled
-                    }
-                    None => sampler.img2img(&self.schedule, &mut denoiser, &mut rng, init, &noise, steps, hooks)?,
-                }
-            }
+        let img2img = match (inputs.init_latent, spec.denoising_strength) {
+            (Some(init), Some(strength)) => Some((init, spec.img2img_steps(strength)?)),
             (Some(_), None) => {
                 return Err(invalid("denoising_strength", "img2img needs a denoising strength in 0..=1".into()));
             }
-            (None, _) => spec.sampler.txt2img(&self.schedule, &mut denoiser, &mut rng, &noise, spec.steps, hooks)?,
+            (None, _) => None,
+        };
+        // The SDE samplers draw their noise from Brownian trees over the whole schedule (A1111
+        // `create_noise_sampler`), everything else from the seeds' streams.
+        let schedule_steps = img2img.map_or(spec.steps, |(_, steps)| steps.total);
+        let mut brownian = brownian_noise(spec, schedule_steps, &self.schedule)?;
+        let noise_source: &mut dyn crate::sampling::NoiseSource = match &mut brownian {
+            Some(brownian) => brownian,
+            None => &mut rng,
+        };
+        let sampler = &spec.sampler;
+        let sampled = match (img2img, inputs.mask) {
+            (Some((init, steps)), Some(mask)) => {
+                let before = sampler.kind().is_timestep_sampler();
+                let mut masked = inpaint::MaskedDenoiser::new(&mut denoiser, init, mask, before);
+                let mut sampled =
+                    sampler.img2img(&self.schedule, &mut masked, noise_source, init, &noise, steps, hooks)?;
+                sampled.latent = mask.blend(&sampled.latent, init)?;
+                sampled
+            }
+            (Some((init, steps)), None) => {
+                sampler.img2img(&self.schedule, &mut denoiser, noise_source, init, &noise, steps, hooks)?
+            }
+            (None, _) => sampler.txt2img(&self.schedule, &mut denoiser, noise_source, &noise, spec.steps, hooks)?,
         };
         Ok(SampleOutput { sampled, unet_calls: denoiser.model_calls() })
     }
@@ -337,6 +347,18 @@ impl<'m> Pipeline<'m> {
             .map_err(|source| Error::Model { stage: "processing::decode", source })?;
         latents_to_images(&decoded.into_dyn())
     }
+}
+
+/// The Brownian-tree noise of an SDE sampler for a schedule of `steps`, over its smallest non-zero and its
+/// largest σ, one tree per image seed; `None` for the other samplers.
+fn brownian_noise(spec: &GenerationSpec, steps: usize, schedule: &ModelSchedule) -> Result<Option<BrownianNoise>> {
+    if !spec.sampler.kind().uses_brownian_noise() {
+        return Ok(None);
+    }
+    let sigmas = spec.sampler.sigmas(steps, schedule)?;
+    let sigma_min = sigmas.iter().copied().filter(|s| *s > 0.0).fold(f64::INFINITY, f64::min);
+    let sigma_max = sigmas.iter().copied().fold(0.0, f64::max);
+    BrownianNoise::new(&spec.noise.seeds, spec.latent_shape(), sigma_min, sigma_max).map(Some)
 }
 
 /// `tensor` as a 4-D NCHW view, or a shape error naming the stage, the tensor and what was expected.

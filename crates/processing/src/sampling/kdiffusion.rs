@@ -233,7 +233,8 @@ pub(crate) fn dpmpp_sde(
         let (sd, su) = ancestral_step(sigma_fn(t), sigma_fn(s), eta);
         let s_ = t_fn(sd);
         let mut x_2 = lin2(sigma_fn(s_) / sigma_fn(t), &x, -(t - s_).exp_m1(), &denoised);
-        let noise = ctx.noise(sigma_fn(t), sigma_fn(s), &x)?;
+        let (query_t, query_s, query_next) = float32_queries(sigma, sigmas[i + 1]);
+        let noise = ctx.noise(query_t, query_s, &x)?;
         add_scaled(&mut x_2, s_noise * su, &noise);
         let denoised_2 = ctx.denoise(&x_2, sigma_fn(s))?;
 
@@ -241,10 +242,20 @@ pub(crate) fn dpmpp_sde(
         let t_next_ = t_fn(sd);
         let denoised_d = lin2(1.0 - fac, &denoised, fac, &denoised_2);
         scale_add(&mut x, sigma_fn(t_next_) / sigma_fn(t), -(t - t_next_).exp_m1(), &denoised_d);
-        let noise = ctx.noise(sigma_fn(t), sigma_fn(t_next), &x)?;
+        let noise = ctx.noise(query_t, query_next, &x)?;
         add_scaled(&mut x, s_noise * su, &noise);
     }
     Ok(x)
+}
+
+/// The σ values k-diffusion's `sample_dpmpp_sde` hands its noise sampler, computed as torch does on the
+/// float32 schedule (t = −ln σ, s = t + h/2, σ = exp(−t)): a Brownian tree rounds its query times to 1e-6,
+/// where float64 and float32 arithmetic can disagree.
+fn float32_queries(sigma: f64, sigma_next: f64) -> (f64, f64, f64) {
+    let (t, t_next) = (-(sigma as f32).ln(), -(sigma_next as f32).ln());
+    let s = t + (t_next - t) * 0.5;
+    let sigma_of = |t: f32| f64::from((-t).exp());
+    (sigma_of(t), sigma_of(s), sigma_of(t_next))
 }
 
 pub(crate) fn dpmpp_2m(ctx: &mut Ctx<'_, '_>, mut x: Tensor, sigmas: &[f64]) -> Result<Tensor> {
