@@ -6,7 +6,7 @@ use std::sync::Arc;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use sdrt_api_types::{GenerationInfo, GenerationRequest, ImageResponse, Img2ImgRequest, Txt2ImgRequest};
-use sdrt_runtime::{GenerationJob, GenerationOutput, GenerationSettings, JobControl, ProcessingRequest};
+use sdrt_runtime::{GenerationJob, GenerationOutput, JobControl, ProcessingRequest};
 
 use crate::error::{Error, Result};
 use crate::images::{decode_image, decode_mask};
@@ -53,16 +53,13 @@ async fn run(
     if !base.save_images {
         settings.outdir = None;
     }
-    // What the job will run with (it applies `override_settings` itself; bad values fail there).
-    let mut effective = settings.clone();
-    let _ = effective.apply_settings(&base.override_settings);
     let job = GenerationJob::new(request, settings, Arc::clone(&state.provider));
     let (runner, progress) = (Arc::clone(&state.runner), Arc::clone(&state.progress));
     let joined = tokio::task::spawn_blocking(move || runner.run_with(job, progress, control)).await;
     state.progress.finish();
     let (output, _metrics) = joined.map_err(|e| Error::Worker(e.to_string()))??;
     let images = if base.send_images { encode_images(&output)? } else { Vec::new() };
-    let info = generation_info(&base, &output, denoising_strength, job_timestamp, &effective);
+    let info = generation_info(&base, &output, denoising_strength, job_timestamp);
     Ok(ImageResponse { images, parameters, info: info.to_info_string() })
 }
 
@@ -86,8 +83,8 @@ fn generation_info(
     output: &GenerationOutput,
     denoising_strength: Option<f64>,
     job_timestamp: String,
-    settings: &GenerationSettings,
 ) -> GenerationInfo {
+    let settings = &output.settings;
     let count = output.images.len();
     let first = output.images.first();
     let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);

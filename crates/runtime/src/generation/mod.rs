@@ -87,6 +87,8 @@ pub struct GenerationOutput {
     pub model_name: String,
     /// Model hash.
     pub model_hash: String,
+    /// The settings the job ran with (the caller's, with the request's `override_settings` applied).
+    pub settings: GenerationSettings,
 }
 
 /// A txt2img or img2img job for [`crate::ProcessingRunner`].

@@ -47,6 +47,7 @@ pub(crate) fn finalize(executed: ExecutedGeneration, context: &mut JobContext) -
         encoder_calls,
         model_name: prepared.handle.name.clone(),
         model_hash: prepared.handle.hash.clone(),
+        settings: prepared.plan.settings.clone(),
     })
 }
 
