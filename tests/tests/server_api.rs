@@ -253,6 +253,23 @@ async fn name_tables_and_options() {
             {"name": "Nearest", "model_name": null, "model_path": null, "model_url": null, "scale": 4.0},
         ])
     );
+    for route in ["sd-vae", "face-restorers", "realesrgan-models", "hypernetworks"] {
+        let (status, list) = call(&app, "GET", &format!("/sdapi/v1/{route}"), None).await;
+        assert_eq!((status, list), (StatusCode::OK, json!([])), "{route}");
+    }
+    let (_, scripts) = call(&app, "GET", "/sdapi/v1/scripts", None).await;
+    assert_eq!(scripts, json!({"txt2img": [], "img2img": []}));
+    let (_, memory) = call(&app, "GET", "/sdapi/v1/memory", None).await;
+    assert!(memory["ram"]["total"].as_f64().expect("total") > 0.0, "{memory}");
+    let (status, flags) = call(&app, "GET", "/sdapi/v1/cmd-flags", None).await;
+    assert_eq!((status, flags["api"].as_bool()), (StatusCode::OK, Some(true)));
+    let (status, _) = call(&app, "POST", "/sdapi/v1/refresh-checkpoints", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, answer) = call(&app, "POST", "/sdapi/v1/interrogate", Some(json!({"image": ""}))).await;
+    assert_eq!(status, StatusCode::NOT_IMPLEMENTED);
+    assert!(answer["detail"].as_str().expect("detail").contains("interrogat"), "{answer}");
+    let (status, answer) = call(&app, "GET", "/sdapi/v1/no-such-route", None).await;
+    assert_eq!((status, answer), (StatusCode::NOT_FOUND, json!({"detail": "Not Found"})), "JSON 404 as A1111");
     let (_, modes) = call(&app, "GET", "/sdapi/v1/latent-upscale-modes", None).await;
     let names: Vec<&str> = modes.as_array().expect("list").iter().filter_map(|m| m["name"].as_str()).collect();
     assert_eq!(names[0], "Latent");

@@ -12,6 +12,8 @@ pub const SIDE_RANGE: (u32, u32) = (64, 8192);
 pub const MAX_STEPS: u32 = 1000;
 /// Most images per batch sdrt accepts.
 pub const MAX_BATCH_SIZE: u32 = 64;
+/// Most batches (`n_iter`) one request may ask for.
+pub const MAX_N_ITER: u32 = 10_000;
 
 /// Collects problems so one response can report all of them.
 #[derive(Default)]
@@ -92,7 +94,19 @@ fn check_base(problems: &mut Problems, base: &GenerationRequest) -> Option<Sampl
     problems.check((1..=MAX_BATCH_SIZE).contains(&base.batch_size), "batch_size", || {
         format!("{} is outside [1, {MAX_BATCH_SIZE}]; use n_iter for more images", base.batch_size)
     });
-    problems.check(base.n_iter >= 1, "n_iter", || "0 batches produce nothing; use n_iter >= 1".to_string());
+    problems.check((1..=MAX_N_ITER).contains(&base.n_iter), "n_iter", || {
+        format!(
+            "{} is outside [1, {MAX_N_ITER}]; 0 batches produce nothing, and more belong in several requests",
+            base.n_iter
+        )
+    });
+    for (field, value) in
+        [("seed_resize_from_w", base.seed_resize_from_w), ("seed_resize_from_h", base.seed_resize_from_h)]
+    {
+        problems.check((-1..=i64::from(SIDE_RANGE.1)).contains(&value), field, || {
+            format!("{value} is outside [-1, {}]; use -1 (or 0) for no seed resize, or a size in pixels", SIDE_RANGE.1)
+        });
+    }
     check_seed(problems, "seed", base.seed);
     check_seed(problems, "subseed", base.subseed);
     check_unit_interval(problems, "subseed_strength", base.subseed_strength);
@@ -226,6 +240,15 @@ mod tests {
         assert_eq!(sampling.hires_pass.unwrap().sampler.name, "Euler a");
         let err = txt2img(r#"{"enable_hr": true, "hr_scale": 0.5, "hr_scheduler": "nope"}"#).validate().unwrap_err();
         assert_eq!(err.fields(), ["hr_scale", "hr_scheduler"]);
+    }
+
+    #[test]
+    fn sizes_that_would_exhaust_memory_are_refused_up_front() {
+        let err = txt2img(r#"{"n_iter": 4294967295, "seed_resize_from_w": 1099511627776, "seed_resize_from_h": 64}"#)
+            .validate()
+            .unwrap_err();
+        assert_eq!(err.fields(), ["n_iter", "seed_resize_from_w"]);
+        assert!(txt2img(r#"{"seed_resize_from_w": 0, "seed_resize_from_h": -1}"#).validate().is_ok());
     }
 
     #[test]

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use sdrt_api_types::{
@@ -32,6 +33,16 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/sdapi/v1/png-info", post(png_info))
         .route("/sdapi/v1/upscalers", get(upscalers))
         .route("/sdapi/v1/latent-upscale-modes", get(latent_upscale_modes))
+        .route("/sdapi/v1/sd-vae", get(empty_list))
+        .route("/sdapi/v1/face-restorers", get(empty_list))
+        .route("/sdapi/v1/realesrgan-models", get(empty_list))
+        .route("/sdapi/v1/hypernetworks", get(empty_list))
+        .route("/sdapi/v1/scripts", get(scripts))
+        .route("/sdapi/v1/memory", get(memory))
+        .route("/sdapi/v1/cmd-flags", get(cmd_flags))
+        .route("/sdapi/v1/refresh-checkpoints", post(refresh_checkpoints))
+        .route("/sdapi/v1/interrogate", post(interrogate))
+        .fallback(not_found)
         .with_state(state)
 }
 
@@ -92,6 +103,55 @@ async fn interrupt(State(state): Shared) -> Json<serde_json::Value> {
 async fn skip(State(state): Shared) -> Json<serde_json::Value> {
     state.current_control().skip();
     Json(serde_json::json!({}))
+}
+
+/// Lists of things sdrt has none of (separate VAEs, face restorers, Real-ESRGAN models, hypernetworks): empty,
+/// as A1111 answers without them.
+async fn empty_list() -> Json<Vec<serde_json::Value>> {
+    Json(Vec::new())
+}
+
+/// `GET /sdapi/v1/scripts`: no scripts (webuiapi calls this in its constructor).
+async fn scripts() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "txt2img": [], "img2img": [] }))
+}
+
+/// `GET /sdapi/v1/memory`: system RAM in bytes (from /proc/meminfo), and why there are no CUDA figures.
+async fn memory() -> Json<serde_json::Value> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let field = |name: &str| -> f64 {
+        meminfo
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.trim().strip_suffix("kB")?.trim().parse::<f64>().ok())
+            .map_or(0.0, |kib| kib * 1024.0)
+    };
+    let (total, free) = (field("MemTotal:"), field("MemAvailable:"));
+    Json(serde_json::json!({
+        "ram": { "free": free, "used": total - free, "total": total },
+        "cuda": { "error": "sdrt reports no CUDA memory statistics" },
+    }))
+}
+
+/// `GET /sdapi/v1/cmd-flags`: the A1111 command-line flags this server corresponds to.
+async fn cmd_flags() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "api": true, "nowebui": true, "api_auth": null, "cors_allow_origins": null }))
+}
+
+/// `POST /sdapi/v1/refresh-checkpoints`: the registered models are fixed when the server starts; answers as
+/// A1111 does (`null`).
+async fn refresh_checkpoints() -> Json<serde_json::Value> {
+    Json(serde_json::Value::Null)
+}
+
+/// `POST /sdapi/v1/interrogate`: sdrt has no interrogator (CLIP / DeepBooru) model.
+async fn interrogate() -> (StatusCode, Json<serde_json::Value>) {
+    let detail = "interrogate is not available: sdrt has no CLIP or DeepBooru interrogator model";
+    (StatusCode::NOT_IMPLEMENTED, Json(serde_json::json!({ "error": "NotImplemented", "detail": detail })))
+}
+
+/// Unknown routes answer JSON as A1111 (FastAPI) does; clients parse the body of every answer.
+async fn not_found() -> (StatusCode, Json<serde_json::Value>) {
+    (StatusCode::NOT_FOUND, Json(serde_json::json!({ "detail": "Not Found" })))
 }
 
 async fn upscalers(State(state): Shared) -> Json<Vec<UpscalerItem>> {
