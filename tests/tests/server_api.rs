@@ -161,11 +161,14 @@ async fn img2img_takes_base64_init_images() {
     let pixels: Vec<u8> = (0..64 * 64 * 3).map(|i| (i * 7 % 251) as u8).collect();
     let png = sdrt_io::encode_png_rgb8(&pixels, 64, 64, &[]).expect("encodes");
     let body = json!({"init_images": [format!("data:image/png;base64,{}", BASE64.encode(png))], "prompt": "oil",
-                      "width": 64, "height": 64, "steps": 4, "denoising_strength": 0.5, "seed": 3});
+                      "width": 64, "height": 64, "steps": 4, "denoising_strength": 0.5, "seed": 3,
+                      "sampler_name": "k_euler_a"});
     let (status, answer) = call(&app, "POST", "/sdapi/v1/img2img", Some(body)).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["parameters"]["init_images"], Value::Null, "init images are echoed only when asked");
     let info: GenerationInfo = serde_json::from_str(answer["info"].as_str().expect("info")).expect("info JSON");
     assert_eq!(info.denoising_strength, Some(0.5));
+    assert_eq!(info.sampler_name, "Euler a", "the canonical name of k_euler_a");
     assert!(info.infotexts[0].contains("Denoising strength: 0.5"), "{}", info.infotexts[0]);
 }
 

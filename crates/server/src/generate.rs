@@ -31,7 +31,12 @@ pub(crate) async fn img2img(state: Arc<ServerState>, request: Img2ImgRequest) ->
         Some(mask) => Some(decode_mask("mask", mask, request.mask_round)?),
         None => None,
     };
-    let parameters = serde_json::to_value(&request).unwrap_or_default();
+    let mut parameters = serde_json::to_value(&request).unwrap_or_default();
+    if !request.include_init_images {
+        // A1111 echoes the images back only when asked to.
+        parameters["init_images"] = serde_json::Value::Null;
+        parameters["mask"] = serde_json::Value::Null;
+    }
     let base = request.base.clone();
     let strength = request.denoising_strength;
     run(state, ProcessingRequest::Img2Img { request, init_images, mask }, base, parameters, Some(strength)).await
@@ -100,7 +105,13 @@ fn generation_info(
         subseed_strength: base.subseed_strength,
         width: base.width,
         height: base.height,
-        sampler_name: base.requested_sampler().to_owned(),
+        // The canonical name ("Euler a" for "k_euler_a"), as A1111 reports it.
+        sampler_name: sdrt_api_types::resolve_sampler_and_scheduler(
+            "sampler_name",
+            base.requested_sampler(),
+            base.scheduler.as_deref(),
+        )
+        .map_or_else(|_| base.requested_sampler().to_owned(), |choice| choice.sampler.name.to_owned()),
         cfg_scale: base.cfg_scale,
         steps: base.steps,
         batch_size: base.batch_size,

@@ -43,9 +43,14 @@ fn ends_prompt(c: char) -> bool {
     matches!(c, ':' | '|' | ']' | ')')
 }
 
+/// Constructs nested deeper than this make the prompt unparsable (A1111's Python parser hits its recursion
+/// limit long before); without a bound, a prompt of 10 000 `(` would overflow this parser's stack.
+const MAX_NESTING: usize = 200;
+
 struct Parser {
     chars: Vec<char>,
     pos: usize,
+    depth: usize,
 }
 
 impl Parser {
@@ -127,10 +132,16 @@ impl Parser {
 
     /// A construct opening at `[` or `(`: emphasis, a scheduled edit or an alternation.
     fn parse_construct(&mut self) -> Result<Vec<Node>, Unparsable> {
-        match self.peek() {
+        if self.depth >= MAX_NESTING {
+            return Err(Unparsable);
+        }
+        self.depth += 1;
+        let construct = match self.peek() {
             Some('(') => self.parse_round(),
             _ => self.parse_square(),
-        }
+        };
+        self.depth -= 1;
+        construct
     }
 
     /// `"(" prompt ")" | "(" prompt ":" prompt ")"`, kept verbatim.
@@ -247,7 +258,7 @@ impl Parser {
 }
 
 fn parse(prompt: &str) -> Result<Vec<Node>, Unparsable> {
-    Parser { chars: prompt.chars().collect(), pos: 0 }.parse_start()
+    Parser { chars: prompt.chars().collect(), pos: 0, depth: 0 }.parse_start()
 }
 
 /// Python's `float()` of a Lark NUMBER token.
@@ -421,6 +432,16 @@ mod tests {
         let four: Vec<(i64, String)> =
             (1..=10).map(|s| (s, if s % 4 == 1 { "female" } else { "male" }.to_owned())).collect();
         assert_eq!(g("[fe|||]male"), four);
+    }
+
+    #[test]
+    fn deep_nesting_is_text_not_a_stack_overflow() {
+        let deep = format!("{}x{}", "(".repeat(10_000), ")".repeat(10_000));
+        let schedule = prompt_schedules(&deep, ScheduleSteps::new(10)).unwrap();
+        assert_eq!(schedule.len(), 1);
+        assert_eq!(schedule[0].1.len(), deep.len(), "an unparsable prompt is used whole, as A1111 does");
+        let deep_edit = format!("{}a{}", "[b:".repeat(5_000), ":3]".repeat(5_000));
+        assert!(prompt_schedules(&deep_edit, ScheduleSteps::new(10)).is_ok());
     }
 
     #[test]
