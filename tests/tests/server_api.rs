@@ -135,6 +135,11 @@ async fn bad_requests_are_422_naming_the_field() {
         (json!({"width": 64, "height": 64, "enable_hr": true, "hr_upscaler": "Lanczoz"}), "hr_upscaler"),
         (json!({"width": 64, "height": 64, "enable_hr": true, "hr_scale": 200}), "hr_scale"),
         (json!({"width": 64, "height": 64, "enable_hr": true, "hr_scale": 0}), "hr_scale"),
+        (json!({"width": 64, "height": 64, "sampler_name": "UniPC", "steps": 2}), "steps"),
+        (
+            json!({"width": 64, "height": 64, "enable_hr": true, "hr_second_pass_steps": 1, "sampler_name": "DDIM"}),
+            "hr_second_pass_steps",
+        ),
     ] {
         let (status, answer) = call(&app, "POST", "/sdapi/v1/txt2img", Some(body.clone())).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {answer}");

@@ -119,7 +119,7 @@ impl GenerationSpec {
 
     /// How much of the schedule an img2img pass runs: a hires pass runs exactly `steps` (A1111 hands it its
     /// step count, which selects the fix-steps branch); plain img2img runs ⌊strength·steps⌋.
-    fn img2img_steps(&self, strength: f64) -> Result<Img2ImgSteps> {
+    pub fn img2img_steps(&self, strength: f64) -> Result<Img2ImgSteps> {
         if self.after_first_pass.is_some() {
             Img2ImgSteps::exactly(self.steps, strength)
         } else {

@@ -239,6 +239,27 @@ impl Sampler {
         self.run_sigmas(denoiser, noise_source, x, used, range, hooks)
     }
 
+    /// Refuses a pass this sampler cannot run, before any model work, so callers can name the field:
+    /// timestep samplers need at least one timestep (img2img runs `t_enc` of them), UniPC at least its order.
+    pub fn check_runnable(&self, steps: usize, img2img: Option<Img2ImgSteps>) -> Result<()> {
+        if !self.kind.is_timestep_sampler() {
+            return Ok(());
+        }
+        let runs = img2img.map_or(steps, |s| s.t_enc);
+        let needed = if self.kind == SamplerKind::UniPc { self.params.unipc.order } else { 1 };
+        if runs >= needed {
+            return Ok(());
+        }
+        Err(Error::InvalidParameter {
+            field: "steps",
+            problem: format!(
+                "{} would sample {runs} timestep(s) here and needs at least {needed}; raise the steps (or the \
+                 denoising strength)",
+                self.kind.label()
+            ),
+        })
+    }
+
     /// Runs a σ-based sampler on an explicit σ sequence from `x` (already scaled to σ₀). DPM fast /
     /// adaptive integrate from the first to the last non-zero σ in `sigmas.len() − 1` evaluations.
     pub fn sample_sigmas(

@@ -185,6 +185,11 @@ pub(crate) fn prepare(job: GenerationJob, context: &mut JobContext) -> crate::Re
         ProcessingRequest::Txt2Img(_) => 1.0,
     };
     let batches = batch_specs(&base, &settings, &sampler, first_pass_strength, noise_multiplier)?;
+    check_runnable(&batches[0], "steps")?;
+    if let Some((hires, _)) = &hires {
+        let (w, h) = hires.upscale_to;
+        check_runnable(&hires.spec(&batches[0], (h / LATENT_FACTOR, w / LATENT_FACTOR)), "hr_second_pass_steps")?;
+    }
     let mut extra = Vec::new();
     let (init_images, inpaint) = match &request {
         ProcessingRequest::Txt2Img(_) => (None, None),
@@ -224,6 +229,12 @@ pub(crate) fn prepare(job: GenerationJob, context: &mut JobContext) -> crate::Re
         subseed_strength: base.subseed_strength,
     };
     Ok(PreparedGeneration { handle, plan })
+}
+
+/// A pass the sampler cannot run (too few timesteps for DDIM, PLMS, UniPC) is a bad request, named by `field`.
+fn check_runnable(spec: &GenerationSpec, field: &'static str) -> crate::Result<()> {
+    let img2img = spec.denoising_strength.map(|strength| spec.img2img_steps(strength)).transpose()?;
+    spec.sampler.check_runnable(spec.steps, img2img).map_err(|e| crate::Error::Field { field, problem: e.to_string() })
 }
 
 fn apply_override_settings(settings: &mut GenerationSettings, base: &GenerationRequest) -> crate::Result<()> {
