@@ -285,6 +285,22 @@ async fn name_tables_and_options() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sd_models_carry_hashes_and_options_show_what_sdrt_honours() {
+    let mut provider = ModelProvider::new(SessionConfig { intra_op_threads: Some(1), ..SessionConfig::default() });
+    provider.register("sd15-tiny", tiny_model());
+    let app = sdrt_server::router(Arc::new(ServerState::new(Arc::new(provider), settings())));
+    let (status, models) = call(&app, "GET", "/sdapi/v1/sd-models", None).await;
+    assert_eq!(status, StatusCode::OK, "{models}");
+    let expected = sdrt_io::model_hash(std::path::Path::new(&tiny_model())).expect("hash");
+    assert_eq!(models[0]["hash"], expected.as_str());
+    assert_eq!(models[0]["title"], format!("sd15-tiny [{expected}]"));
+    assert_eq!(models[0]["sha256"].as_str().map(str::len), Some(64));
+    let (_, options) = call(&app, "GET", "/sdapi/v1/options", None).await;
+    assert_eq!((options["emphasis"].as_str(), options["ESRGAN_tile"].as_u64()), (Some("Original"), Some(192)));
+    assert_eq!(options["inpainting_mask_weight"].as_f64(), Some(1.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn post_options_changes_later_jobs_and_rejects_bad_values() {
     let app = server();
     let (status, answer) =

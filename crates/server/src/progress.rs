@@ -22,6 +22,8 @@ struct RunningJob {
     eta_seconds: f64,
     started: Instant,
     interrupted: bool,
+    /// The current batch was skipped (A1111 clears it when the next batch starts).
+    skipped: bool,
 }
 
 impl ProgressTracker {
@@ -36,6 +38,7 @@ impl ProgressTracker {
             eta_seconds: 0.0,
             started: Instant::now(),
             interrupted: false,
+            skipped: false,
         });
     }
 
@@ -49,6 +52,17 @@ impl ProgressTracker {
         match self.lock().as_mut() {
             Some(job) => {
                 job.interrupted = true;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Marks the running batch as skipped; false when nothing runs.
+    pub(crate) fn mark_skipped(&self) -> bool {
+        match self.lock().as_mut() {
+            Some(job) => {
+                job.skipped = true;
                 true
             }
             None => false,
@@ -70,6 +84,7 @@ impl ProgressTracker {
             eta_relative,
             state: ProgressState {
                 interrupted: job.interrupted,
+                skipped: job.skipped,
                 job: format!("Batch {} out of {}", job.job_no + 1, job.job_count),
                 job_count: job.job_count,
                 job_timestamp: job.job_timestamp,
@@ -92,6 +107,9 @@ impl ProgressTracker {
 impl ProgressSink for ProgressTracker {
     fn on_progress(&self, event: &ProgressEvent) {
         if let Some(job) = self.lock().as_mut() {
+            if job.job_no != event.batch as i64 {
+                job.skipped = false;
+            }
             job.job_no = event.batch as i64;
             job.step = event.step as i64;
             job.steps = event.total as i64;
@@ -116,8 +134,14 @@ mod tests {
         let snapshot = tracker.snapshot();
         assert!((snapshot.progress - 0.75).abs() < 1e-12, "{}", snapshot.progress);
         assert_eq!((snapshot.state.job_no, snapshot.state.sampling_step), (1, 5));
+        assert!(tracker.mark_skipped() && tracker.snapshot().state.skipped);
+        tracker.on_progress(&ProgressEvent { batch: 1, step: 6, ..event.clone() });
+        assert!(tracker.snapshot().state.skipped, "the same batch stays skipped");
+        tracker.on_progress(&ProgressEvent { batch: 0, step: 1, ..event });
+        assert!(!tracker.snapshot().state.skipped, "another batch clears it, as A1111's next iteration does");
         assert!(tracker.mark_interrupted() && tracker.snapshot().state.interrupted);
         tracker.finish();
         assert!(!tracker.mark_interrupted(), "nothing runs after finish");
+        assert!(!tracker.mark_skipped(), "nothing to skip after finish");
     }
 }

@@ -101,7 +101,9 @@ async fn interrupt(State(state): Shared) -> Json<serde_json::Value> {
 }
 
 async fn skip(State(state): Shared) -> Json<serde_json::Value> {
-    state.current_control().skip();
+    if state.progress.mark_skipped() {
+        state.current_control().skip();
+    }
     Json(serde_json::json!({}))
 }
 
@@ -187,21 +189,31 @@ async fn schedulers() -> Json<Vec<SchedulerItem>> {
     Json(scheduler_items())
 }
 
-async fn sd_models(State(state): Shared) -> Json<Vec<SdModelItem>> {
-    let items = state
-        .provider
-        .registered()
-        .iter()
-        .map(|(name, path)| SdModelItem {
-            title: name.clone(),
-            model_name: name.clone(),
-            hash: None,
-            sha256: None,
-            filename: path.display().to_string(),
-            config: None,
-        })
-        .collect();
-    Json(items)
+/// `GET /sdapi/v1/sd-models`: the registered models with A1111's `name [hash]` titles (hashes are computed once,
+/// off the async threads).
+async fn sd_models(State(state): Shared) -> Result<Json<Vec<SdModelItem>>> {
+    let items = tokio::task::spawn_blocking(move || {
+        state
+            .provider
+            .registered()
+            .iter()
+            .map(|(name, path)| {
+                let sha256 = state.model_sha256(path);
+                let hash = sha256.as_ref().map(|full| full[..sdrt_io::SHORT_HASH_LEN.min(full.len())].to_owned());
+                SdModelItem {
+                    title: hash.as_ref().map_or_else(|| name.clone(), |h| format!("{name} [{h}]")),
+                    model_name: name.clone(),
+                    hash,
+                    sha256,
+                    filename: path.display().to_string(),
+                    config: None,
+                }
+            })
+            .collect()
+    })
+    .await
+    .map_err(|e| Error::Worker(e.to_string()))?;
+    Ok(Json(items))
 }
 
 async fn options(State(state): Shared) -> Json<Options> {
@@ -211,6 +223,15 @@ async fn options(State(state): Shared) -> Json<Options> {
         randn_source: sdrt_runtime::randn_source_name(settings.randn_source).to_owned(),
         clip_stop_at_last_layers: settings.clip_skip,
         eta_noise_seed_delta: i64::try_from(settings.eta_noise_seed_delta).unwrap_or(i64::MAX),
-        ..Options::default()
+        extra: [
+            ("emphasis", serde_json::json!(settings.emphasis.label())),
+            ("pad_cond_uncond", serde_json::json!(settings.pad_cond_uncond)),
+            ("inpainting_mask_weight", serde_json::json!(settings.inpainting_mask_weight)),
+            ("ESRGAN_tile", serde_json::json!(settings.esrgan_tile)),
+            ("ESRGAN_tile_overlap", serde_json::json!(settings.esrgan_tile_overlap)),
+        ]
+        .into_iter()
+        .map(|(key, value)| (key.to_owned(), value))
+        .collect(),
     })
 }

@@ -1,6 +1,8 @@
 //! What every request handler shares: the model provider, the runner, the settings, the job queue and the
 //! running job's progress and controls.
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use sdrt_runtime::{GenerationSettings, JobControl, ModelProvider, ProcessingRunner};
@@ -19,6 +21,8 @@ pub struct ServerState {
     pub(crate) progress: Arc<ProgressTracker>,
     /// The running job's interrupt/skip flags.
     pub(crate) control: Mutex<JobControl>,
+    /// SHA-256 of each registered model, computed on first listing (A1111 caches its hashes too).
+    model_hashes: Mutex<BTreeMap<PathBuf, Option<String>>>,
 }
 
 impl ServerState {
@@ -32,7 +36,19 @@ impl ServerState {
             queue: tokio::sync::Mutex::new(()),
             progress: Arc::new(ProgressTracker::default()),
             control: Mutex::new(JobControl::default()),
+            model_hashes: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// The full SHA-256 behind a model's `Model hash`, hashed once; `None` for what is not a model folder.
+    pub(crate) fn model_sha256(&self, path: &Path) -> Option<String> {
+        let cached = self.model_hashes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(path).cloned();
+        cached.unwrap_or_else(|| {
+            let hash = sdrt_io::model_sha256(path).ok();
+            let mut hashes = self.model_hashes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            hashes.insert(path.to_owned(), hash.clone());
+            hash
+        })
     }
 
     /// The current settings.
