@@ -285,6 +285,44 @@ async fn name_tables_and_options() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extras_upscale_finished_images_as_a1111() {
+    let app = server();
+    let pixels: Vec<u8> = (0..64 * 48 * 3).map(|i| (i * 13 % 251) as u8).collect();
+    let png = BASE64.encode(sdrt_io::encode_png_rgb8(&pixels, 64, 48, &[]).expect("encodes"));
+    let body = json!({"image": png, "upscaler_1": "Lanczos", "upscaling_resize": 2});
+    let (status, answer) = call(&app, "POST", "/sdapi/v1/extra-single-image", Some(body)).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let out = sdrt_io::decode_png(&BASE64.decode(answer["image"].as_str().expect("image")).expect("b64")).expect("png");
+    let source = image::RgbImage::from_raw(64, 48, pixels.clone()).expect("image");
+    let expected = sdrt_io::ImageUpscaler::Lanczos.upscale(&source, 2.0);
+    assert_eq!((out.width, out.height), (128, 96));
+    assert_eq!(out.pixels, expected.into_raw());
+    assert!(answer["html_info"].as_str().expect("info").contains("Postprocess upscale by: 2.0"), "{answer}");
+
+    let body = json!({"imageList": [{"data": png, "name": "a.png"}, {"data": png, "name": "b.png"}],
+                      "resize_mode": 1, "upscaling_resize_w": 100, "upscaling_resize_h": 60, "upscaler_1": "Nearest"});
+    let (status, answer) = call(&app, "POST", "/sdapi/v1/extra-batch-images", Some(body)).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let images = answer["images"].as_array().expect("images");
+    assert_eq!(images.len(), 2);
+    let out = sdrt_io::decode_png(&BASE64.decode(images[1].as_str().expect("b64")).expect("b64")).expect("png");
+    assert_eq!((out.width, out.height), (100, 60), "cropped to the requested size");
+
+    for (extra, field) in [
+        (json!({"gfpgan_visibility": 0.5}), "gfpgan_visibility"),
+        (json!({"upscaler_1": "Latent"}), "upscaler_1"),
+        (json!({"upscaler_1": "4x-Nothing"}), "upscaler_1"),
+        (json!({"upscaling_resize": 1000}), "upscaling_resize"),
+    ] {
+        let mut body = json!({"image": png, "upscaler_1": "Lanczos"});
+        body.as_object_mut().expect("object").extend(extra.as_object().expect("object").clone());
+        let (status, answer) = call(&app, "POST", "/sdapi/v1/extra-single-image", Some(body)).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{field}: {answer}");
+        assert!(answer["detail"].as_str().expect("detail").contains(field), "{field}: {answer}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sd_models_carry_hashes_and_options_show_what_sdrt_honours() {
     let mut provider = ModelProvider::new(SessionConfig { intra_op_threads: Some(1), ..SessionConfig::default() });
     provider.register("sd15-tiny", tiny_model());

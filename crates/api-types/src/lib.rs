@@ -10,12 +10,17 @@
 //!   such as "DPM++ 2M Karras".
 
 mod error;
+mod extras;
 mod names;
 mod request;
 mod response;
 mod validate;
 
 pub use error::{Error, FieldProblem, Result};
+pub use extras::{
+    ExtrasBatchImagesRequest, ExtrasBatchImagesResponse, ExtrasFile, ExtrasOptions, ExtrasSingleImageRequest,
+    ExtrasSingleImageResponse,
+};
 pub use names::{
     API_DEFAULT_SAMPLER, SAMPLERS, SCHEDULERS, SamplerChoice, SamplerFamily, SamplerInfo, SchedulerInfo,
     automatic_scheduler, find_sampler, find_scheduler, resolve_sampler_and_scheduler, sampler_names, scheduler_names,

@@ -45,4 +45,4 @@ pub use png_meta::{
 };
 pub use resize::{ResizeMode, resize_image};
 pub use tiles::upscale_tiled;
-pub use upscaler::{ImageUpscaler, upscale_with};
+pub use upscaler::{ImageUpscaler, upscale_by, upscale_with};

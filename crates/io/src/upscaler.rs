@@ -44,15 +44,36 @@ impl ImageUpscaler {
             Self::Nearest => PilFilter::Nearest,
         };
         let scale = enlargement(image, width, height);
-        let once = |current: &RgbImage| {
-            let (w, h) = ((f64::from(current.width()) * scale) as u32, (f64::from(current.height()) * scale) as u32);
-            Ok::<_, std::convert::Infallible>(pil_resize(current, w, h, filter))
-        };
-        match upscale_with(image, width, height, once) {
+        match upscale_with(image, width, height, |current| {
+            Ok::<_, std::convert::Infallible>(once(current, scale, filter))
+        }) {
             Ok(resized) => resized,
             Err(never) => match never {},
         }
     }
+
+    /// `Upscaler.upscale(image, scale)` with this built-in upscaler (A1111's extras tab).
+    pub fn upscale(self, image: &RgbImage, scale: f64) -> RgbImage {
+        let filter = match self {
+            // `UpscalerNone.do_upscale` returns the image as it is; the LANCZOS to size still runs.
+            Self::None => None,
+            Self::Lanczos => Some(PilFilter::Lanczos),
+            Self::Nearest => Some(PilFilter::Nearest),
+        };
+        let result = upscale_by(image, scale, |current| {
+            Ok::<_, std::convert::Infallible>(filter.map_or_else(|| current.clone(), |f| once(current, scale, f)))
+        });
+        match result {
+            Ok(upscaled) => upscaled,
+            Err(never) => match never {},
+        }
+    }
+}
+
+/// One application of a built-in upscaler: a PIL resize of both sides by `scale`, truncated.
+fn once(image: &RgbImage, scale: f64, filter: PilFilter) -> RgbImage {
+    let (w, h) = ((f64::from(image.width()) * scale) as u32, (f64::from(image.height()) * scale) as u32);
+    pil_resize(image, w, h, filter)
 }
 
 /// The factor `resize_image` asks an upscaler for: the larger of the two side ratios.
@@ -61,33 +82,40 @@ fn enlargement(image: &RgbImage, width: u32, height: u32) -> f64 {
 }
 
 /// `images.resize_image(0, image, width, height, upscaler)` for any upscaler whose one application is
-/// `upscale_once` (a model's fixed factor, or a resize by the requested factor): `Upscaler.upscale` — up to
-/// three applications until the image covers its size times the factor, rounded down to 8, then LANCZOS to
-/// that — followed by LANCZOS to the exact target.
+/// `upscale_once` (a model's fixed factor, or a resize by the requested factor): [`upscale_by`] the larger side
+/// ratio when it enlarges, then LANCZOS to the exact target.
 pub fn upscale_with<E>(
     image: &RgbImage,
     width: u32,
     height: u32,
-    mut upscale_once: impl FnMut(&RgbImage) -> Result<RgbImage, E>,
+    upscale_once: impl FnMut(&RgbImage) -> Result<RgbImage, E>,
 ) -> Result<RgbImage, E> {
     let scale = enlargement(image, width, height);
-    let mut current = image.clone();
-    if scale > 1.0 {
-        let destination = |side: u32| ((f64::from(side) * scale) / 8.0).floor() as u32 * 8;
-        let (dest_w, dest_h) = (destination(image.width()), destination(image.height()));
-        for pass in 0..3 {
-            if current.width() >= dest_w && current.height() >= dest_h && (pass > 0 || scale != 1.0) {
-                break;
-            }
-            let before = current.dimensions();
-            current = upscale_once(&current)?;
-            if current.dimensions() == before {
-                break;
-            }
-        }
-        current = pil_resize(&current, dest_w, dest_h, PilFilter::Lanczos);
-    }
+    let current = if scale > 1.0 { upscale_by(image, scale, upscale_once)? } else { image.clone() };
     Ok(pil_resize(&current, width, height, PilFilter::Lanczos))
+}
+
+/// A1111's `Upscaler.upscale(image, scale)`: up to three applications of `upscale_once` until the image covers
+/// its size times `scale` rounded down to a multiple of 8, then LANCZOS to exactly that size.
+pub fn upscale_by<E>(
+    image: &RgbImage,
+    scale: f64,
+    mut upscale_once: impl FnMut(&RgbImage) -> Result<RgbImage, E>,
+) -> Result<RgbImage, E> {
+    let destination = |side: u32| ((f64::from(side) * scale) / 8.0).floor() as u32 * 8;
+    let (dest_w, dest_h) = (destination(image.width()), destination(image.height()));
+    let mut current = image.clone();
+    for pass in 0..3 {
+        if current.width() >= dest_w && current.height() >= dest_h && (pass > 0 || scale != 1.0) {
+            break;
+        }
+        let before = current.dimensions();
+        current = upscale_once(&current)?;
+        if current.dimensions() == before {
+            break;
+        }
+    }
+    Ok(pil_resize(&current, dest_w, dest_h, PilFilter::Lanczos))
 }
 
 #[cfg(test)]

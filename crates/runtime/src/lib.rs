@@ -14,9 +14,9 @@ mod queue;
 
 pub use error::{Error, Result};
 pub use generation::{
-    GeneratedImage, GenerationJob, GenerationOutput, GenerationSettings, ProcessingRequest, SettingProblem,
-    image_upscaler_names, latent_upscale_mode_names, model_upscalers, parse_randn_source, randn_source_name,
-    upscaler_names,
+    ExtrasTarget, GeneratedImage, GenerationJob, GenerationOutput, GenerationSettings, ProcessingRequest,
+    SettingProblem, extras_upscale, image_upscaler_names, latent_upscale_mode_names, model_upscalers,
+    parse_randn_source, randn_source_name, upscaler_names,
 };
 pub use lifecycle::{HookPoint, JobContext, JobInfo, ProcessingJob, ProcessingRunner, RunnerHook, Stage};
 pub use metrics::{JobMetrics, RuntimeMetrics, STAGE_NAMES};

@@ -57,6 +57,7 @@ impl Error {
                 sdrt_runtime::Error::Request(_)
                 | sdrt_runtime::Error::InitImage { .. }
                 | sdrt_runtime::Error::Unsupported { .. }
+                | sdrt_runtime::Error::Field { .. }
                 | sdrt_runtime::Error::Setting { .. } => StatusCode::UNPROCESSABLE_ENTITY,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             },
@@ -67,6 +68,8 @@ impl Error {
     fn kind(&self) -> &'static str {
         match self {
             Error::Request(_) | Error::Field { .. } | Error::Setting { .. } => "ValidationError",
+            // A request the runtime refused (a field it cannot use) is a validation error like any other.
+            Error::Runtime(_) if self.status() == StatusCode::UNPROCESSABLE_ENTITY => "ValidationError",
             Error::Runtime(_) => "RuntimeError",
             Error::Encode { .. } => "EncodeError",
             Error::Worker(_) => "WorkerError",

@@ -11,6 +11,7 @@
 //! failures inside a job.
 
 mod error;
+mod extras;
 mod generate;
 mod images;
 mod progress;

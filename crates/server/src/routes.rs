@@ -8,13 +8,14 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use sdrt_api_types::{
-    ImageResponse, Img2ImgRequest, LatentUpscaleModeItem, Options, PngInfoRequest, PngInfoResponse, ProgressResponse,
-    SamplerItem, SchedulerItem, SdModelItem, Txt2ImgRequest, UpscalerItem, sampler_items, scheduler_items,
+    ExtrasBatchImagesResponse, ExtrasSingleImageResponse, ImageResponse, Img2ImgRequest, LatentUpscaleModeItem,
+    Options, PngInfoRequest, PngInfoResponse, ProgressResponse, SamplerItem, SchedulerItem, SdModelItem,
+    Txt2ImgRequest, UpscalerItem, sampler_items, scheduler_items,
 };
 
 use crate::error::{Error, Result};
 use crate::state::ServerState;
-use crate::{generate, images};
+use crate::{extras, generate, images};
 
 type Shared = State<Arc<ServerState>>;
 
@@ -42,6 +43,8 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/sdapi/v1/cmd-flags", get(cmd_flags))
         .route("/sdapi/v1/refresh-checkpoints", post(refresh_checkpoints))
         .route("/sdapi/v1/interrogate", post(interrogate))
+        .route("/sdapi/v1/extra-single-image", post(extra_single_image))
+        .route("/sdapi/v1/extra-batch-images", post(extra_batch_images))
         .fallback(not_found)
         .with_state(state)
 }
@@ -63,6 +66,21 @@ async fn txt2img(State(state): Shared, body: String) -> Result<Json<ImageRespons
 async fn img2img(State(state): Shared, body: String) -> Result<Json<ImageResponse>> {
     let request = Img2ImgRequest::from_json(&body)?;
     generate::img2img(state, request).await.map(Json)
+}
+
+async fn extra_single_image(State(state): Shared, body: String) -> Result<Json<ExtrasSingleImageResponse>> {
+    let request = serde_json::from_str(&body).map_err(|e| bad_body("image", &e))?;
+    extras::single(state, request).await.map(Json)
+}
+
+async fn extra_batch_images(State(state): Shared, body: String) -> Result<Json<ExtrasBatchImagesResponse>> {
+    let request = serde_json::from_str(&body).map_err(|e| bad_body("imageList", &e))?;
+    extras::batch(state, request).await.map(Json)
+}
+
+/// A 422 naming `field` with serde's description of what is wrong with the body.
+fn bad_body(field: &'static str, error: &serde_json::Error) -> Error {
+    Error::Field { field, message: format!("the body is not a valid request: {error}") }
 }
 
 /// `POST /sdapi/v1/options`: changes the settings later jobs start from. The answer lists the settings sdrt

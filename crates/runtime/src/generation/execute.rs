@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use ndarray::{Axis, Slice};
-use sdrt_models::RgbPixels;
 use sdrt_processing::{
     BatchConditioning, GenerationSpec, Hooks, ImageRng, LATENT_FACTOR, NoiseParams, PassInputs, Pipeline, RgbImage,
     SampleOutput, Sampled, StepEvent, Tensor, images_to_tensor, upscale_latents,
@@ -208,7 +207,7 @@ impl Passes<'_, '_> {
                     .iter()
                     .map(|image| {
                         let image = to_image_buffer(image, "hr_upscaler")?;
-                        let resized = enlarge(upscaler, &image, width as u32, height as u32)?;
+                        let resized = upscaler.resize(&image, width as u32, height as u32, "hr_upscaler")?;
                         Ok(RgbImage { width: width as u32, height: height as u32, pixels: resized.into_raw() })
                     })
                     .collect::<crate::Result<Vec<_>>>()?;
@@ -227,36 +226,6 @@ impl Passes<'_, '_> {
         let inputs =
             PassInputs { init_latent: Some(&truncated), mask: None, image_conditioning: image_conditioning.as_ref() };
         self.sample(&spec, inputs, batch)
-    }
-}
-
-/// `images.resize_image(0, image, width, height, upscaler)` with an image upscaler or an upscaler model.
-fn enlarge(
-    upscaler: &HiresUpscaler,
-    image: &image::RgbImage,
-    width: u32,
-    height: u32,
-) -> crate::Result<image::RgbImage> {
-    match upscaler {
-        HiresUpscaler::Image(builtin) => Ok(builtin.resize(image, width, height)),
-        HiresUpscaler::Model { model, tile, overlap } => {
-            let mut model = model.lock().map_err(|_| poisoned())?;
-            let mut run = |tile: &image::RgbImage| -> crate::Result<image::RgbImage> {
-                let pixels = RgbPixels { width: tile.width(), height: tile.height(), pixels: tile.as_raw().clone() };
-                let out = model.upscale(&pixels).map_err(|source| crate::Error::Upscaler { source })?;
-                image::RgbImage::from_raw(out.width, out.height, out.pixels).ok_or(crate::Error::Field {
-                    field: "hr_upscaler",
-                    problem: "the upscaler model returned a malformed image".into(),
-                })
-            };
-            sdrt_io::upscale_with(image, width, height, |current| {
-                sdrt_io::upscale_tiled(current, *tile, *overlap, &mut run)
-            })
-        }
-        HiresUpscaler::Latent(_) => Err(crate::Error::Field {
-            field: "hr_upscaler",
-            problem: "a latent upscale mode does not resize images".into(),
-        }),
     }
 }
 

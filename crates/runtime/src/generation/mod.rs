@@ -17,7 +17,9 @@ use sdrt_processing::{RgbImage, Tensor};
 use crate::lifecycle::{JobContext, ProcessingJob};
 use crate::provider::{ModelHandle, ModelProvider};
 
-pub use plan::{image_upscaler_names, latent_upscale_mode_names, model_upscalers, upscaler_names};
+pub use plan::{
+    ExtrasTarget, extras_upscale, image_upscaler_names, latent_upscale_mode_names, model_upscalers, upscaler_names,
+};
 pub use settings::{GenerationSettings, SettingProblem, parse_randn_source, randn_source_name};
 
 /// What to generate.

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use sdrt_api_types::{GenerationRequest, SIDE_RANGE, SamplerChoice, Txt2ImgRequest};
 use sdrt_io::{GenerationParams, HiresParams, ImageUpscaler, InfotextValue, ResizeMode};
-use sdrt_models::{SessionConfig, UpscaleModel};
+use sdrt_models::{RgbPixels, SessionConfig, UpscaleModel};
 use sdrt_processing::{
     GenerationSpec, LATENT_FACTOR, LatentUpscaleMode, ModelFamily, NoiseParams, Pipeline, RgbImage, Sampler,
     SamplerParams, ScheduleOptions, batch_seeds, fixed_seed,
@@ -79,6 +79,134 @@ impl HiresUpscaler {
         let model = Box::new(Mutex::new(model));
         Ok(Self::Model { model, tile: settings.esrgan_tile, overlap: settings.esrgan_tile_overlap })
     }
+}
+
+impl HiresUpscaler {
+    /// `images.resize_image(0, image, width, height, upscaler)`: enlarge with this upscaler, then LANCZOS to
+    /// the exact size. `field` names the request field in errors.
+    pub(crate) fn resize(
+        &self,
+        image: &image::RgbImage,
+        width: u32,
+        height: u32,
+        field: &'static str,
+    ) -> crate::Result<image::RgbImage> {
+        match self {
+            Self::Image(builtin) => Ok(builtin.resize(image, width, height)),
+            Self::Model { model, tile, overlap } => {
+                let mut model = model.lock().map_err(|_| poisoned())?;
+                let mut run = |piece: &image::RgbImage| run_model(&mut model, piece, field);
+                sdrt_io::upscale_with(image, width, height, |current| {
+                    sdrt_io::upscale_tiled(current, *tile, *overlap, &mut run)
+                })
+            }
+            Self::Latent(_) => Err(latent_is_not_an_image_upscaler(field)),
+        }
+    }
+
+    /// `Upscaler.upscale(image, scale)` (A1111's extras): the image enlarged by `scale`, sides rounded down to
+    /// multiples of 8.
+    pub(crate) fn upscale_by(
+        &self,
+        image: &image::RgbImage,
+        scale: f64,
+        field: &'static str,
+    ) -> crate::Result<image::RgbImage> {
+        match self {
+            Self::Image(builtin) => Ok(builtin.upscale(image, scale)),
+            Self::Model { model, tile, overlap } => {
+                let mut model = model.lock().map_err(|_| poisoned())?;
+                let mut run = |piece: &image::RgbImage| run_model(&mut model, piece, field);
+                sdrt_io::upscale_by(image, scale, |current| sdrt_io::upscale_tiled(current, *tile, *overlap, &mut run))
+            }
+            Self::Latent(_) => Err(latent_is_not_an_image_upscaler(field)),
+        }
+    }
+}
+
+fn latent_is_not_an_image_upscaler(field: &'static str) -> crate::Error {
+    crate::Error::Field {
+        field,
+        problem: "a latent upscale mode resizes latents in hires fix, not images; name an image upscaler".into(),
+    }
+}
+
+/// One tile through an upscaler model.
+fn run_model(model: &mut UpscaleModel, tile: &image::RgbImage, field: &'static str) -> crate::Result<image::RgbImage> {
+    let pixels = RgbPixels { width: tile.width(), height: tile.height(), pixels: tile.as_raw().clone() };
+    let out = model.upscale(&pixels).map_err(|source| crate::Error::Upscaler { source })?;
+    image::RgbImage::from_raw(out.width, out.height, out.pixels)
+        .ok_or(crate::Error::Field { field, problem: "the upscaler model returned a malformed image".into() })
+}
+
+/// A1111's extras tab (`/sdapi/v1/extra-single-image`): `image` enlarged by the upscaler named `upscaler`
+/// (built-in, or a model in `settings.upscaler_dir`) by `scale`, or to `size` (cropped to it when `crop`).
+/// Returns the image and A1111's "Postprocess …" entries.
+pub fn extras_upscale(
+    image: &RgbImage,
+    upscaler: &str,
+    target: ExtrasTarget,
+    settings: &GenerationSettings,
+    config: &SessionConfig,
+) -> crate::Result<(RgbImage, Vec<(String, String)>)> {
+    let field = "upscaler_1";
+    let image = &to_image_buffer(image, "image")?;
+    let resolved = HiresUpscaler::resolve(Some(upscaler), settings, config).map_err(|error| match error {
+        crate::Error::Field { problem, .. } => crate::Error::Field { field, problem },
+        other => other,
+    })?;
+    if image.width() == 0 || image.height() == 0 {
+        return Err(crate::Error::Field { field: "image", problem: "the image is empty".into() });
+    }
+    let mut info = Vec::new();
+    let scale = match target {
+        ExtrasTarget::By(scale) => {
+            info.push(("Postprocess upscale by".to_owned(), sdrt_io::python_float(scale)));
+            scale
+        }
+        ExtrasTarget::To { width, height, .. } => {
+            info.push(("Postprocess upscale to".to_owned(), format!("{width}x{height}")));
+            (f64::from(width) / f64::from(image.width())).max(f64::from(height) / f64::from(image.height()))
+        }
+    };
+    let (max_w, max_h) = (f64::from(image.width()) * scale, f64::from(image.height()) * scale);
+    if !(scale.is_finite() && scale > 0.0) || max_w > f64::from(SIDE_RANGE.1) || max_h > f64::from(SIDE_RANGE.1) {
+        return Err(crate::Error::Field {
+            field: "upscaling_resize",
+            problem: format!(
+                "scaling by {scale} would give {max_w}x{max_h}; each side must stay within {}",
+                SIDE_RANGE.1
+            ),
+        });
+    }
+    let mut upscaled = resolved.upscale_by(image, scale, field)?;
+    info.push(("Postprocess upscaler".to_owned(), upscaler.to_owned()));
+    if let ExtrasTarget::To { width, height, crop: true } = target {
+        let mut cropped = image::RgbImage::new(width, height);
+        let x = i64::from(width / 2) - i64::from(upscaled.width() / 2);
+        let y = i64::from(height / 2) - i64::from(upscaled.height() / 2);
+        image::imageops::replace(&mut cropped, &upscaled, x, y);
+        upscaled = cropped;
+        info.push(("Postprocess crop to".to_owned(), format!("{width}x{height}")));
+    }
+    let (width, height) = upscaled.dimensions();
+    Ok((RgbImage { width, height, pixels: upscaled.into_raw() }, info))
+}
+
+/// How far the extras tab enlarges an image.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ExtrasTarget {
+    /// By a factor (`resize_mode` 0, `upscaling_resize`).
+    By(f64),
+    /// To a size (`resize_mode` 1), centre-cropped to it when `crop` (`upscaling_crop`).
+    To {
+        /// `upscaling_resize_w`.
+        width: u32,
+        /// `upscaling_resize_h`.
+        height: u32,
+        /// `upscaling_crop`.
+        crop: bool,
+    },
 }
 
 /// The upscaler models in `dir`: every `<name>.onnx`, by name.
