@@ -419,7 +419,7 @@ fn read_mask(path: &Path, round: bool) -> Result<image::GrayImage> {
 
 fn read_image(path: &Path, flag: &str) -> Result<image::DynamicImage> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {flag} {}", path.display()))?;
-    image::load_from_memory(&bytes).with_context(|| format!("{flag} {}: not a PNG, JPEG or WebP image", path.display()))
+    sdrt_io::load_image(&bytes).with_context(|| format!("{flag} {}: not a PNG, JPEG or WebP image", path.display()))
 }
 
 fn report(output: &GenerationOutput, metrics: &JobMetrics, json: bool) -> Result<()> {

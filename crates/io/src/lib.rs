@@ -15,6 +15,7 @@ mod exif_meta;
 mod grid;
 mod image_info;
 mod infotext;
+mod load;
 mod mask;
 mod model_hash;
 mod naming;
@@ -33,6 +34,7 @@ pub use exif_meta::{
 pub use grid::{GRID_BACKGROUND, grid_shape, image_grid};
 pub use image_info::{ImageInfo, read_image_info};
 pub use infotext::{GenerationParams, HiresParams, InfotextValue, ParsedInfotext, python_float, quote, unquote};
+pub use load::{MAX_DECODED_BYTES, MAX_DECODED_SIDE, load_image};
 pub use mask::{CropBox, blur_mask, crop_region, expand_crop_region, mask_from_image, pil_luminance};
 pub use model_hash::{SHORT_HASH_LEN, model_hash, model_sha256};
 pub use naming::{

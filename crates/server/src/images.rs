@@ -29,8 +29,8 @@ pub(crate) fn decode_mask(field: &'static str, text: &str, round: bool) -> Resul
 
 fn load(field: &'static str, text: &str) -> Result<image::DynamicImage> {
     let bytes = decode_base64(field, text)?;
-    image::load_from_memory(&bytes)
-        .map_err(|e| Error::Field { field, message: format!("not a PNG, JPEG or WebP image: {e}") })
+    sdrt_io::load_image(&bytes)
+        .map_err(|e| Error::Field { field, message: format!("not a PNG, JPEG or WebP image sdrt can decode: {e}") })
 }
 
 /// `POST /sdapi/v1/png-info`: the infotext, the other text items and the parsed parameters (empty when the
