@@ -136,6 +136,7 @@ async fn bad_requests_are_422_naming_the_field() {
         (json!({"width": 64, "height": 64, "enable_hr": true, "hr_scale": 200}), "hr_scale"),
         (json!({"width": 64, "height": 64, "enable_hr": true, "hr_scale": 0}), "hr_scale"),
         (json!({"width": 64, "height": 64, "sampler_name": "UniPC", "steps": 2}), "steps"),
+        (json!({"width": 64, "height": 64, "steps": 2, "prompt": "[a:b:1e400]"}), "prompt"),
         (
             json!({"width": 64, "height": 64, "enable_hr": true, "hr_second_pass_steps": 1, "sampler_name": "DDIM"}),
             "hr_second_pass_steps",
@@ -335,6 +336,14 @@ async fn sd_models_carry_hashes_and_options_show_what_sdrt_honours() {
     assert_eq!(models[0]["sha256"].as_str().map(str::len), Some(64));
     let (_, options) = call(&app, "GET", "/sdapi/v1/options", None).await;
     assert_eq!((options["emphasis"].as_str(), options["ESRGAN_tile"].as_u64()), (Some("Original"), Some(192)));
+    // Clients select models by the title /sd-models gives, or by hash; the server keeps the registered name.
+    for selector in [format!("sd15-tiny [{expected}]"), expected.clone()] {
+        let (status, answer) =
+            call(&app, "POST", "/sdapi/v1/options", Some(json!({"sd_model_checkpoint": selector}))).await;
+        assert_eq!(status, StatusCode::OK, "{selector}: {answer}");
+        let (_, options) = call(&app, "GET", "/sdapi/v1/options", None).await;
+        assert_eq!(options["sd_model_checkpoint"], "sd15-tiny");
+    }
     assert_eq!(options["inpainting_mask_weight"].as_f64(), Some(1.0));
 }
 
@@ -360,6 +369,8 @@ async fn post_options_changes_later_jobs_and_rejects_bad_values() {
         (json!({"randn_source": "quantum"}), StatusCode::UNPROCESSABLE_ENTITY, "randn_source"),
         (json!({"CLIP_stop_at_last_layers": 0}), StatusCode::UNPROCESSABLE_ENTITY, "CLIP_stop_at_last_layers"),
         (json!({"sd_model_checkpoint": "missing-model"}), StatusCode::NOT_FOUND, "missing-model"),
+        (json!({"sd_model_checkpoint": "/etc"}), StatusCode::NOT_FOUND, "/etc"),
+        (json!({"sd_model_checkpoint": tiny_model()}), StatusCode::NOT_FOUND, "sd15-tiny"),
         (json!([1, 2]), StatusCode::UNPROCESSABLE_ENTITY, "options"),
     ] {
         let (got, answer) = call(&app, "POST", "/sdapi/v1/options", Some(body.clone())).await;

@@ -59,6 +59,11 @@ impl Error {
                 | sdrt_runtime::Error::Unsupported { .. }
                 | sdrt_runtime::Error::Field { .. }
                 | sdrt_runtime::Error::Setting { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+                // A pipeline stage refusing a parameter (a prompt-editing step too large, …) is a bad request
+                // found late, not a server fault.
+                sdrt_runtime::Error::Processing(sdrt_processing::Error::InvalidParameter { .. }) => {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                }
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             },
             Error::Encode { .. } | Error::Worker(_) => StatusCode::INTERNAL_SERVER_ERROR,

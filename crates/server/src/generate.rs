@@ -13,8 +13,9 @@ use crate::images::{decode_image, decode_mask};
 use crate::state::ServerState;
 
 /// Runs a txt2img request.
-pub(crate) async fn txt2img(state: Arc<ServerState>, request: Txt2ImgRequest) -> Result<ImageResponse> {
+pub(crate) async fn txt2img(state: Arc<ServerState>, mut request: Txt2ImgRequest) -> Result<ImageResponse> {
     request.validate()?;
+    registered_override(&state, &mut request.base)?;
     let parameters = serde_json::to_value(&request).unwrap_or_default();
     let base = request.base.clone();
     // A1111 reports the hires pass's denoising strength in `info` (its txt2img keeps it only with enable_hr).
@@ -23,8 +24,9 @@ pub(crate) async fn txt2img(state: Arc<ServerState>, request: Txt2ImgRequest) ->
 }
 
 /// Runs an img2img request (`init_images` are base64 images, optionally `data:` URLs).
-pub(crate) async fn img2img(state: Arc<ServerState>, request: Img2ImgRequest) -> Result<ImageResponse> {
+pub(crate) async fn img2img(state: Arc<ServerState>, mut request: Img2ImgRequest) -> Result<ImageResponse> {
     request.validate()?;
+    registered_override(&state, &mut request.base)?;
     let init_images =
         request.init_images.iter().map(|image| decode_image("init_images", image)).collect::<Result<Vec<_>>>()?;
     let mask = match request.mask.as_deref().filter(|m| !m.is_empty()) {
@@ -40,6 +42,19 @@ pub(crate) async fn img2img(state: Arc<ServerState>, request: Img2ImgRequest) ->
     let base = request.base.clone();
     let strength = request.denoising_strength;
     run(state, ProcessingRequest::Img2Img { request, init_images, mask }, base, parameters, Some(strength)).await
+}
+
+/// A request's `override_settings.sd_model_checkpoint` must name a registered model (by name, title or hash);
+/// it is rewritten to the registered name the runtime resolves.
+fn registered_override(state: &ServerState, base: &mut GenerationRequest) -> Result<()> {
+    let Some(value) = base.override_settings.get("sd_model_checkpoint").and_then(|v| v.as_str()) else {
+        return Ok(());
+    };
+    let name = state
+        .registered_model(value)
+        .map_err(|e| Error::Field { field: "override_settings.sd_model_checkpoint", message: e.to_string() })?;
+    base.override_settings.insert("sd_model_checkpoint".into(), name.into());
+    Ok(())
 }
 
 async fn run(

@@ -86,15 +86,16 @@ fn bad_body(field: &'static str, error: &serde_json::Error) -> Error {
 /// `POST /sdapi/v1/options`: changes the settings later jobs start from. The answer lists the settings sdrt
 /// does not implement (accepted, changing nothing), so a client can see what had no effect.
 async fn set_options(State(state): Shared, body: String) -> Result<Json<serde_json::Value>> {
-    let entries: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&body).map_err(|e| {
+    let mut entries: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&body).map_err(|e| {
         Error::Field { field: "options", message: format!("the body must be a JSON object of settings ({e})") }
     })?;
+    if let Some(value) = entries.get("sd_model_checkpoint").and_then(serde_json::Value::as_str) {
+        // Only registered models, so an unknown one fails here, not in the next job, and no path gets in.
+        let name = state.registered_model(value).map_err(Error::Runtime)?;
+        entries.insert("sd_model_checkpoint".into(), name.into());
+    }
     let mut settings = state.settings();
     let ignored = settings.apply_settings(&entries).map_err(|p| Error::Setting { key: p.key, message: p.problem })?;
-    if let Some(model) = &settings.model {
-        // An unknown model fails here, not in the next job.
-        state.provider.resolve(model).map_err(Error::Runtime)?;
-    }
     state.set_settings(settings);
     Ok(Json(serde_json::json!({ "ignored": ignored })))
 }

@@ -40,6 +40,28 @@ impl ServerState {
         }
     }
 
+    /// The registered model a client names: by name, by A1111 title (`name [hash]`) or by hash (10+ hex
+    /// digits). A path is never accepted through the API: it would point the server at any folder.
+    pub(crate) fn registered_model(&self, value: &str) -> Result<String, sdrt_runtime::Error> {
+        let registered = self.provider.registered();
+        let name = value.split(" [").next().unwrap_or(value).trim();
+        if registered.contains_key(name) {
+            return Ok(name.to_owned());
+        }
+        let by_hash = value.len() >= sdrt_io::SHORT_HASH_LEN && value.chars().all(|c| c.is_ascii_hexdigit());
+        if by_hash {
+            for (model, path) in registered {
+                if self.model_sha256(path).is_some_and(|sha| sha.starts_with(&value.to_ascii_lowercase())) {
+                    return Ok(model.clone());
+                }
+            }
+        }
+        Err(sdrt_runtime::Error::UnknownModel {
+            name: value.to_owned(),
+            known: registered.keys().cloned().collect::<Vec<_>>().join(", "),
+        })
+    }
+
     /// The full SHA-256 behind a model's `Model hash`, hashed once; `None` for what is not a model folder.
     pub(crate) fn model_sha256(&self, path: &Path) -> Option<String> {
         let cached = self.model_hashes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(path).cloned();
