@@ -55,4 +55,12 @@ fn ort_dylib_path_pointing_nowhere_is_reported() {
     };
     let message = search.locate().expect_err("nothing to find").to_string();
     assert!(message.contains("ORT_DYLIB_PATH=/nonexistent/libonnxruntime.so (no such file)"), "{message}");
+    // Even with a provisioned library available, an ORT_DYLIB_PATH that points nowhere is an error.
+    let cache = std::env::temp_dir().join(format!("sdrt-ort-cache-{}", std::process::id()));
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::write(cache.join("libonnxruntime.so.1.31.1"), b"not really").unwrap();
+    let search = RuntimeSearch { cache_dir: cache.clone(), ..search };
+    let message = search.locate().expect_err("the explicit path wins").to_string();
+    assert!(message.contains("unset ORT_DYLIB_PATH"), "{message}");
+    std::fs::remove_dir_all(cache).ok();
 }

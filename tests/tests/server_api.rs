@@ -277,6 +277,10 @@ async fn name_tables_and_options() {
     let (status, answer) = call(&app, "POST", "/sdapi/v1/interrogate", Some(json!({"image": ""}))).await;
     assert_eq!(status, StatusCode::NOT_IMPLEMENTED);
     assert!(answer["detail"].as_str().expect("detail").contains("interrogat"), "{answer}");
+    let big = "x".repeat(sdrt_server::MAX_BODY_BYTES + 1);
+    let (status, answer) = call(&app, "POST", "/sdapi/v1/txt2img", Some(json!({"prompt": big}))).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(answer["detail"].as_str().expect("JSON detail").contains("MiB"), "{answer}");
     let (status, answer) = call(&app, "GET", "/sdapi/v1/no-such-route", None).await;
     assert_eq!((status, answer), (StatusCode::NOT_FOUND, json!({"detail": "Not Found"})), "JSON 404 as A1111");
     let (_, modes) = call(&app, "GET", "/sdapi/v1/latent-upscale-modes", None).await;

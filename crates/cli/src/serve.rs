@@ -52,7 +52,12 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
         ..GenerationSettings::default()
     };
     let state = Arc::new(sdrt_server::ServerState::new(Arc::new(provider), settings));
-    eprintln!("sdrt serving http://{}/sdapi/v1 (default model {})", args.listen, model.display());
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    runtime.block_on(sdrt_server::serve(state, args.listen)).with_context(|| format!("serving on {}", args.listen))
+    runtime.block_on(async {
+        // Bind first: a port in use is reported before anything claims to be serving.
+        let listener =
+            tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+        eprintln!("sdrt serving http://{}/sdapi/v1 (default model {})", listener.local_addr()?, model.display());
+        sdrt_server::serve_on(state, listener).await.with_context(|| format!("serving on {}", args.listen))
+    })
 }

@@ -70,7 +70,17 @@ impl RuntimeSearch {
             if path.is_file() {
                 return Ok(RuntimeLocation { path: path.clone(), source: "ORT_DYLIB_PATH" });
             }
-            searched.push(format!("ORT_DYLIB_PATH={} (no such file)", path.display()));
+            // An explicit choice that points nowhere is a mistake to report, not to paper over with another
+            // library.
+            return Err(Error::RuntimeNotFound {
+                wanted: PROVISIONED_ORT_VERSION,
+                searched: format!(
+                    "ORT_DYLIB_PATH={} (no such file); unset ORT_DYLIB_PATH to use the provisioned library",
+                    path.display()
+                ),
+                cache: self.cache_dir.clone(),
+                min_minor: MIN_ORT_MINOR,
+            });
         }
         let cached = self.cache_dir.join(library_file_name());
         if cached.is_file() {

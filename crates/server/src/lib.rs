@@ -19,5 +19,5 @@ mod routes;
 mod state;
 
 pub use error::{Error, Result};
-pub use routes::{router, serve};
+pub use routes::{MAX_BODY_BYTES, router, serve, serve_on};
 pub use state::ServerState;

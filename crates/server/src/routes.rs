@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -46,12 +46,32 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/sdapi/v1/extra-single-image", post(extra_single_image))
         .route("/sdapi/v1/extra-batch-images", post(extra_batch_images))
         .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::map_response(json_rejections))
         .with_state(state)
+}
+
+/// The largest request body accepted: room for a batch of large base64 init images (a 1024² PNG is ~4 MB).
+pub const MAX_BODY_BYTES: usize = 64 << 20;
+
+/// axum answers some rejections (a body over the limit) in plain text; clients parse every body as JSON.
+async fn json_rejections(response: axum::response::Response) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if response.status() != StatusCode::PAYLOAD_TOO_LARGE {
+        return response;
+    }
+    let detail = format!("the request body is larger than {} MiB; send smaller images", MAX_BODY_BYTES >> 20);
+    let body = serde_json::json!({ "error": "PayloadTooLarge", "detail": detail, "body": "", "errors": detail });
+    (StatusCode::PAYLOAD_TOO_LARGE, Json(body)).into_response()
 }
 
 /// Serves [`router`] on `address` until the process stops.
 pub async fn serve(state: Arc<ServerState>, address: SocketAddr) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(address).await?;
+    serve_on(state, tokio::net::TcpListener::bind(address).await?).await
+}
+
+/// Serves [`router`] on an already bound `listener` until the process stops.
+pub async fn serve_on(state: Arc<ServerState>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
     tracing::info!(address = %listener.local_addr()?, "serving /sdapi/v1");
     axum::serve(listener, router(state)).await
 }
