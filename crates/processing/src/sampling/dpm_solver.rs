@@ -196,6 +196,9 @@ pub(crate) fn adaptive(
     const RTOL: f64 = 0.05;
     const ATOL: f64 = 0.0078;
     const H_INIT: f64 = 0.05;
+    /// A denoiser that never lets the error controller accept (a CFG scale of 1e30) would loop forever;
+    /// k-diffusion has no bound, sdrt stops with an error after this many attempts (3 model calls each).
+    const MAX_ATTEMPTS: usize = 1000;
     check_range(sigma_min, sigma_max)?;
     let (t_start, t_end) = (t_of(sigma_max), t_of(sigma_min));
     // Order 3 (k-diffusion's default); the controller uses 1.5 when noise is added.
@@ -229,6 +232,14 @@ pub(crate) fn adaptive(
         steps += 1;
         solver.ctx.total = steps;
         solver.ctx.step(steps - 1, sigma_of(s), &x, &denoised);
+        if steps >= MAX_ATTEMPTS && s < t_end - 1e-5 {
+            return Err(Error::InvalidParameter {
+                field: "cfg_scale",
+                problem: format!(
+                    "DPM adaptive did not converge in {MAX_ATTEMPTS} attempts; lower cfg_scale or pick another sampler"
+                ),
+            });
+        }
     }
     Ok(x)
 }

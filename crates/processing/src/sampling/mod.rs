@@ -575,6 +575,30 @@ mod tests {
         }
     }
 
+    /// A denoiser whose predictions swing wildly (like CFG 1e30): DPM adaptive must give up, not loop forever.
+    struct Wild {
+        calls: usize,
+    }
+
+    impl Denoiser for Wild {
+        fn denoise(&mut self, x: &Tensor, _sigma: f64) -> Result<Tensor> {
+            self.calls += 1;
+            let sign = if self.calls.is_multiple_of(2) { 1.0 } else { -1.0 };
+            Ok(x.mapv(|v| v + sign * 1e30))
+        }
+    }
+
+    #[test]
+    fn dpm_adaptive_gives_up_when_it_cannot_converge() {
+        let model = ModelSchedule::scaled_linear();
+        let sampler = Sampler::from_names("DPM adaptive", None, SamplerParams::default()).unwrap();
+        let mut d = Wild { calls: 0 };
+        let err =
+            sampler.txt2img(&model, &mut d, &mut Pattern { calls: 0 }, &start(), 10, Hooks::default()).unwrap_err();
+        assert!(err.to_string().contains("did not converge"), "{err}");
+        assert!(d.calls <= 3 * 1000 + 3, "bounded model calls: {}", d.calls);
+    }
+
     #[test]
     fn cancel_returns_last_denoised_and_stops_model_calls() {
         let model = ModelSchedule::scaled_linear();
