@@ -37,14 +37,21 @@ pub(crate) fn execute(prepared: PreparedGeneration, context: &mut JobContext) ->
     let plan = &prepared.plan;
     let mut batches = Vec::with_capacity(plan.batches.len());
     let mut interrupted = false;
+    // Every batch has the same size, init images and mask, so their latents and image conditioning are
+    // computed once per job, as A1111's `init` does.
+    let (init_latent, image_conditioning) = match plan.batches.first() {
+        Some(first) => {
+            let images_in = init_batch(plan, first);
+            let init_latent = passes.init_latent(plan, images_in.as_deref())?;
+            (init_latent, passes.image_conditioning(plan, first, images_in.as_deref())?)
+        }
+        None => (None, None),
+    };
     for (index, spec) in plan.batches.iter().enumerate() {
         if passes.context.control.is_interrupted() {
             interrupted = true;
             break;
         }
-        let images_in = init_batch(plan, spec);
-        let init_latent = passes.init_latent(plan, images_in.as_deref())?;
-        let image_conditioning = passes.image_conditioning(plan, spec, images_in.as_deref())?;
         let inputs = PassInputs {
             init_latent: init_latent.as_ref(),
             mask: plan.inpaint.as_ref().map(|inpaint| &inpaint.latent_mask),
