@@ -70,16 +70,16 @@ async fn run(state: Arc<ServerState>, options: ExtrasOptions, images: Vec<RgbIma
     let worker = Arc::clone(&state);
     let done = tokio::task::spawn_blocking(move || {
         let config = worker.provider.session_config();
-        let mut info = Vec::new();
-        let mut encoded = Vec::with_capacity(images.len());
-        for (index, image) in images.iter().enumerate() {
-            let (upscaled, entries) =
-                sdrt_runtime::extras_upscale(image, &options.upscaler_1, target, &settings, config)?;
-            let png = sdrt_io::encode_png_rgb8(&upscaled.pixels, upscaled.width, upscaled.height, &[])
-                .map_err(|source| Error::Encode { index, source })?;
-            encoded.push(BASE64.encode(png));
-            info = entries;
-        }
+        let (upscaled, info) = sdrt_runtime::extras_upscale(&images, &options.upscaler_1, target, &settings, config)?;
+        let encoded = upscaled
+            .iter()
+            .enumerate()
+            .map(|(index, image)| {
+                sdrt_io::encode_png_rgb8(&image.pixels, image.width, image.height, &[])
+                    .map(|png| BASE64.encode(png))
+                    .map_err(|source| Error::Encode { index, source })
+            })
+            .collect::<Result<Vec<_>>>()?;
         let html_info = info.iter().map(|(key, value)| format!("{key}: {value}")).collect::<Vec<_>>().join(", ");
         Ok::<_, Error>((encoded, html_info))
     })

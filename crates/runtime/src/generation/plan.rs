@@ -139,22 +139,41 @@ fn run_model(model: &mut UpscaleModel, tile: &image::RgbImage, field: &'static s
         .ok_or(crate::Error::Field { field, problem: "the upscaler model returned a malformed image".into() })
 }
 
-/// A1111's extras tab (`/sdapi/v1/extra-single-image`): `image` enlarged by the upscaler named `upscaler`
-/// (built-in, or a model in `settings.upscaler_dir`) by `scale`, or to `size` (cropped to it when `crop`).
-/// Returns the image and A1111's "Postprocess …" entries.
+/// A1111's extras tab (`/sdapi/v1/extra-single-image`, `/extra-batch-images`): each of `images` enlarged by
+/// the upscaler named `upscaler` (built-in, or a model in `settings.upscaler_dir`, loaded once for all of them)
+/// by a scale, or to a size (cropped to it when asked). Returns the images and A1111's "Postprocess …" entries
+/// of the last one.
 pub fn extras_upscale(
-    image: &RgbImage,
+    images: &[RgbImage],
     upscaler: &str,
     target: ExtrasTarget,
     settings: &GenerationSettings,
     config: &SessionConfig,
-) -> crate::Result<(RgbImage, Vec<(String, String)>)> {
+) -> crate::Result<(Vec<RgbImage>, PostprocessInfo)> {
     let field = "upscaler_1";
-    let image = &to_image_buffer(image, "image")?;
     let resolved = HiresUpscaler::resolve(Some(upscaler), settings, config).map_err(|error| match error {
         crate::Error::Field { problem, .. } => crate::Error::Field { field, problem },
         other => other,
     })?;
+    let mut info = Vec::new();
+    let upscaled = images
+        .iter()
+        .map(|image| {
+            let (upscaled, entries) = extras_upscale_one(&resolved, image, upscaler, target)?;
+            info = entries;
+            Ok(upscaled)
+        })
+        .collect::<crate::Result<Vec<_>>>()?;
+    Ok((upscaled, info))
+}
+
+fn extras_upscale_one(
+    resolved: &HiresUpscaler,
+    image: &RgbImage,
+    upscaler: &str,
+    target: ExtrasTarget,
+) -> crate::Result<(RgbImage, PostprocessInfo)> {
+    let image = &to_image_buffer(image, "image")?;
     if image.width() == 0 || image.height() == 0 {
         return Err(crate::Error::Field { field: "image", problem: "the image is empty".into() });
     }
@@ -179,7 +198,7 @@ pub fn extras_upscale(
             ),
         });
     }
-    let mut upscaled = resolved.upscale_by(image, scale, field)?;
+    let mut upscaled = resolved.upscale_by(image, scale, "upscaler_1")?;
     info.push(("Postprocess upscaler".to_owned(), upscaler.to_owned()));
     if let ExtrasTarget::To { width, height, crop: true } = target {
         let mut cropped = image::RgbImage::new(width, height);
@@ -192,6 +211,9 @@ pub fn extras_upscale(
     let (width, height) = upscaled.dimensions();
     Ok((RgbImage { width, height, pixels: upscaled.into_raw() }, info))
 }
+
+/// A1111's "Postprocess …" entries, in order.
+pub type PostprocessInfo = Vec<(String, String)>;
 
 /// How far the extras tab enlarges an image.
 #[derive(Debug, Clone, Copy, PartialEq)]
