@@ -30,14 +30,15 @@ fn decode_png(relative: &str) -> RgbImage {
 
 fn settings(case: &Value, version: &str) -> GenerationSettings {
     let s = &case["settings"];
+    let folder = || {
+        fixture(&format!("models/{}/model_index.json", case["model"].as_str().unwrap()))
+            .parent()
+            .unwrap()
+            .display()
+            .to_string()
+    };
     GenerationSettings {
-        model: Some(
-            fixture(&format!("models/{}/model_index.json", case["model"].as_str().unwrap()))
-                .parent()
-                .unwrap()
-                .display()
-                .to_string(),
-        ),
+        model: Some(case["model_path"].as_str().map_or_else(folder, str::to_owned)),
         randn_source: parse_randn_source(s["randn_source"].as_str().unwrap()).unwrap(),
         clip_skip: s["CLIP_stop_at_last_layers"].as_u64().unwrap() as u32,
         eta_noise_seed_delta: s["eta_noise_seed_delta"].as_u64().unwrap(),
@@ -146,8 +147,42 @@ fn compare_case(case: &Value, version: &str, provider: &Arc<ModelProvider>) -> (
 /// Runs every case of an oracle file through the runner and checks its discrimination table (each recorded
 /// change must move the latents by more than 10× the tolerance); returns the cases for coverage checks.
 fn reproduce_oracle(relative: &str) -> Value {
+    reproduce_cases(relative, fixture_json(relative))
+}
+
+/// The cases of an oracle file whose model has a single-file checkpoint twin (tests/fixtures/checkpoints,
+/// the same weights in LDM layout), run through the checkpoint: its built graphs instead of the export.
+/// Only `Model hash` changes in the infotext (A1111's hash of the checkpoint file).
+fn checkpoint_twin_cases(relative: &str) -> Value {
+    let mut cases = fixture_json(relative);
+    let all = cases["cases"].as_array().unwrap().clone();
+    let twins: Vec<Value> = all
+        .into_iter()
+        .filter_map(|mut case| {
+            let model = case["model"].as_str().unwrap().to_owned();
+            let path = sdrt_tests::fixtures_dir().join(format!("checkpoints/{model}.safetensors"));
+            // Cases that pass through 8-bit pixels mid-way carry a tolerance measured on the export's rounding
+            // flips; another graph of the same model flips other pixels, so they say nothing about the model.
+            if !path.is_file() || case.get("latent_tolerance").is_some() {
+                return None;
+            }
+            let unet = fixture(&format!("models/{model}/unet/model.onnx"));
+            let folder_hash = sdrt_io::model_hash(unet.parent()?.parent()?).unwrap();
+            let twin_hash = sdrt_io::model_hash(&path).unwrap();
+            for infotext in case["infotexts"].as_array_mut().unwrap() {
+                let text = infotext.as_str().unwrap().replace(&folder_hash, &twin_hash);
+                *infotext = Value::from(text);
+            }
+            case["model_path"] = Value::from(path.display().to_string());
+            Some(case)
+        })
+        .collect();
+    cases["cases"] = Value::from(twins);
+    cases
+}
+
+fn reproduce_cases(relative: &str, cases: Value) -> Value {
     sdrt_models::ensure_runtime().unwrap();
-    let cases = fixture_json(relative);
     let version = cases["a1111_version"].as_str().unwrap();
     let provider =
         Arc::new(ModelProvider::new(SessionConfig { intra_op_threads: Some(1), ..SessionConfig::default() }));
@@ -164,6 +199,22 @@ fn reproduce_oracle(relative: &str) -> Value {
     }
     assert!(problems.is_empty(), "{relative}: {} problems:\n{}", problems.len(), problems.join("\n"));
     cases
+}
+
+#[test]
+fn every_reference_case_reproduces_through_checkpoint_twins() {
+    let cases = reproduce_cases("e2e/cases.json", checkpoint_twin_cases("e2e/cases.json"));
+    let models: std::collections::BTreeSet<&str> =
+        cases["cases"].as_array().unwrap().iter().filter_map(|c| c["model"].as_str()).collect();
+    assert!(models.len() >= 2, "SD 1.x and SDXL twins are covered: {models:?}");
+}
+
+#[test]
+fn every_inpainting_and_hires_case_reproduces_through_checkpoint_twins() {
+    let inpaint = reproduce_cases("passes/inpaint.json", checkpoint_twin_cases("passes/inpaint.json"));
+    assert!(!inpaint["cases"].as_array().unwrap().is_empty());
+    let hires = reproduce_cases("passes/cases.json", checkpoint_twin_cases("passes/cases.json"));
+    assert!(!hires["cases"].as_array().unwrap().is_empty());
 }
 
 #[test]

@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use sdrt_api_types::{GenerationRequest, Img2ImgRequest, Txt2ImgRequest};
-use sdrt_models::{ExecutionProvider, OptimizationLevel, SessionConfig};
+use sdrt_models::{AttentionKind, ExecutionProvider, GraphOptions, GroupNormKind, OptimizationLevel, SessionConfig};
 use sdrt_processing::RgbImage;
 use sdrt_runtime::{
     GenerationJob, GenerationOutput, GenerationSettings, JobControl, JobMetrics, ModelProvider, ProcessingRequest,
@@ -126,6 +126,38 @@ pub struct SessionArgs {
     /// Load the pipeline's components one after another.
     #[arg(long)]
     pub sequential_load: bool,
+    /// Graphs built from checkpoints: attention as `multihead` (ONNX Runtime's fused MultiHeadAttention) or
+    /// `plain` (MatMul/Softmax).
+    #[arg(long, default_value = "multihead")]
+    pub graph_attention: String,
+    /// Graphs built from checkpoints: group norm as `instancenorm` (exact), `layernorm` (reshape +
+    /// LayerNormalization) or `native` (GroupNormalization-21); see `GroupNormKind` for the accuracy cost.
+    #[arg(long, default_value = "instancenorm")]
+    pub graph_group_norm: String,
+    /// Graphs built from checkpoints: keep q, k and v as three matrix multiplies.
+    #[arg(long)]
+    pub no_fused_qkv: bool,
+    /// What a `.safetensors` checkpoint predicts when its `.yaml` does not say (A1111's rule): `eps` or `v`.
+    #[arg(long, value_enum)]
+    pub prediction: Option<PredictionArg>,
+}
+
+/// `--prediction`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PredictionArg {
+    /// The added noise (epsilon).
+    Eps,
+    /// The velocity (v-prediction, SD 2.x 768-v).
+    V,
+}
+
+impl From<PredictionArg> for sdrt_models::PredictionType {
+    fn from(value: PredictionArg) -> Self {
+        match value {
+            PredictionArg::Eps => Self::Epsilon,
+            PredictionArg::V => Self::VPrediction,
+        }
+    }
 }
 
 impl SessionArgs {
@@ -149,7 +181,31 @@ impl SessionArgs {
             bound_io: !self.no_bound_io,
             parallel_load: !self.sequential_load,
             profiling: None,
+            graph: self.graph_options()?,
         })
+    }
+
+    /// The model provider these flags ask for.
+    pub fn model_provider(&self) -> Result<ModelProvider> {
+        let options = sdrt_models::CheckpointOptions { prediction: self.prediction.map(Into::into) };
+        Ok(ModelProvider::new(self.session_config()?).with_checkpoint_options(options))
+    }
+
+    fn graph_options(&self) -> Result<GraphOptions> {
+        let attention = match self.graph_attention.to_ascii_lowercase().as_str() {
+            "multihead" => AttentionKind::MultiHead,
+            "plain" => AttentionKind::Plain,
+            other => bail!("--graph-attention {other:?} is not an attention kind; use multihead or plain"),
+        };
+        let group_norm = match self.graph_group_norm.to_ascii_lowercase().as_str() {
+            "layernorm" => GroupNormKind::LayerNorm,
+            "instancenorm" => GroupNormKind::InstanceNorm,
+            "native" => GroupNormKind::Native,
+            other => {
+                bail!("--graph-group-norm {other:?} is not a group norm kind; use instancenorm, layernorm or native")
+            }
+        };
+        Ok(GraphOptions { attention, fused_qkv: !self.no_fused_qkv, group_norm })
     }
 
     fn optimization(&self) -> Result<OptimizationLevel> {
@@ -329,7 +385,7 @@ impl GenerateArgs {
                 bundled_model().display()
             );
         }
-        Ok(Arc::new(ModelProvider::new(self.session.session_config()?)))
+        Ok(Arc::new(self.session.model_provider()?))
     }
 }
 

@@ -17,8 +17,11 @@ pub struct PngInfoArgs {
 
 #[derive(Args, Debug)]
 pub struct ModelsArgs {
-    /// A model folder, or a folder of model folders.
+    /// A model folder or `.safetensors` checkpoint, or a folder of them (subfolders included).
     pub dir: PathBuf,
+    /// Prediction type of checkpoints whose `.yaml` does not say (`eps` or `v`).
+    #[arg(long, value_enum)]
+    pub prediction: Option<crate::generate::PredictionArg>,
 }
 
 pub fn png_info(args: &PngInfoArgs) -> Result<()> {
@@ -52,29 +55,33 @@ pub fn png_info(args: &PngInfoArgs) -> Result<()> {
 }
 
 pub fn models(args: &ModelsArgs) -> Result<()> {
-    let folders: Vec<PathBuf> = if args.dir.join("model_index.json").is_file() {
+    let single = args.dir.join("model_index.json").is_file() || sdrt_models::is_checkpoint_file(&args.dir);
+    let models: Vec<PathBuf> = if single {
         vec![args.dir.clone()]
     } else {
-        let mut found: Vec<PathBuf> = std::fs::read_dir(&args.dir)
-            .with_context(|| format!("reading {}", args.dir.display()))?
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.join("model_index.json").is_file())
-            .collect();
-        found.sort();
-        found
+        let mut provider = sdrt_runtime::ModelProvider::new(sdrt_models::SessionConfig::default());
+        provider.register_folder_of_models(&args.dir).with_context(|| format!("reading {}", args.dir.display()))?;
+        provider.registered().values().cloned().collect()
     };
-    if folders.is_empty() {
-        anyhow::bail!("{} holds no model folder (a folder with model_index.json)", args.dir.display());
+    if models.is_empty() {
+        anyhow::bail!(
+            "{} holds no model (a folder with model_index.json or a .safetensors checkpoint)",
+            args.dir.display()
+        );
     }
     let mut out = std::io::stdout().lock();
-    for folder in folders {
-        match sdrt_models::ModelFolder::open(&folder) {
+    for path in models {
+        let options = sdrt_models::CheckpointOptions { prediction: args.prediction.map(Into::into) };
+        match sdrt_models::ModelFolder::open_with(&path, options) {
             Ok(model) => {
-                let hash = sdrt_io::model_hash(&folder).unwrap_or_else(|e| format!("unavailable ({e})"));
-                writeln!(out, "{model}\n  Model hash: {hash}\n")?;
+                let hash = sdrt_io::model_hash(&path).unwrap_or_else(|e| format!("unavailable ({e})"));
+                writeln!(out, "{model}")?;
+                if let Some(checkpoint) = &model.checkpoint {
+                    writeln!(out, "  checkpoint tensors: {}", checkpoint.dtypes())?;
+                }
+                writeln!(out, "  Model hash: {hash}\n")?;
             }
-            Err(e) => writeln!(out, "{}: not loadable: {e}\n", folder.display())?,
+            Err(e) => writeln!(out, "{}: not loadable: {e}\n", path.display())?,
         }
     }
     Ok(())

@@ -2,6 +2,7 @@
 //! the HTTP API.
 
 mod bench;
+mod convert;
 mod generate;
 mod inspect;
 mod serve;
@@ -24,8 +25,10 @@ enum Command {
     Img2img(generate::Img2ImgArgs),
     /// Print the generation parameters (A1111 infotext) stored in an image.
     PngInfo(inspect::PngInfoArgs),
-    /// Show what the loader detects in a model folder, or in each model folder inside a folder.
+    /// Show what the loader detects in a model folder or checkpoint, or in each model inside a folder.
     Models(inspect::ModelsArgs),
+    /// Write a `.safetensors` checkpoint as an optimum-layout ONNX folder.
+    Convert(convert::ConvertArgs),
     /// Time generations: per-stage medians, it/s, peak memory, as text and JSON.
     Bench(bench::BenchArgs),
     /// Serve A1111's HTTP API (`/sdapi/v1`: txt2img, img2img, progress, interrupt, …).
@@ -55,6 +58,7 @@ fn run(command: Command) -> Result<()> {
         Command::Img2img(args) => generate::img2img(&args),
         Command::PngInfo(args) => inspect::png_info(&args),
         Command::Models(args) => inspect::models(&args),
+        Command::Convert(args) => convert::convert(&args),
         Command::Bench(args) => bench::bench(&args),
         Command::Serve(args) => serve::serve(&args),
         Command::Doctor => {

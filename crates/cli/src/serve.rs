@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use sdrt_runtime::{GenerationSettings, ModelProvider};
+use sdrt_runtime::GenerationSettings;
 
 use crate::generate::{SessionArgs, bundled_model};
 
@@ -35,7 +35,7 @@ pub struct ServeArgs {
 
 pub fn serve(args: &ServeArgs) -> Result<()> {
     sdrt_models::ensure_runtime()?;
-    let mut provider = ModelProvider::new(args.session.session_config()?);
+    let mut provider = args.session.model_provider()?;
     if let Some(dir) = &args.models_dir {
         let names =
             provider.register_folder_of_models(dir).with_context(|| format!("--models-dir {}", dir.display()))?;

@@ -37,9 +37,16 @@ pub enum Error {
     /// An ONNX file could not be parsed (corrupt, truncated, or not ONNX at all).
     #[error("{path}: not a readable ONNX model: {reason}")]
     OnnxFile { path: PathBuf, reason: String },
+    /// A checkpoint file is unreadable, corrupt, of an unknown architecture, or lacks a tensor a graph needs.
+    #[error("{path}: {}{problem}", tensor_prefix(tensor))]
+    Checkpoint { path: PathBuf, tensor: String, problem: String },
     /// The tokenizer files could not be loaded or a text could not be tokenized.
     #[error("tokenizer {path}: {reason}")]
     Tokenizer { path: PathBuf, reason: String },
+}
+
+fn tensor_prefix(tensor: &str) -> String {
+    if tensor.is_empty() { String::new() } else { format!("tensor `{tensor}`: ") }
 }
 
 /// `Result` with [`Error`].

@@ -97,6 +97,8 @@ pub struct TokenizerFiles {
     pub dir: PathBuf,
     /// `pad_token` from `tokenizer_config.json` (`<|endoftext|>` when absent).
     pub pad_token: String,
+    /// Use the CLIP vocabulary built into sdrt instead of files in `dir` (checkpoints carry no tokenizer).
+    pub bundled: bool,
 }
 
 /// A validated model folder: the files exist and the configs parse.
@@ -130,11 +132,24 @@ pub struct ModelFolder {
     pub text_encoder_layer_norm_eps: [f32; 2],
     /// Which rules decided the family, for people reading [`Display`](std::fmt::Display).
     pub detected_by: Vec<String>,
+    /// Set when the model is a single-file checkpoint: its graphs are built from it, and the component paths
+    /// above all name the checkpoint file.
+    pub checkpoint: Option<std::sync::Arc<crate::checkpoint::Checkpoint>>,
 }
 
 impl ModelFolder {
-    /// Opens and validates `root`, reading `model_index.json`, the component configs and the scheduler config.
+    /// Opens and validates `root`: a model folder (reading `model_index.json`, the component configs and the
+    /// scheduler config) or a single-file `.safetensors` checkpoint.
     pub fn open(root: &Path) -> Result<Self> {
+        Self::open_with(root, crate::checkpoint::CheckpointOptions::default())
+    }
+
+    /// [`ModelFolder::open`] with checkpoint detection overrides (ignored for folders).
+    pub fn open_with(root: &Path, options: crate::checkpoint::CheckpointOptions) -> Result<Self> {
+        if crate::checkpoint::is_checkpoint_file(root) {
+            let checkpoint = crate::checkpoint::Checkpoint::open(root, options)?;
+            return crate::checkpoint::model_folder(std::sync::Arc::new(checkpoint));
+        }
         let _span = tracing::info_span!("models::open_folder", root = %root.display()).entered();
         if !root.is_dir() {
             return Err(Error::File { path: root.to_owned(), reason: "model folder does not exist".to_owned() });
@@ -179,15 +194,15 @@ impl ModelFolder {
             tokenizer_2,
             text_encoder_layer_norm_eps: [eps(&te_config), eps(&te2_config)],
             detected_by,
+            checkpoint: None,
         })
     }
 
     /// The folder's name, used as the model name.
     pub fn name(&self) -> String {
-        self.root
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| self.root.display().to_string())
+        // A1111's `Model` for a checkpoint is the file stem.
+        let name = if self.checkpoint.is_some() { self.root.file_stem() } else { self.root.file_name() };
+        name.map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| self.root.display().to_string())
     }
 }
 
@@ -355,7 +370,7 @@ fn tokenizer_files(dir: &Path) -> Result<Option<TokenizerFiles>> {
         .and_then(|p| p.as_str().or_else(|| p.get("content").and_then(Value::as_str)))
         .unwrap_or("<|endoftext|>")
         .to_owned();
-    Ok(Some(TokenizerFiles { dir: dir.to_owned(), pad_token }))
+    Ok(Some(TokenizerFiles { dir: dir.to_owned(), pad_token, bundled: false }))
 }
 
 fn read_scheduler(path: &Path) -> Result<SchedulerConfig> {

@@ -5,8 +5,10 @@
 //! receive f32 arrays whatever the export's dtypes; see `docs/models.md` for family detection and the
 //! tensor conventions.
 
+mod checkpoint;
 mod error;
 mod folder;
+mod graph;
 mod onnx_proto;
 mod options;
 mod pipeline;
@@ -19,8 +21,10 @@ mod unet;
 mod upscaler;
 mod vae;
 
+pub use checkpoint::{Checkpoint, CheckpointKind, CheckpointOptions, is_checkpoint_file};
 pub use error::{Error, Result};
 pub use folder::{ModelFamily, ModelFolder, PredictionType, SchedulerConfig, TokenizerFiles};
+pub use graph::{AttentionKind, GraphOptions, GroupNormKind};
 pub use options::{ExecutionProvider, OptimizationLevel, SessionConfig};
 pub use pipeline::LoadedModel;
 pub use runtime_library::{

@@ -88,6 +88,8 @@ pub struct SessionConfig {
     pub profiling: Option<PathBuf>,
     /// The execution provider. Registration errors are reported, never silently replaced by CPU.
     pub provider: ExecutionProvider,
+    /// How graphs built from checkpoints are written (exported folders are run as they are).
+    pub graph: crate::graph::GraphOptions,
 }
 
 impl Default for SessionConfig {
@@ -103,6 +105,7 @@ impl Default for SessionConfig {
             parallel_load: true,
             profiling: None,
             provider: ExecutionProvider::Cpu,
+            graph: crate::graph::GraphOptions::default(),
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Every component of a model folder loaded into sessions, checked against the detected family.
 
+use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
-use crate::folder::{ModelFamily, ModelFolder};
+use crate::folder::{ModelFamily, ModelFolder, PredictionType};
 use crate::options::{ExecutionProvider, SessionConfig};
 use crate::text_encoder::TextEncoder;
 use crate::tokenizer::ClipTokenizer;
@@ -37,6 +38,9 @@ impl LoadedModel {
     /// (an SDXL folder whose UNet lacks `text_embeds`, or the reverse, is an error).
     pub fn load(folder: ModelFolder, config: &SessionConfig) -> Result<Self> {
         let _span = tracing::info_span!("models::load_model", model = %folder.name()).entered();
+        if let Some(checkpoint) = folder.checkpoint.clone() {
+            return Self::load_checkpoint(folder, &checkpoint, config);
+        }
         let [eps_1, eps_2] = folder.text_encoder_layer_norm_eps;
         // Sessions are independent, and creating one is mostly graph optimisation on one core, so the
         // components load side by side; the UNet dominates, the others hide behind it.
@@ -74,6 +78,51 @@ impl LoadedModel {
         })
     }
 
+    /// Builds every component's graph from the checkpoint and loads it; decides an SD 2.x checkpoint's
+    /// prediction type with A1111's UNet test when nothing else did.
+    fn load_checkpoint(mut folder: ModelFolder, checkpoint: &Checkpoint, config: &SessionConfig) -> Result<Self> {
+        let text_count = if folder.family == ModelFamily::Sdxl { 2 } else { 1 };
+        let load_text =
+            |index: usize| (index < text_count).then(|| checkpoint.load_text_encoder(index, config)).transpose();
+        let load_unet = || checkpoint.load_unet(config);
+        let load_decoder = || checkpoint.load_vae_decoder(config);
+        let (text_encoder, text_encoder_2, unet, vae_decoder) = if config.parallel_load {
+            std::thread::scope(|scope| {
+                let text_1 = scope.spawn(|| load_text(0));
+                let text_2 = scope.spawn(|| load_text(1));
+                let decoder = scope.spawn(load_decoder);
+                let unet = load_unet();
+                (joined(text_1), joined(text_2), unet, joined(decoder))
+            })
+        } else {
+            (load_text(0), load_text(1), load_unet(), load_decoder())
+        };
+        let (text_encoder, text_encoder_2, mut unet, vae_decoder) =
+            (text_encoder?, text_encoder_2?, unet?, vae_decoder?);
+        if checkpoint.needs_prediction_test() {
+            let v = unet.a1111_v_prediction_test()?;
+            folder.scheduler.prediction_type = if v { PredictionType::VPrediction } else { PredictionType::Epsilon };
+            folder.detected_by.push(format!(
+                "A1111's SD 2.x UNet test (mean of output − input below −1 on constant inputs): {}",
+                folder.scheduler.prediction_type
+            ));
+        }
+        let tokenizer = folder.tokenizer.as_ref().map(ClipTokenizer::load).transpose()?;
+        let tokenizer_2 = folder.tokenizer_2.as_ref().map(ClipTokenizer::load).transpose()?;
+        Ok(Self {
+            folder,
+            tokenizer,
+            tokenizer_2,
+            text_encoder,
+            text_encoder_2,
+            unet,
+            vae_encoder: None,
+            vae_decoder,
+            provider: config.provider,
+            config: config.clone(),
+        })
+    }
+
     /// Whether the folder has a VAE encoder (img2img and inpainting need one).
     pub fn has_vae_encoder(&self) -> bool {
         self.folder.vae_encoder.is_some()
@@ -88,6 +137,12 @@ impl LoadedModel {
     pub fn vae_encoder(&mut self) -> Result<&mut VaeEncoder> {
         let encoder = match self.vae_encoder.take() {
             Some(encoder) => encoder,
+            None if self.folder.checkpoint.is_some() => {
+                let checkpoint = self.folder.checkpoint.clone();
+                checkpoint.as_deref().map(|c| c.load_vae_encoder(&self.config)).transpose()?.ok_or_else(|| {
+                    Error::Family { folder: self.folder.root.clone(), problem: "no checkpoint".to_owned() }
+                })?
+            }
             None => {
                 let path = self.folder.vae_encoder.as_ref().ok_or_else(|| Error::Family {
                     folder: self.folder.root.clone(),

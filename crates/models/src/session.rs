@@ -130,6 +130,52 @@ impl OnnxModel {
         })
     }
 
+    /// Loads a graph built in memory (a checkpoint's); `source` names the file it came from in messages.
+    pub(crate) fn from_graph(
+        component: &str,
+        source: &Path,
+        graph: crate::graph::BuiltGraph,
+        config: &SessionConfig,
+    ) -> Result<Self> {
+        let _span = tracing::info_span!("models::load_built_session", component, source = %source.display()).entered();
+        let environment = environment()?;
+        let session_error = |action: &'static str| {
+            let component = component.to_owned();
+            move |e: String| Error::Session { component, action, reason: e }
+        };
+        let builder =
+            Session::builder(environment).map_err(|e| session_error("creating session options")(e.to_string()))?;
+        let builder = config.apply(builder, component)?;
+        let mut builder = builder;
+        for weight in graph.weights {
+            // Each buffer replaces the initializer's external data in place: ONNX Runtime uses it without a copy.
+            let shape: Vec<i64> = weight.dims.iter().map(|&d| d as i64).collect();
+            let tensor = ort::value::Tensor::from_array((shape, weight.values))
+                .map_err(|e| session_error("passing the weights")(format!("{}: {e}", weight.name)))?;
+            builder = builder
+                .with_external_initializer(&weight.name, tensor.into_dyn())
+                .map_err(|e| session_error("passing the weights")(format!("{}: {e}", weight.name)))?;
+        }
+        let session = builder
+            .commit_from_memory(&graph.model)
+            .map_err(|e| session_error("loading the built graph")(format!("{e} (built from {})", source.display())))?;
+        let inputs = session.inputs().iter().map(|o| tensor_info(o.name(), o.dtype())).collect();
+        let outputs = session.outputs().iter().map(|o| tensor_info(o.name(), o.dtype())).collect();
+        Ok(Self {
+            component: component.to_owned(),
+            path: source.to_owned(),
+            provider: config.provider,
+            inputs,
+            outputs,
+            session,
+            bound_io: config.bound_io,
+            bound_outputs: None,
+            run_time: std::time::Duration::ZERO,
+            runs: 0,
+            bound_runs: 0,
+        })
+    }
+
     /// The component name given at load time.
     pub fn component(&self) -> &str {
         &self.component

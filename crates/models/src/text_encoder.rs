@@ -48,6 +48,13 @@ impl TextEncoder {
         Self::from_model(model, layer_norm_eps)
     }
 
+    /// A built encoder whose final LayerNorm is known from the checkpoint (clip skip needs it).
+    pub(crate) fn from_built(model: OnnxModel, final_norm: LayerNorm) -> Result<Self> {
+        let mut encoder = Self::from_model(model, final_norm.epsilon)?;
+        encoder.final_norm = Some(final_norm);
+        Ok(encoder)
+    }
+
     fn from_model(model: OnnxModel, layer_norm_eps: f32) -> Result<Self> {
         let component = model.component().to_owned();
         let ids = model.input("input_ids").ok_or_else(|| Error::Tensor {

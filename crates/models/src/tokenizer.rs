@@ -52,6 +52,9 @@ impl std::fmt::Debug for ClipTokenizer {
 impl ClipTokenizer {
     /// Loads the tokenizer described by `files` (from [`ModelFolder`](crate::ModelFolder)).
     pub fn load(files: &TokenizerFiles) -> Result<Self> {
+        if files.bundled {
+            return Self::bundled(&files.pad_token);
+        }
         Self::from_dir(&files.dir, &files.pad_token)
     }
 
@@ -60,11 +63,37 @@ impl ClipTokenizer {
         let _span = tracing::info_span!("models::load_tokenizer", dir = %dir.display()).entered();
         let error = |reason: String| Error::Tokenizer { path: dir.to_owned(), reason };
         let json = dir.join("tokenizer.json");
-        let mut inner = if json.is_file() {
+        let inner = if json.is_file() {
             Tokenizer::from_file(&json).map_err(|e| error(format!("tokenizer.json: {e}")))?
         } else {
             bpe_tokenizer(dir).map_err(error)?
         };
+        Self::from_bpe(dir, inner, pad_token)
+    }
+
+    /// OpenAI CLIP's vocabulary and merges as built into sdrt (the files every SD tokenizer folder holds).
+    pub fn bundled(pad_token: &str) -> Result<Self> {
+        let dir = Path::new(BUNDLED_NAME);
+        let error = |reason: String| Error::Tokenizer { path: dir.to_owned(), reason };
+        let vocab: std::collections::HashMap<String, u32> =
+            serde_json::from_slice(BUNDLED_VOCAB).map_err(|e| error(format!("vocab.json: {e}")))?;
+        let merges = std::str::from_utf8(BUNDLED_MERGES)
+            .map_err(|e| error(format!("merges.txt: {e}")))?
+            .lines()
+            .skip(1)
+            .filter_map(|line| line.split_once(' ').map(|(a, b)| (a.to_owned(), b.to_owned())))
+            .collect();
+        let model = BPE::builder()
+            .vocab_and_merges(vocab.into_iter().collect::<tokenizers::models::bpe::Vocab>(), merges)
+            .unk_token("<|endoftext|>".to_owned())
+            .end_of_word_suffix("</w>".to_owned())
+            .build()
+            .map_err(|e| error(e.to_string()))?;
+        Self::from_bpe(dir, Tokenizer::new(model), pad_token)
+    }
+
+    fn from_bpe(dir: &Path, mut inner: Tokenizer, pad_token: &str) -> Result<Self> {
+        let error = |reason: String| Error::Tokenizer { path: dir.to_owned(), reason };
         // Normalisation is ours whatever the file says (`clean_like_slow_clip`): A1111's slow tokenizer defines it.
         inner.with_normalizer(None::<NormalizerWrapper>);
         inner.with_pre_tokenizer(Some(clip_pre_tokenizer().map_err(error)?));
@@ -149,6 +178,29 @@ fn push_cleaned_piece(out: &mut String, piece: &str) {
     // Rust's `to_lowercase` knows word-final sigma like Python's `lower()`.
     out.push_str(&collapsed.to_lowercase());
 }
+
+/// Writes the bundled vocabulary as a transformers tokenizer folder with `pad_token`.
+pub(crate) fn write_bundled(dir: &Path, pad_token: &str) -> Result<()> {
+    let io = |path: &Path, e: std::io::Error| Error::File { path: path.to_owned(), reason: e.to_string() };
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    let config = serde_json::json!({
+        "tokenizer_class": "CLIPTokenizer", "model_max_length": CLIP_SEQUENCE_LENGTH, "pad_token": pad_token,
+        "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
+    });
+    for (name, bytes) in [
+        ("vocab.json", BUNDLED_VOCAB.to_vec()),
+        ("merges.txt", BUNDLED_MERGES.to_vec()),
+        ("tokenizer_config.json", serde_json::to_vec_pretty(&config).unwrap_or_default()),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).map_err(|e| io(&path, e))?;
+    }
+    Ok(())
+}
+
+const BUNDLED_NAME: &str = "<sdrt's bundled CLIP tokenizer>";
+static BUNDLED_VOCAB: &[u8] = include_bytes!("../assets/clip/vocab.json");
+static BUNDLED_MERGES: &[u8] = include_bytes!("../assets/clip/merges.txt");
 
 fn bpe_tokenizer(dir: &Path) -> std::result::Result<Tokenizer, String> {
     let path = |name: &str| dir.join(name).to_string_lossy().into_owned();

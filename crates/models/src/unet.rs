@@ -65,7 +65,24 @@ impl Unet {
         Self::from_model(OnnxModel::load_with("unet", path, config)?)
     }
 
-    fn from_model(model: OnnxModel) -> Result<Self> {
+    /// A1111's `is_using_v_parameterization_for_sd2`: one call with x = 0.5, context = 0.5 (two tokens) at
+    /// t = 999; a v-prediction model's output minus its input averages below −1.
+    pub(crate) fn a1111_v_prediction_test(&mut self) -> Result<bool> {
+        let width = self
+            .model
+            .input("encoder_hidden_states")
+            .and_then(|t| t.shape.last().copied())
+            .filter(|w| *w > 0)
+            .unwrap_or(1024) as usize;
+        let x = Array4::from_elem((1, 4, 8, 8), 0.5f32);
+        let context = ndarray::Array3::from_elem((1, 2, width), 0.5f32);
+        let t = ndarray::Array1::from_elem(1, 999.0f32);
+        let out = self.predict(&UnetInput::new(x.view(), t.view(), context.view()))?;
+        let mean = out.iter().zip(x.iter()).map(|(o, i)| f64::from(o - i)).sum::<f64>() / out.len() as f64;
+        Ok(mean < -1.0)
+    }
+
+    pub(crate) fn from_model(model: OnnxModel) -> Result<Self> {
         let missing = |tensor: &str| Error::Tensor {
             component: model.component().to_owned(),
             tensor: tensor.to_owned(),

@@ -47,7 +47,10 @@ pub struct VaeEncoder {
 impl VaeEncoder {
     /// Loads the encoder at `path`.
     pub fn load(path: &Path, config: &SessionConfig) -> Result<Self> {
-        let model = OnnxModel::load_with("vae_encoder", path, config)?;
+        Self::from_model(OnnxModel::load_with("vae_encoder", path, config)?)
+    }
+
+    pub(crate) fn from_model(model: OnnxModel) -> Result<Self> {
         require_input(&model, "sample", 4)?;
         let output = ["latent_parameters", "latent_sample", "latent_dist"]
             .into_iter()
@@ -103,7 +106,10 @@ pub struct VaeDecoder {
 impl VaeDecoder {
     /// Loads the decoder at `path`.
     pub fn load(path: &Path, config: &SessionConfig) -> Result<Self> {
-        let model = OnnxModel::load_with("vae_decoder", path, config)?;
+        Self::from_model(OnnxModel::load_with("vae_decoder", path, config)?)
+    }
+
+    pub(crate) fn from_model(model: OnnxModel) -> Result<Self> {
         require_input(&model, "latent_sample", 4)?;
         let output = model.outputs().first().map(|o| o.name.clone()).ok_or_else(|| Error::Tensor {
             component: "vae_decoder".to_owned(),

@@ -24,7 +24,9 @@ pub enum Error {
         job: u64,
     },
     /// A request names a model that is neither registered nor a folder.
-    #[error("model {name:?} is neither a registered model ({known}) nor a folder; pass a model folder path")]
+    #[error(
+        "model {name:?} is neither a registered model ({known}) nor a model folder or .safetensors checkpoint; pass a model folder or checkpoint path"
+    )]
     UnknownModel {
         /// What the request said.
         name: String,

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use sdrt_models::{LoadedModel, ModelFolder, SessionConfig};
+use sdrt_models::{CheckpointOptions, LoadedModel, ModelFolder, SessionConfig};
 
 use crate::error::{Error, Result};
 
@@ -33,6 +33,7 @@ pub struct ModelHandle {
 #[derive(Debug)]
 pub struct ModelProvider {
     config: SessionConfig,
+    checkpoint_options: CheckpointOptions,
     names: BTreeMap<String, PathBuf>,
     resident: Mutex<Option<ModelHandle>>,
     loads: AtomicUsize,
@@ -41,7 +42,19 @@ pub struct ModelProvider {
 impl ModelProvider {
     /// A provider whose sessions use `config`.
     pub fn new(config: SessionConfig) -> Self {
-        Self { config, names: BTreeMap::new(), resident: Mutex::new(None), loads: AtomicUsize::new(0) }
+        Self {
+            config,
+            checkpoint_options: CheckpointOptions::default(),
+            names: BTreeMap::new(),
+            resident: Mutex::new(None),
+            loads: AtomicUsize::new(0),
+        }
+    }
+
+    /// Checkpoints are opened with `options` (the `--prediction` override).
+    pub fn with_checkpoint_options(mut self, options: CheckpointOptions) -> Self {
+        self.checkpoint_options = options;
+        self
     }
 
     /// Registers `path` under `name`, so requests may name it.
@@ -49,21 +62,37 @@ impl ModelProvider {
         self.names.insert(name.into(), path.into());
     }
 
-    /// Registers every sub-folder of `dir` holding a `model_index.json`, by folder name; returns the names.
+    /// Registers the models in `dir`, laid out like A1111's `models/Stable-diffusion` (subfolders included):
+    /// every ONNX model folder (holding `model_index.json`) by its folder path relative to `dir`, and every
+    /// `.safetensors` checkpoint by its relative path without the extension (A1111's `model_name`); `*.vae.*`
+    /// files are VAEs, not models. Returns the names.
     pub fn register_folder_of_models(&mut self, dir: &Path) -> Result<Vec<String>> {
+        let mut found = Vec::new();
+        self.register_tree(dir, dir, 0, &mut found)?;
+        found.sort();
+        Ok(found)
+    }
+
+    fn register_tree(&mut self, root: &Path, dir: &Path, depth: usize, found: &mut Vec<String>) -> Result<()> {
+        const MAX_DEPTH: usize = 8;
         let entries =
             std::fs::read_dir(dir).map_err(|source| Error::ModelDirectory { path: dir.to_owned(), source })?;
-        let mut found = Vec::new();
-        for entry in entries.flatten() {
-            let path = entry.path();
+        let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+        paths.sort();
+        for path in paths {
+            let relative = path.strip_prefix(root).unwrap_or(&path).to_string_lossy().replace('\\', "/");
             if path.join("model_index.json").is_file() {
-                let name = entry.file_name().to_string_lossy().into_owned();
+                self.register(relative.clone(), path);
+                found.push(relative);
+            } else if path.is_dir() && depth < MAX_DEPTH {
+                self.register_tree(root, &path, depth + 1, found)?;
+            } else if is_model_checkpoint(&path) {
+                let name = relative.strip_suffix(".safetensors").unwrap_or(&relative).to_owned();
                 self.register(name.clone(), path);
                 found.push(name);
             }
         }
-        found.sort();
-        Ok(found)
+        Ok(())
     }
 
     /// Registered names and their folders.
@@ -87,7 +116,7 @@ impl ModelProvider {
             return Ok(path.clone());
         }
         let path = PathBuf::from(name_or_path);
-        if path.is_dir() {
+        if path.is_dir() || sdrt_models::is_checkpoint_file(&path) {
             return Ok(path);
         }
         Err(Error::UnknownModel {
@@ -123,7 +152,8 @@ impl ModelProvider {
     fn load(&self, path: &Path) -> Result<ModelHandle> {
         let _span = tracing::info_span!("runtime::load_model", path = %path.display()).entered();
         let started = Instant::now();
-        let folder = ModelFolder::open(path).map_err(|source| Error::Model { path: path.to_owned(), source })?;
+        let folder = ModelFolder::open_with(path, self.checkpoint_options)
+            .map_err(|source| Error::Model { path: path.to_owned(), source })?;
         let name = folder.name();
         let hash = sdrt_io::model_hash(path).map_err(|source| Error::Io { path: path.to_owned(), source })?;
         let model =
@@ -142,6 +172,12 @@ impl ModelProvider {
         // A panic while holding the lock leaves only a cache behind; the data is still valid.
         self.resident.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// A `.safetensors` file that is not a standalone VAE (`name.vae.safetensors`).
+fn is_model_checkpoint(path: &Path) -> bool {
+    let name = path.file_name().map(|n| n.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
+    path.is_file() && name.ends_with(".safetensors") && !name.ends_with(".vae.safetensors")
 }
 
 fn same_folder(a: &Path, b: &Path) -> bool {

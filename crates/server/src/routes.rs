@@ -239,8 +239,13 @@ async fn sd_models(State(state): Shared) -> Result<Json<Vec<SdModelItem>>> {
             .map(|(name, path)| {
                 let sha256 = state.model_sha256(path);
                 let hash = sha256.as_ref().map(|full| full[..sdrt_io::SHORT_HASH_LEN.min(full.len())].to_owned());
+                // A1111 titles a checkpoint by its file name, extension included.
+                let file_name = match path.extension().filter(|_| path.is_file()) {
+                    Some(extension) => format!("{name}.{}", extension.to_string_lossy()),
+                    None => name.clone(),
+                };
                 SdModelItem {
-                    title: hash.as_ref().map_or_else(|| name.clone(), |h| format!("{name} [{h}]")),
+                    title: hash.as_ref().map_or_else(|| file_name.clone(), |h| format!("{file_name} [{h}]")),
                     model_name: name.clone(),
                     hash,
                     sha256,

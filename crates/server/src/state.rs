@@ -45,8 +45,10 @@ impl ServerState {
     pub(crate) fn registered_model(&self, value: &str) -> Result<String, sdrt_runtime::Error> {
         let registered = self.provider.registered();
         let name = value.split(" [").next().unwrap_or(value).trim();
-        if registered.contains_key(name) {
-            return Ok(name.to_owned());
+        for candidate in [name, name.strip_suffix(".safetensors").unwrap_or(name)] {
+            if registered.contains_key(candidate) {
+                return Ok(candidate.to_owned());
+            }
         }
         let by_hash = value.len() >= sdrt_io::SHORT_HASH_LEN && value.chars().all(|c| c.is_ascii_hexdigit());
         if by_hash {

@@ -1,0 +1,358 @@
+//! The layers every Stable Diffusion graph is made of, read from checkpoint weights and emitted as ONNX.
+//!
+//! Each layer checks the weights it reads against the width it is fed, so a checkpoint with a tensor of the
+//! wrong shape fails with the tensor's name and the expected shape, not later inside ONNX Runtime.
+
+use super::builder::{GraphBuilder, attr_float, attr_int, attr_ints, attr_string};
+use crate::checkpoint::Weights;
+use crate::error::Result;
+
+/// How attention is written into the graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionKind {
+    /// `com.microsoft.MultiHeadAttention` (ONNX Runtime's flash-attention path on CPU).
+    MultiHead,
+    /// MatMul → Softmax → MatMul with standard ops (any runtime).
+    Plain,
+}
+
+/// How group normalisation is written into the graph.
+///
+/// Only `InstanceNorm` keeps A1111's results on nearly constant inputs (the VAE encoding a blank image for an
+/// inpainting model without a mask): ONNX Runtime's `LayerNormalization` and `GroupNormalization` compute the
+/// variance in one pass (E[x²] − E[x]²), which cancels catastrophically there — measured on
+/// `inpaint_9ch_no_mask`: final latents 9.3e-6 (InstanceNorm), 1.6e-4 (LayerNorm), 1.2e-3 (native) × std
+/// away from A1111.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupNormKind {
+    /// Reshape to `[B, G, -1]`, `LayerNormalization`, then the per-channel affine.
+    LayerNorm,
+    /// Reshape to `[B, G, -1]`, `InstanceNormalization` (what exporters emit below opset 18); the default.
+    InstanceNorm,
+    /// ONNX `GroupNormalization` (opset 21).
+    Native,
+}
+
+/// Switches for the graph rewrites, so each can be measured on its own (`sdrt bench --graph-option`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GraphOptions {
+    /// Attention implementation.
+    pub attention: AttentionKind,
+    /// Self-attention's q, k and v as one matrix multiply.
+    pub fused_qkv: bool,
+    /// Group norm implementation.
+    pub group_norm: GroupNormKind,
+}
+
+impl Default for GraphOptions {
+    fn default() -> Self {
+        Self { attention: AttentionKind::MultiHead, fused_qkv: true, group_norm: GroupNormKind::InstanceNorm }
+    }
+}
+
+/// A graph under construction together with the weights it reads.
+pub(crate) struct Net<'w> {
+    pub g: GraphBuilder,
+    pub w: Weights<'w>,
+    pub options: GraphOptions,
+}
+
+/// Activation functions used by the families.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Activation {
+    /// OpenAI CLIP's x·σ(1.702x).
+    QuickGelu,
+    /// Exact (erf) GELU.
+    Gelu,
+}
+
+impl<'w> Net<'w> {
+    pub(crate) fn new(name: &str, w: Weights<'w>, options: GraphOptions) -> Self {
+        Self { g: GraphBuilder::new(name), w, options }
+    }
+
+    /// A weight tensor of `rank` whose dimensions are checked where `expected` gives `Some`.
+    pub(crate) fn tensor(&self, key: &str, expected: &[Option<usize>]) -> Result<(Vec<usize>, Vec<f32>)> {
+        let (shape, values) = self.w.f32(key)?;
+        let fits = shape.len() == expected.len() && shape.iter().zip(expected).all(|(s, e)| e.is_none_or(|e| *s == e));
+        if !fits {
+            let wanted: Vec<String> = expected.iter().map(|e| e.map_or("_".to_owned(), |e| e.to_string())).collect();
+            return Err(self.w.error(key, format!("has shape {shape:?}; expected [{}]", wanted.join(", "))));
+        }
+        Ok((shape, values))
+    }
+
+    /// A weight added to the graph as it is stored.
+    pub(crate) fn param(&mut self, key: &str, expected: &[Option<usize>]) -> Result<String> {
+        let (shape, values) = self.tensor(key, expected)?;
+        Ok(self.g.weight(&self.w.full_key(key), &shape, values))
+    }
+
+    /// A per-channel vector `[C]` reshaped to `[C, 1, 1]` for NCHW broadcasting.
+    fn channel_param(&mut self, key: &str, channels: usize) -> Result<String> {
+        let (_, values) = self.tensor(key, &[Some(channels)])?;
+        Ok(self.g.weight(&self.w.full_key(key), &[channels, 1, 1], values))
+    }
+
+    /// `torch.nn.Linear` `{key}.weight` `[out, in]` (+ `{key}.bias`) on the last axis; returns (value, out).
+    pub(crate) fn linear(&mut self, x: &str, key: &str, in_features: usize) -> Result<(String, usize)> {
+        self.linear_fused(x, &[key], in_features)
+    }
+
+    /// Several linears with the same input as one MatMul whose output is their outputs side by side.
+    pub(crate) fn linear_fused(&mut self, x: &str, keys: &[&str], in_features: usize) -> Result<(String, usize)> {
+        self.linear_impl(x, keys, in_features, false)
+    }
+
+    fn linear_impl(
+        &mut self,
+        x: &str,
+        keys: &[&str],
+        in_features: usize,
+        pointwise_conv: bool,
+    ) -> Result<(String, usize)> {
+        let mut rows = Vec::new();
+        let mut biases = Vec::new();
+        let mut has_bias = false;
+        for key in keys {
+            // OpenCLIP's fused projection is `in_proj_weight`/`in_proj_bias`, not a submodule.
+            let separator = if key.ends_with(".in_proj") { "_" } else { "." };
+            let weight_key = format!("{key}{separator}weight");
+            let is_conv = pointwise_conv && self.w.shape(&weight_key).is_some_and(|s| s.len() == 4);
+            let expected: &[Option<usize>] =
+                if is_conv { &[None, Some(in_features), Some(1), Some(1)] } else { &[None, Some(in_features)] };
+            let (shape, values) = self.tensor(&weight_key, expected)?;
+            let bias_key = format!("{key}{separator}bias");
+            if self.w.has(&bias_key) {
+                has_bias = true;
+                biases.extend(self.tensor(&bias_key, &[Some(shape[0])])?.1);
+            } else {
+                biases.extend(std::iter::repeat_n(0.0, shape[0]));
+            }
+            rows.push((shape[0], values));
+        }
+        let out: usize = rows.iter().map(|(n, _)| n).sum();
+        let mut transposed = vec![0.0f32; in_features * out];
+        let mut column = 0;
+        for (n, values) in &rows {
+            for o in 0..*n {
+                for i in 0..in_features {
+                    transposed[i * out + column + o] = values[o * in_features + i];
+                }
+            }
+            column += n;
+        }
+        let name = if keys.len() == 1 { format!("{}.weight", keys[0]) } else { format!("{}+fused.weight", keys[0]) };
+        let weight = self.g.weight(&self.w.full_key(&name), &[in_features, out], transposed);
+        let mut y = self.g.op("MatMul", &[x, &weight], vec![]);
+        if has_bias {
+            let bias_name = self.w.full_key(&name.replace(".weight", ".bias"));
+            let bias = self.g.weight(&bias_name, &[out], biases);
+            y = self.g.op("Add", &[&y, &bias], vec![]);
+        }
+        Ok((y, out))
+    }
+
+    /// `torch.nn.Conv2d` `{key}.weight` `[out, in, k, k]` (+ bias); `pads` are top, left, bottom, right.
+    pub(crate) fn conv(
+        &mut self,
+        x: &str,
+        key: &str,
+        in_channels: usize,
+        stride: i64,
+        pads: [i64; 4],
+    ) -> Result<(String, usize)> {
+        let weight_key = format!("{key}.weight");
+        let (shape, values) = self.tensor(&weight_key, &[None, Some(in_channels), None, None])?;
+        let weight = self.g.weight(&self.w.full_key(&weight_key), &shape, values);
+        let bias_key = format!("{key}.bias");
+        let mut inputs = vec![x.to_owned(), weight];
+        if self.w.has(&bias_key) {
+            inputs.push(self.param(&bias_key, &[Some(shape[0])])?);
+        }
+        let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        let kernel = [shape[2] as i64, shape[3] as i64];
+        let y = self.g.op(
+            "Conv",
+            &inputs,
+            vec![attr_ints("kernel_shape", &kernel), attr_ints("strides", &[stride, stride]), attr_ints("pads", &pads)],
+        );
+        Ok((y, shape[0]))
+    }
+
+    /// A 1×1 convolution stored either as `[out, in, 1, 1]` or as a linear `[out, in]`, applied to `[B, S, in]`
+    /// rows (the VAE's attention projections).
+    pub(crate) fn pointwise_as_linear(&mut self, x: &str, keys: &[&str], channels: usize) -> Result<String> {
+        let (y, out) = self.linear_impl(x, keys, channels, true)?;
+        if out != channels * keys.len() {
+            return Err(self.w.error(&format!("{}.weight", keys[0]), format!("expected {channels} output channels")));
+        }
+        Ok(y)
+    }
+
+    /// `torch.nn.GroupNorm(groups, channels, eps)` with `{key}.weight`/`{key}.bias` on NCHW input.
+    pub(crate) fn group_norm(
+        &mut self,
+        x: &str,
+        key: &str,
+        channels: usize,
+        groups: usize,
+        eps: f32,
+    ) -> Result<String> {
+        if groups == 0 || !channels.is_multiple_of(groups) {
+            return Err(self.w.error(
+                &format!("{key}.weight"),
+                format!("{channels} channels cannot be split into {groups} groups (set sdrt.norm_groups in the .yaml)"),
+            ));
+        }
+        if self.options.group_norm == GroupNormKind::Native {
+            let gamma = self.param(&format!("{key}.weight"), &[Some(channels)])?;
+            let beta = self.param(&format!("{key}.bias"), &[Some(channels)])?;
+            return Ok(self.g.op(
+                "GroupNormalization",
+                &[x, &gamma, &beta],
+                vec![attr_int("num_groups", groups as i64), attr_float("epsilon", eps)],
+            ));
+        }
+        let gamma = self.channel_param(&format!("{key}.weight"), channels)?;
+        let beta = self.channel_param(&format!("{key}.bias"), channels)?;
+        let grouped_shape = self.g.const_i64(&[0, groups as i64, -1]);
+        let grouped = self.g.op("Reshape", &[x, &grouped_shape], vec![]);
+        let normalised = match self.options.group_norm {
+            GroupNormKind::LayerNorm => {
+                let one = self.g.const_f32(&[1], &[1.0]);
+                let zero = self.g.const_f32(&[1], &[0.0]);
+                self.g.op(
+                    "LayerNormalization",
+                    &[&grouped, &one, &zero],
+                    vec![attr_int("axis", -1), attr_float("epsilon", eps)],
+                )
+            }
+            GroupNormKind::InstanceNorm | GroupNormKind::Native => {
+                let one = self.g.const_f32(&[groups], &vec![1.0; groups]);
+                let zero = self.g.const_f32(&[groups], &vec![0.0; groups]);
+                self.g.op("InstanceNormalization", &[&grouped, &one, &zero], vec![attr_float("epsilon", eps)])
+            }
+        };
+        let shape = self.g.op("Shape", &[x], vec![]);
+        let restored = self.g.op("Reshape", &[&normalised, &shape], vec![]);
+        let scaled = self.g.op("Mul", &[&restored, &gamma], vec![]);
+        Ok(self.g.op("Add", &[&scaled, &beta], vec![]))
+    }
+
+    /// `torch.nn.LayerNorm(width, eps)` over the last axis.
+    pub(crate) fn layer_norm(&mut self, x: &str, key: &str, width: usize, eps: f32) -> Result<String> {
+        let gamma = self.param(&format!("{key}.weight"), &[Some(width)])?;
+        let beta = self.param(&format!("{key}.bias"), &[Some(width)])?;
+        Ok(self.g.op("LayerNormalization", &[x, &gamma, &beta], vec![attr_int("axis", -1), attr_float("epsilon", eps)]))
+    }
+
+    pub(crate) fn silu(&mut self, x: &str) -> String {
+        let sigmoid = self.g.op("Sigmoid", &[x], vec![]);
+        self.g.op("Mul", &[x, &sigmoid], vec![])
+    }
+
+    pub(crate) fn activation(&mut self, x: &str, activation: Activation) -> String {
+        match activation {
+            Activation::Gelu => self.g.op("Gelu", &[x], vec![attr_string("approximate", "none")]),
+            Activation::QuickGelu => {
+                let k = self.g.const_f32(&[], &[1.702]);
+                let scaled = self.g.op("Mul", &[x, &k], vec![]);
+                let sigmoid = self.g.op("Sigmoid", &[&scaled], vec![]);
+                self.g.op("Mul", &[x, &sigmoid], vec![])
+            }
+        }
+    }
+
+    /// Scaled dot-product attention of `q` `[B, S, H·d]` over `k`, `v` `[B, L, H·d]` with `heads` heads;
+    /// `bias` is an additive `[1, 1, S, L]` mask (CLIP's causal mask).
+    pub(crate) fn attention(&mut self, q: &str, k: &str, v: &str, heads: usize, bias: Option<&str>) -> String {
+        match self.options.attention {
+            AttentionKind::MultiHead => {
+                let inputs: Vec<&str> = match bias {
+                    Some(bias) => vec![q, k, v, "", "", bias],
+                    None => vec![q, k, v],
+                };
+                self.g.microsoft_op("MultiHeadAttention", &inputs, vec![attr_int("num_heads", heads as i64)])
+            }
+            AttentionKind::Plain => self.plain_attention(q, k, v, heads, bias),
+        }
+    }
+
+    fn plain_attention(&mut self, q: &str, k: &str, v: &str, heads: usize, bias: Option<&str>) -> String {
+        let split_shape = self.g.const_i64(&[0, 0, heads as i64, -1]);
+        let heads_first = |net: &mut Self, x: &str, perm: &[i64]| {
+            let split = net.g.op("Reshape", &[x, &split_shape], vec![]);
+            net.g.op("Transpose", &[&split], vec![attr_ints("perm", perm)])
+        };
+        let q = heads_first(self, q, &[0, 2, 1, 3]);
+        let k = heads_first(self, k, &[0, 2, 3, 1]);
+        let v = heads_first(self, v, &[0, 2, 1, 3]);
+        // 1/sqrt(d) from the runtime head width, so the same graph works for every head size.
+        let q_shape = self.g.op("Shape", &[&q], vec![]);
+        let last = self.g.const_i64(&[3]);
+        let end = self.g.const_i64(&[4]);
+        let width = self.g.op("Slice", &[&q_shape, &last, &end], vec![]);
+        let width = self.g.op("Cast", &[&width], vec![attr_int("to", 1)]);
+        let scale = self.g.op("Sqrt", &[&width], vec![]);
+        let scale = self.g.op("Reciprocal", &[&scale], vec![]);
+        let scores = self.g.op("MatMul", &[&q, &k], vec![]);
+        let mut scores = self.g.op("Mul", &[&scores, &scale], vec![]);
+        if let Some(bias) = bias {
+            scores = self.g.op("Add", &[&scores, bias], vec![]);
+        }
+        let probabilities = self.g.op("Softmax", &[&scores], vec![attr_int("axis", -1)]);
+        let context = self.g.op("MatMul", &[&probabilities, &v], vec![]);
+        let context = self.g.op("Transpose", &[&context], vec![attr_ints("perm", &[0, 2, 1, 3])]);
+        let merged_shape = self.g.const_i64(&[0, 0, -1]);
+        self.g.op("Reshape", &[&context, &merged_shape], vec![])
+    }
+
+    /// `[B, C, H, W]` → `[B, H·W, C]`.
+    pub(crate) fn pixels_to_rows(&mut self, x: &str, channels: usize) -> String {
+        let shape = self.g.const_i64(&[0, channels as i64, -1]);
+        let flat = self.g.op("Reshape", &[x, &shape], vec![]);
+        self.g.op("Transpose", &[&flat], vec![attr_ints("perm", &[0, 2, 1])])
+    }
+
+    /// `[B, H·W, C]` → the NCHW shape of `like`.
+    pub(crate) fn rows_to_pixels(&mut self, x: &str, like: &str) -> String {
+        let transposed = self.g.op("Transpose", &[x], vec![attr_ints("perm", &[0, 2, 1])]);
+        let shape = self.g.op("Shape", &[like], vec![]);
+        self.g.op("Reshape", &[&transposed, &shape], vec![])
+    }
+
+    /// Nearest-neighbour ×2 upsampling (torch's `F.interpolate(scale_factor=2, mode="nearest")`).
+    pub(crate) fn upsample_nearest(&mut self, x: &str) -> String {
+        let scales = self.g.const_f32(&[4], &[1.0, 1.0, 2.0, 2.0]);
+        self.g.op(
+            "Resize",
+            &[x, "", &scales],
+            vec![
+                attr_string("mode", "nearest"),
+                attr_string("coordinate_transformation_mode", "asymmetric"),
+                attr_string("nearest_mode", "floor"),
+            ],
+        )
+    }
+
+    /// Splits the last axis into `parts` equal pieces.
+    pub(crate) fn split_last(&mut self, x: &str, sizes: &[i64]) -> Vec<String> {
+        let split = self.g.const_i64(sizes);
+        self.g.op_n("Split", &[x, &split], sizes.len(), vec![attr_int("axis", -1)])
+    }
+
+    /// Sinusoidal embedding of `t` `[B]` with `width` channels, cos half first (`flip_sin_to_cos`, shift 0).
+    pub(crate) fn timestep_embedding(&mut self, t: &str, width: usize) -> String {
+        let half = width / 2;
+        let ln_max_period = -(10000f64.ln() as f32);
+        let freqs: Vec<f32> = (0..half).map(|i| (ln_max_period * i as f32 / half as f32).exp()).collect();
+        let freqs = self.g.const_f32(&[1, half], &freqs);
+        let axis = self.g.const_i64(&[1]);
+        let column = self.g.op("Unsqueeze", &[t, &axis], vec![]);
+        let args = self.g.op("Mul", &[&column, &freqs], vec![]);
+        let cos = self.g.op("Cos", &[&args], vec![]);
+        let sin = self.g.op("Sin", &[&args], vec![]);
+        self.g.op("Concat", &[&cos, &sin], vec![attr_int("axis", -1)])
+    }
+}

@@ -1,0 +1,399 @@
+//! Single-file checkpoints (tests/fixtures/checkpoints, written by tools/fixtures/gen_checkpoints.py): the
+//! graphs sdrt builds from LDM weights reproduce torch (diffusers/transformers) component by component, and
+//! broken files fail with errors that name the file and the tensor.
+
+use std::path::{Path, PathBuf};
+
+use ndarray::{Array2, Array4, ArrayD, Axis, Ix2, Ix3, Ix4, s};
+use ndarray_npy::read_npy;
+use sdrt_models::{
+    AttentionKind, Checkpoint, CheckpointKind, CheckpointOptions, GraphOptions, GroupNormKind, LoadedModel,
+    ModelFamily, ModelFolder, PredictionType, SessionConfig, TextLayer, UnetInput,
+};
+use sdrt_tests::{fixture, fixture_json};
+use serde_json::Value;
+
+/// Relative to max(1, |reference|): the built graphs run the same math as torch in another order.
+const TOLERANCE: f32 = 1e-5;
+/// The tiny VAE encoder's `quant_conv` is scaled up ~5× (gen_pipelines.py `shape_vae`), which amplifies
+/// float32 summation-order noise: on an AVX2 CPU the optimum export of the same weights differs from torch by
+/// 1.9e-5 here (onnxruntime 1.31.1, one thread), and the built graph by 1.7e-5.
+const VAE_ENCODER_TOLERANCE: f32 = 5e-5;
+
+fn checkpoint(name: &str) -> PathBuf {
+    fixture(&format!("checkpoints/{name}"))
+}
+
+fn load_path(path: &Path, graph: GraphOptions) -> LoadedModel {
+    sdrt_models::ensure_runtime().unwrap();
+    let name = path.display();
+    let folder = ModelFolder::open(path).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let config = SessionConfig { intra_op_threads: Some(1), graph, ..SessionConfig::default() };
+    LoadedModel::load(folder, &config).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+fn npy(entry: &Value, kind: &str, name: &str) -> ArrayD<f32> {
+    read_npy(fixture(entry[kind][name].as_str().unwrap_or_else(|| panic!("no {kind} {name}")))).unwrap()
+}
+
+fn ids(entry: &Value) -> Array2<i64> {
+    let ids: ArrayD<i64> = read_npy(fixture(entry["inputs"]["input_ids"].as_str().unwrap())).unwrap();
+    ids.into_dimensionality::<Ix2>().unwrap()
+}
+
+fn assert_close(what: &str, ours: &ArrayD<f32>, want: &ArrayD<f32>, tolerance: f32) {
+    assert_eq!(ours.shape(), want.shape(), "{what}: shape");
+    let worst = ours.iter().zip(want).map(|(a, b)| (a - b).abs() / b.abs().max(1.0)).fold(0.0f32, f32::max);
+    assert!(worst <= tolerance, "{what}: differs from torch by {worst:.2e} (tolerance {tolerance:.0e})");
+}
+
+fn check_text_encoder(model: &mut LoadedModel, entry: &Value, second: bool, name: &str) {
+    let encoder = if second { model.text_encoder_2.as_mut() } else { model.text_encoder.as_mut() }.unwrap();
+    let ids = ids(entry);
+    let layers = encoder.layer_count().expect("built encoders expose hidden_states.N");
+    let last = encoder.encode(&ids, TextLayer::Last).unwrap();
+    assert_close(
+        &format!("{name} last_hidden_state"),
+        &last.hidden.into_dyn(),
+        &npy(entry, "outputs", "last_hidden_state"),
+        TOLERANCE,
+    );
+    let pooled_name = if entry["outputs"].get("text_embeds").is_some() { "text_embeds" } else { "pooler_output" };
+    assert_close(
+        &format!("{name} {pooled_name}"),
+        &last.pooled.expect("pooled output").into_dyn(),
+        &npy(entry, "outputs", pooled_name),
+        TOLERANCE,
+    );
+    let skip = encoder.encode(&ids, TextLayer::ClipSkip(2)).unwrap();
+    assert_close(
+        &format!("{name} clip skip 2"),
+        &skip.hidden.into_dyn(),
+        &npy(entry, "outputs", "clip_skip_2"),
+        TOLERANCE,
+    );
+    let penultimate = encoder.encode(&ids, TextLayer::Penultimate).unwrap();
+    let want = npy(entry, "outputs", &format!("hidden_states.{}", layers - 1));
+    assert_close(&format!("{name} penultimate"), &penultimate.hidden.into_dyn(), &want, TOLERANCE);
+}
+
+fn check_unet(model: &mut LoadedModel, entry: &Value, name: &str) {
+    let sample = npy(entry, "inputs", "sample").into_dimensionality::<Ix4>().unwrap();
+    let timesteps = npy(entry, "inputs", "timestep").into_dimensionality::<ndarray::Ix1>().unwrap();
+    let context = npy(entry, "inputs", "encoder_hidden_states").into_dimensionality::<Ix3>().unwrap();
+    let latent = sample.slice(s![.., ..4, .., ..]);
+    let conditioning = (sample.shape()[1] == 9).then(|| sample.slice(s![.., 4.., .., ..]));
+    let text_embeds = entry["inputs"]
+        .get("text_embeds")
+        .map(|_| npy(entry, "inputs", "text_embeds").into_dimensionality::<Ix2>().unwrap());
+    let time_ids =
+        entry["inputs"].get("time_ids").map(|_| npy(entry, "inputs", "time_ids").into_dimensionality::<Ix2>().unwrap());
+    let input = UnetInput {
+        inpaint_conditioning: conditioning,
+        text_embeds: text_embeds.as_ref().map(|a| a.view()),
+        time_ids: time_ids.as_ref().map(|a| a.view()),
+        ..UnetInput::new(latent, timesteps.view(), context.view())
+    };
+    let out = model.unet.predict(&input).unwrap();
+    assert_close(&format!("{name} unet"), &out.into_dyn(), &npy(entry, "outputs", "out_sample"), TOLERANCE);
+}
+
+fn check_vae(model: &mut LoadedModel, entries: &Value, name: &str) {
+    let encoder = &entries["vae_encoder"];
+    let image = npy(encoder, "inputs", "sample").into_dimensionality::<Ix4>().unwrap();
+    let posterior = model.vae_encoder().unwrap().encode(image.view()).unwrap();
+    let parameters = npy(encoder, "outputs", "latent_parameters");
+    let channels = parameters.shape()[1] / 2;
+    let mean = parameters.slice_axis(Axis(1), (..channels).into()).to_owned();
+    let logvar = parameters.slice_axis(Axis(1), (channels..).into()).mapv(|v| v.clamp(-30.0, 20.0));
+    assert_close(&format!("{name} vae mean"), &posterior.mean.into_dyn(), &mean, VAE_ENCODER_TOLERANCE);
+    let logvar_ours = posterior.logvar.expect("distribution").into_dyn();
+    assert_close(&format!("{name} vae logvar"), &logvar_ours, &logvar, VAE_ENCODER_TOLERANCE);
+    let decoder = &entries["vae_decoder"];
+    let latent: Array4<f32> = npy(decoder, "inputs", "latent_sample").into_dimensionality().unwrap();
+    let decoded = model.vae_decoder.decode(latent.view()).unwrap();
+    assert_close(&format!("{name} vae decode"), &decoded.into_dyn(), &npy(decoder, "outputs", "sample"), TOLERANCE);
+}
+
+fn check_components(name: &str, reference: &str, graph: GraphOptions) {
+    check_components_of(&checkpoint(&format!("{name}.safetensors")), reference, graph);
+}
+
+fn check_components_of(path: &Path, reference: &str, graph: GraphOptions) {
+    let name = &path.file_name().unwrap().to_string_lossy().into_owned();
+    let entries = fixture_json(&format!("checkpoints/references/{reference}.json"));
+    let mut model = load_path(path, graph);
+    check_text_encoder(&mut model, &entries["text_encoder"], false, name);
+    if entries.get("text_encoder_2").is_some() {
+        check_text_encoder(&mut model, &entries["text_encoder_2"], true, name);
+    }
+    check_unet(&mut model, &entries["unet"], name);
+    check_vae(&mut model, &entries, name);
+}
+
+#[test]
+fn converted_folders_load_as_exports_and_match_torch() {
+    sdrt_models::ensure_runtime().unwrap();
+    for name in ["sdxl-tiny", "sd2-tiny-v"] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join(name);
+        let source =
+            Checkpoint::open(&checkpoint(&format!("{name}.safetensors")), CheckpointOptions::default()).unwrap();
+        source.convert(&out, GraphOptions::default()).unwrap();
+        for component in ["text_encoder", "unet", "vae_encoder", "vae_decoder"] {
+            assert!(out.join(component).join("model.onnx_data").is_file(), "{name}: {component} weights");
+        }
+        let folder = ModelFolder::open(&out).unwrap();
+        assert!(folder.checkpoint.is_none(), "an ONNX folder, loaded as exports are");
+        assert_eq!(folder.scheduler.prediction_type, source_prediction(name));
+        // The converted folder is another model: SD 2.x exports are detected by tokenizer padding here.
+        assert_eq!(folder.family, if name == "sdxl-tiny" { ModelFamily::Sdxl } else { ModelFamily::Sd2 });
+        check_components_of(&out, name, GraphOptions::default());
+    }
+}
+
+fn source_prediction(name: &str) -> PredictionType {
+    if name == "sd2-tiny-v" { PredictionType::VPrediction } else { PredictionType::Epsilon }
+}
+
+#[test]
+fn sd15_components_match_torch() {
+    check_components("sd15-tiny", "sd15-tiny", GraphOptions::default());
+}
+
+#[test]
+fn sd15_components_match_torch_with_the_other_graph_options() {
+    let plain =
+        GraphOptions { attention: AttentionKind::Plain, fused_qkv: false, group_norm: GroupNormKind::LayerNorm };
+    check_components("sd15-tiny", "sd15-tiny", plain);
+    let native = GraphOptions { group_norm: GroupNormKind::Native, ..GraphOptions::default() };
+    check_components("sd15-tiny", "sd15-tiny", native);
+}
+
+/// A tensor of a derived checkpoint: dtype, shape, little-endian bytes.
+type Stored = (String, Vec<u64>, Vec<u8>);
+
+/// sd15-tiny.safetensors rewritten tensor by tensor (`convert`) plus `extra` tensors, with its `.yaml`.
+fn derived_checkpoint(
+    dir: &Path,
+    name: &str,
+    convert: impl Fn(Stored) -> Stored,
+    extra: Vec<(String, Stored)>,
+) -> PathBuf {
+    let bytes = std::fs::read(checkpoint("sd15-tiny.safetensors")).unwrap();
+    let (n, json) = header(&bytes);
+    let data = &bytes[8 + n..];
+    let mut tensors: Vec<(String, Stored)> = json
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| *k != "__metadata__")
+        .map(|(k, v)| {
+            let [begin, end] = [0, 1].map(|i| v["data_offsets"][i].as_u64().unwrap() as usize);
+            let shape = v["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).collect();
+            (k.clone(), convert((v["dtype"].as_str().unwrap().to_owned(), shape, data[begin..end].to_vec())))
+        })
+        .collect();
+    tensors.extend(extra);
+    let mut header = serde_json::Map::new();
+    let mut body = Vec::new();
+    for (name, (dtype, shape, bytes)) in tensors {
+        let begin = body.len();
+        body.extend_from_slice(&bytes);
+        header.insert(name, serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [begin, body.len()]}));
+    }
+    let text = serde_json::to_string(&header).unwrap();
+    let path = dir.join(format!("{name}.safetensors"));
+    let mut file = (text.len() as u64).to_le_bytes().to_vec();
+    file.extend_from_slice(text.as_bytes());
+    file.extend_from_slice(&body);
+    std::fs::write(&path, file).unwrap();
+    std::fs::copy(checkpoint("sd15-tiny.yaml"), path.with_extension("yaml")).unwrap();
+    path
+}
+
+#[test]
+fn fp16_checkpoint_matches_torch_fp32_on_the_rounded_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let to_f16 = |(dtype, shape, bytes): Stored| {
+        assert_eq!(dtype, "F32");
+        let halves = bytes
+            .chunks_exact(4)
+            .flat_map(|b| half::f16::from_f32(f32::from_le_bytes([b[0], b[1], b[2], b[3]])).to_le_bytes())
+            .collect();
+        ("F16".to_owned(), shape, halves)
+    };
+    let path = derived_checkpoint(dir.path(), "sd15-tiny-fp16", to_f16, Vec::new());
+    let summary = Checkpoint::open(&path, CheckpointOptions::default()).unwrap().dtypes();
+    assert_eq!(summary, "F16");
+    check_components_of(&path, "sd15-tiny-fp16", GraphOptions::default());
+}
+
+#[test]
+fn ema_copies_are_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    // LDM's EMA names drop the dots; random values that would change every output if they were used.
+    let ema =
+        |i: u8| (format!("model_ema.diffusion_modelinput_blocks00weight{i}"), ("F32".to_owned(), vec![2], vec![i; 8]));
+    let extra =
+        vec![ema(1), ema(2), ("model_ema.num_updates".to_owned(), ("I32".to_owned(), vec![], vec![0, 1, 0, 0]))];
+    let path = derived_checkpoint(dir.path(), "sd15-tiny-ema", |t| t, extra);
+    check_components_of(&path, "sd15-tiny", GraphOptions::default());
+}
+
+#[test]
+fn inpainting_components_match_torch() {
+    check_components("sd15-inpaint-tiny", "sd15-inpaint-tiny", GraphOptions::default());
+}
+
+#[test]
+fn sd2_components_match_torch() {
+    check_components("sd2-tiny-v", "sd2-tiny-v", GraphOptions::default());
+}
+
+#[test]
+fn sdxl_components_match_torch() {
+    check_components("sdxl-tiny", "sdxl-tiny", GraphOptions::default());
+}
+
+#[test]
+fn families_prediction_and_inpainting_are_detected() {
+    let open = |name: &str| ModelFolder::open(&checkpoint(&format!("{name}.safetensors"))).unwrap();
+    let sd15 = open("sd15-tiny");
+    assert_eq!(
+        (sd15.family, sd15.inpainting, sd15.scheduler.prediction_type),
+        (ModelFamily::Sd1, false, PredictionType::Epsilon)
+    );
+    assert_eq!(sd15.name(), "sd15-tiny", "A1111's Model is the file stem");
+    assert!(open("sd15-inpaint-tiny").inpainting);
+    let sd2 = open("sd2-tiny-v");
+    assert_eq!((sd2.family, sd2.scheduler.prediction_type), (ModelFamily::Sd2, PredictionType::VPrediction));
+    assert!(sd2.detected_by.iter().any(|d| d.contains(".yaml")), "{:?}", sd2.detected_by);
+    assert_eq!(open("sdxl-tiny").family, ModelFamily::Sdxl);
+    let forced = ModelFolder::open_with(
+        &checkpoint("sd2-tiny-v.safetensors"),
+        CheckpointOptions { prediction: Some(PredictionType::Epsilon) },
+    )
+    .unwrap();
+    assert_eq!(forced.scheduler.prediction_type, PredictionType::Epsilon, "--prediction wins over the yaml");
+}
+
+#[test]
+fn standalone_vae_files_are_recognised_with_or_without_prefix() {
+    for name in ["sd15-tiny.vae.safetensors", "sd15-tiny-bf16.vae.safetensors"] {
+        let vae = Checkpoint::open(&checkpoint(name), CheckpointOptions::default()).unwrap();
+        assert_eq!(vae.kind(), CheckpointKind::Vae, "{name}");
+        let error = ModelFolder::open(&checkpoint(name)).unwrap_err().to_string();
+        assert!(error.contains("standalone VAE"), "{error}");
+    }
+}
+
+fn broken_copy(dir: &Path, name: &str, edit: impl FnOnce(&mut Vec<u8>)) -> PathBuf {
+    let mut bytes = std::fs::read(checkpoint("sd15-tiny.safetensors")).unwrap();
+    edit(&mut bytes);
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    std::fs::copy(checkpoint("sd15-tiny.yaml"), path.with_extension("yaml")).unwrap();
+    path
+}
+
+fn header(bytes: &[u8]) -> (usize, Value) {
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    (n, serde_json::from_slice(&bytes[8..8 + n]).unwrap())
+}
+
+fn with_header(bytes: &mut Vec<u8>, edit: impl FnOnce(&mut Value)) {
+    let (n, mut json) = header(bytes);
+    edit(&mut json);
+    let text = serde_json::to_string(&json).unwrap();
+    let data = bytes.split_off(8 + n);
+    bytes.clear();
+    bytes.extend_from_slice(&(text.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(text.as_bytes());
+    bytes.extend_from_slice(&data);
+}
+
+fn open_error(path: &Path) -> String {
+    match ModelFolder::open(path) {
+        Ok(folder) => {
+            match LoadedModel::load(folder, &SessionConfig { intra_op_threads: Some(1), ..SessionConfig::default() }) {
+                Ok(_) => panic!("{} loaded", path.display()),
+                Err(e) => e.to_string(),
+            }
+        }
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn broken_files_are_errors_naming_the_file_and_tensor() {
+    sdrt_models::ensure_runtime().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let truncated = broken_copy(dir.path(), "truncated.safetensors", |b| b.truncate(b.len() / 2));
+    let message = open_error(&truncated);
+    assert!(message.contains("truncated.safetensors") && message.contains("not a valid .safetensors"), "{message}");
+
+    let long_header =
+        broken_copy(dir.path(), "long.safetensors", |b| b[..8].copy_from_slice(&(1u64 << 40).to_le_bytes()));
+    let message = open_error(&long_header);
+    assert!(message.contains("long.safetensors") && message.contains("header"), "{message}");
+
+    let key = "model.diffusion_model.out.2.weight";
+    let out_of_range = broken_copy(dir.path(), "range.safetensors", |b| {
+        with_header(b, |h| h[key]["data_offsets"][1] = Value::from(u64::MAX / 4));
+    });
+    let message = open_error(&out_of_range);
+    assert!(message.contains("range.safetensors"), "{message}");
+
+    let wrong_dtype = broken_copy(dir.path(), "dtype.safetensors", |b| {
+        with_header(b, |h| h[key]["dtype"] = Value::from("I32"));
+    });
+    let message = open_error(&wrong_dtype);
+    assert!(message.contains(key) && message.contains("I32"), "{message}");
+
+    let wrong_shape = broken_copy(dir.path(), "shape.safetensors", |b| {
+        with_header(b, |h| {
+            let shape = h[key]["shape"].as_array().unwrap().clone();
+            let n: u64 = shape.iter().map(|d| d.as_u64().unwrap()).product();
+            h[key]["shape"] = serde_json::json!([n]);
+        });
+    });
+    let message = open_error(&wrong_shape);
+    assert!(message.contains(key) && message.contains("expected"), "{message}");
+
+    let missing = broken_copy(dir.path(), "missing.safetensors", |b| {
+        with_header(b, |h| {
+            let entry = h.as_object_mut().unwrap().remove(key).unwrap();
+            h["model.diffusion_model.out.2.weight_renamed"] = entry;
+        });
+    });
+    let message = open_error(&missing);
+    assert!(message.contains(key) && message.contains("missing"), "{message}");
+
+    let unknown = broken_copy(dir.path(), "unknown.safetensors", |b| {
+        with_header(b, |h| {
+            let object = h.as_object_mut().unwrap();
+            let keys: Vec<String> = object.keys().filter(|k| k.starts_with("cond_stage_model.")).cloned().collect();
+            for k in keys {
+                let entry = object.remove(&k).unwrap();
+                object.insert(k.replace("cond_stage_model.", "something_else."), entry);
+            }
+        });
+    });
+    let message = open_error(&unknown);
+    assert!(message.contains("unknown.safetensors") && message.contains("no text encoder"), "{message}");
+
+    let lora = broken_copy(dir.path(), "lora.safetensors", |b| {
+        with_header(b, |h| {
+            let entry = h.as_object_mut().unwrap().remove(key).unwrap();
+            h["lora_unet_out_2.lora_down.weight"] = entry;
+        });
+    });
+    let message = open_error(&lora);
+    assert!(message.contains("LoRA") && message.contains("lora_unet_out_2"), "{message}");
+
+    let pickle = dir.path().join("model.ckpt");
+    std::fs::write(&pickle, b"PK\x03\x04 not really").unwrap();
+    let message = Checkpoint::open(&pickle, CheckpointOptions::default()).unwrap_err().to_string();
+    assert!(message.contains("pickle") && message.contains(".safetensors"), "{message}");
+}
