@@ -50,6 +50,19 @@ VARIANTS = {
     "long-prompt-1-call": ["--prompt", LONG_PROMPT, "--negative-prompt", "blurry", "--pad-cond-uncond"],
 }
 
+# Graphs sdrt builds from a single-file checkpoint (gen_sd15_shaped.py writes it next to the export), against the
+# optimum export of the same weights as "default"; each graph option is switched off on its own.
+CHECKPOINT = str(pathlib.Path.home() / ".cache" / "sdrt" / "sd15-shaped.safetensors")
+CHECKPOINT_FP16 = str(pathlib.Path.home() / ".cache" / "sdrt" / "sd15-shaped-fp16.safetensors")
+VARIANTS.update({
+    "checkpoint": ["--model", CHECKPOINT],
+    "checkpoint-fp16": ["--model", CHECKPOINT_FP16],
+    "ckpt-plain-attention": ["--model", CHECKPOINT, "--graph-attention", "plain"],
+    "ckpt-unfused-qkv": ["--model", CHECKPOINT, "--no-fused-qkv"],
+    "ckpt-layernorm-groupnorm": ["--model", CHECKPOINT, "--graph-group-norm", "layernorm"],
+    "ckpt-native-groupnorm": ["--model", CHECKPOINT, "--graph-group-norm", "native"],
+})
+
 WORKLOADS = {
     "tiny": dict(model=None, width=64, height=64, steps=20, runs=10, warmup=2, rounds=5, threads=1,
                  variants=list(VARIANTS)),
@@ -57,6 +70,10 @@ WORKLOADS = {
                  steps=1, runs=2, warmup=1, rounds=2, threads=2,
                  variants=["default", "no-bound-io", "sequential-load", "eager-vae-encoder", "no-prepacking",
                            "threads-1"]),
+    "sd15-checkpoint": dict(model=str(pathlib.Path.home() / ".cache" / "sdrt" / "sd15-shaped"), width=512,
+                            height=512, steps=3, runs=1, warmup=1, rounds=2, threads=2,
+                            variants=["default", "checkpoint", "checkpoint-fp16", "ckpt-plain-attention",
+                                      "ckpt-unfused-qkv", "ckpt-layernorm-groupnorm", "ckpt-native-groupnorm"]),
     # Loading only (no generation), more rounds: load time and memory of the load-time optimisations.
     "sd15-load": dict(model=str(pathlib.Path.home() / ".cache" / "sdrt" / "sd15-shaped"), width=512, height=512,
                       steps=1, runs=0, warmup=0, rounds=5, threads=2,
@@ -66,6 +83,7 @@ WORKLOADS = {
 METRICS = [
     ("total ms", lambda r: r["median_ms"]["total"]),
     ("sample ms", lambda r: r["median_ms"]["sample"]),
+    ("decode ms", lambda r: r["median_ms"]["decode"]),
     ("in ORT ms", lambda r: r["onnx_ms"]["total"]),
     ("outside ORT ms", lambda r: r["median_ms"]["total"] - r["onnx_ms"]["total"]),
     ("load ms", lambda r: r["load_ms"]),
@@ -106,9 +124,9 @@ def bench_argv(sdrt, cfg, variant, json_out):
     argv = [sdrt, "bench", "--width", str(cfg["width"]), "--height", str(cfg["height"]), "--steps",
             str(cfg["steps"]), "--sampler", "Euler", "--scheduler", "Automatic", "--seed", "1", "--runs",
             str(cfg["runs"]), "--warmup", str(cfg["warmup"]), "--json-out", str(json_out)]
-    if cfg["model"]:
-        argv += ["--model", cfg["model"]]
     extra = VARIANTS[variant]
+    if cfg["model"] and "--model" not in extra:
+        argv += ["--model", cfg["model"]]
     if "--threads" not in extra:
         argv += ["--threads", str(cfg["threads"])]
     if "--prompt" not in extra:

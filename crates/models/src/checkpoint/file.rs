@@ -174,3 +174,61 @@ fn pickle_error(path: &Path) -> Error {
             .to_owned(),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A valid two-tensor file: `a` f32 [2, 2], `b` f16 [3].
+    fn valid_file() -> Vec<u8> {
+        let header = r#"{"a":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]},"b":{"dtype":"F16","shape":[3],"data_offsets":[16,22]}}"#;
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.extend((0u8..22).collect::<Vec<_>>());
+        bytes
+    }
+
+    fn open_bytes(bytes: &[u8]) -> Result<TensorFile> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("model.safetensors");
+        std::fs::write(&path, bytes).expect("write");
+        let file = TensorFile::open(&path)?;
+        for name in file.names().map(str::to_owned).collect::<Vec<_>>() {
+            let _ = file.f32(&name)?;
+        }
+        Ok(file)
+    }
+
+    #[test]
+    fn a_valid_file_reads_every_dtype() {
+        let file = open_bytes(&valid_file()).expect("valid");
+        assert_eq!(file.f32("a").expect("a").0, vec![2, 2]);
+        assert_eq!(file.f32("b").expect("b").1.len(), 3);
+    }
+
+    #[test]
+    fn pickles_are_refused_by_extension_and_content() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("model.safetensors");
+        std::fs::write(&path, b"\x80\x02}q\x00(X\x04\x00\x00\x00name").expect("write");
+        let message = TensorFile::open(&path).expect_err("pickle").to_string();
+        assert!(message.contains("pickle"), "{message}");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Any corruption of the header or a truncation is an error (or, by chance, a still-valid file); never
+        /// a panic or an out-of-bounds read.
+        #[test]
+        fn corrupted_headers_never_panic(position in 0usize..130, value in any::<u8>(), cut in 0usize..160) {
+            let mut bytes = valid_file();
+            let index = position % bytes.len();
+            bytes[index] = value;
+            bytes.truncate(cut.max(1).min(bytes.len()));
+            let _ = open_bytes(&bytes);
+        }
+    }
+}
