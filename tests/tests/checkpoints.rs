@@ -163,8 +163,12 @@ fn sd15_components_match_torch() {
 
 #[test]
 fn sd15_components_match_torch_with_the_other_graph_options() {
-    let plain =
-        GraphOptions { attention: AttentionKind::Plain, fused_qkv: false, group_norm: GroupNormKind::LayerNorm };
+    let plain = GraphOptions {
+        attention: AttentionKind::Plain,
+        fused_qkv: false,
+        group_norm: GroupNormKind::LayerNorm,
+        transposed_matmul: false,
+    };
     check_components("sd15-tiny", "sd15-tiny", plain);
     let native = GraphOptions { group_norm: GroupNormKind::Native, ..GraphOptions::default() };
     check_components("sd15-tiny", "sd15-tiny", native);

@@ -61,6 +61,7 @@ VARIANTS.update({
     "ckpt-unfused-qkv": ["--model", CHECKPOINT, "--no-fused-qkv"],
     "ckpt-layernorm-groupnorm": ["--model", CHECKPOINT, "--graph-group-norm", "layernorm"],
     "ckpt-native-groupnorm": ["--model", CHECKPOINT, "--graph-group-norm", "native"],
+    "ckpt-transpose-matmul": ["--model", CHECKPOINT, "--no-transposed-matmul"],
 })
 
 WORKLOADS = {
@@ -71,9 +72,9 @@ WORKLOADS = {
                  variants=["default", "no-bound-io", "sequential-load", "eager-vae-encoder", "no-prepacking",
                            "threads-1"]),
     "sd15-checkpoint": dict(model=str(pathlib.Path.home() / ".cache" / "sdrt" / "sd15-shaped"), width=512,
-                            height=512, steps=3, runs=1, warmup=1, rounds=2, threads=2,
+                            height=512, steps=3, runs=1, warmup=1, rounds=1, threads=2,
                             variants=["default", "checkpoint", "checkpoint-fp16", "ckpt-plain-attention",
-                                      "ckpt-unfused-qkv", "ckpt-layernorm-groupnorm", "ckpt-native-groupnorm"]),
+                                      "ckpt-unfused-qkv", "ckpt-layernorm-groupnorm", "ckpt-transpose-matmul"]),
     # Loading only (no generation), more rounds: load time and memory of the load-time optimisations.
     "sd15-load": dict(model=str(pathlib.Path.home() / ".cache" / "sdrt" / "sd15-shaped"), width=512, height=512,
                       steps=1, runs=0, warmup=0, rounds=5, threads=2,

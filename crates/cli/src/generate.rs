@@ -137,6 +137,10 @@ pub struct SessionArgs {
     /// Graphs built from checkpoints: keep q, k and v as three matrix multiplies.
     #[arg(long)]
     pub no_fused_qkv: bool,
+    /// Graphs built from checkpoints: linear layers as MatMul on a (load-time folded) transposed weight
+    /// instead of FusedMatMul with transB.
+    #[arg(long)]
+    pub no_transposed_matmul: bool,
     /// What a `.safetensors` checkpoint predicts when its `.yaml` does not say (A1111's rule): `eps` or `v`.
     #[arg(long, value_enum)]
     pub prediction: Option<PredictionArg>,
@@ -205,7 +209,12 @@ impl SessionArgs {
                 bail!("--graph-group-norm {other:?} is not a group norm kind; use instancenorm, layernorm or native")
             }
         };
-        Ok(GraphOptions { attention, fused_qkv: !self.no_fused_qkv, group_norm })
+        Ok(GraphOptions {
+            attention,
+            fused_qkv: !self.no_fused_qkv,
+            group_norm,
+            transposed_matmul: !self.no_transposed_matmul,
+        })
     }
 
     fn optimization(&self) -> Result<OptimizationLevel> {

@@ -146,21 +146,17 @@ impl OnnxModel {
         let builder =
             Session::builder(environment).map_err(|e| session_error("creating session options")(e.to_string()))?;
         let builder = config.apply(builder, component)?;
-        let mut builder = builder;
-        for weight in graph.weights {
-            // Each buffer replaces the initializer's external data in place: ONNX Runtime uses it without a copy.
-            let shape: Vec<i64> = weight.dims.iter().map(|&d| d as i64).collect();
-            let tensor = ort::value::Tensor::from_array((shape, weight.values))
-                .map_err(|e| session_error("passing the weights")(format!("{}: {e}", weight.name)))?;
-            builder = builder
-                .with_external_initializer(&weight.name, tensor.into_dyn())
-                .map_err(|e| session_error("passing the weights")(format!("{}: {e}", weight.name)))?;
-        }
+        // The weights stay in the checkpoint: ONNX Runtime reads each initializer's byte range from it.
+        let (model, folder) = graph.for_loading();
+        let mut builder = builder
+            .with_config_entry("session.model_external_initializers_file_folder_path", folder.to_string_lossy())
+            .map_err(|e| session_error("pointing at the checkpoint's folder")(e.to_string()))?;
         let session = builder
-            .commit_from_memory(&graph.model)
+            .commit_from_memory(&model)
             .map_err(|e| session_error("loading the built graph")(format!("{e} (built from {})", source.display())))?;
         let inputs = session.inputs().iter().map(|o| tensor_info(o.name(), o.dtype())).collect();
         let outputs = session.outputs().iter().map(|o| tensor_info(o.name(), o.dtype())).collect();
+        tracing::info!(provider = %config.provider, "built session ready");
         Ok(Self {
             component: component.to_owned(),
             path: source.to_owned(),

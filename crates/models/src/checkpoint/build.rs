@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use super::{Checkpoint, CheckpointKind, PredictionSource, Weights};
+use super::{Checkpoint, CheckpointKind, PredictionSource, TensorFile, Weights};
 use crate::error::{Error, Result};
 use crate::folder::{ModelFamily, ModelFolder, PredictionType, SchedulerConfig, TokenizerFiles};
 use crate::graph::{self, BuiltGraph, GraphOptions};
@@ -133,7 +133,7 @@ impl Checkpoint {
             folder.scheduler.prediction_type = if v { PredictionType::VPrediction } else { PredictionType::Epsilon };
         }
         let xl = folder.family == ModelFamily::Sdxl;
-        let write = |component: &str, graph: BuiltGraph| write_component(out, component, &graph);
+        let write = |component: &str, graph: BuiltGraph| write_component(out, component, &graph, &self.file);
         let (text, _) = self.text_encoder_graph(0, options)?;
         write("text_encoder", text)?;
         if xl {
@@ -146,16 +146,11 @@ impl Checkpoint {
     }
 }
 
-fn write_component(out: &Path, component: &str, graph: &BuiltGraph) -> Result<()> {
+fn write_component(out: &Path, component: &str, graph: &BuiltGraph, file: &TensorFile) -> Result<()> {
     let dir = out.join(component);
-    let io = |path: &Path, e: std::io::Error| Error::File { path: path.to_owned(), reason: e.to_string() };
-    std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
-    let model = dir.join("model.onnx");
-    std::fs::write(&model, &graph.model).map_err(|e| io(&model, e))?;
-    let data = dir.join(graph::WEIGHTS_FILE);
-    let file = std::fs::File::create(&data).map_err(|e| io(&data, e))?;
-    let mut writer = std::io::BufWriter::new(file);
-    graph.write_weights(&mut writer).and_then(|()| std::io::Write::flush(&mut writer)).map_err(|e| io(&data, e))
+    graph
+        .write_folder(&dir, |start, end, writer| file.copy_range(start, end, writer))
+        .map_err(|e| Error::File { path: dir.clone(), reason: format!("writing the converted model: {e}") })
 }
 
 fn write_configs(out: &Path, folder: &ModelFolder) -> Result<()> {

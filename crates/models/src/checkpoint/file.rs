@@ -1,4 +1,6 @@
-//! A memory-mapped `.safetensors` file: its header checked against the file size, tensors read as f32.
+//! A `.safetensors` file: memory-mapped once to check its header against the file size, then known by its
+//! tensor table. Graphs refer to tensors by byte range (ONNX Runtime reads them from the file itself); the few
+//! values sdrt needs on the host are read with positional reads.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -14,15 +16,14 @@ use crate::error::{Error, Result};
 pub(crate) struct TensorEntry {
     pub dtype: Dtype,
     pub shape: Vec<usize>,
-    /// Byte range inside the mapped file.
-    start: usize,
-    end: usize,
+    /// Byte range inside the file.
+    pub start: usize,
+    pub end: usize,
 }
 
 /// An open `.safetensors` file.
 pub(crate) struct TensorFile {
     path: PathBuf,
-    mmap: Mmap,
     tensors: BTreeMap<String, TensorEntry>,
     metadata: BTreeMap<String, String>,
 }
@@ -82,7 +83,9 @@ impl TensorFile {
             }
         }
         let metadata = metadata.metadata().clone().unwrap_or_default().into_iter().collect();
-        Ok(Self { path: path.to_owned(), mmap, tensors, metadata })
+        // The mapping only served the check; tensors are read by range later, so no mapped pages stay resident.
+        drop(mmap);
+        Ok(Self { path: path.to_owned(), tensors, metadata })
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -107,7 +110,10 @@ impl TensorFile {
     /// Tensor `name` converted to f32 (from f32, f16, bf16 or f64), with its shape.
     pub(crate) fn f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
         let entry = self.entry(name).ok_or_else(|| self.tensor_error(name, "is missing".to_owned()))?;
-        let bytes = &self.mmap[entry.start..entry.end];
+        let bytes = self
+            .read_range(entry.start, entry.end)
+            .map_err(|e| self.tensor_error(name, format!("cannot be read: {e}")))?;
+        let bytes = bytes.as_slice();
         let values = match entry.dtype {
             Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
             Dtype::F16 => {
@@ -127,6 +133,21 @@ impl TensorFile {
             }
         };
         Ok((entry.shape.clone(), values))
+    }
+
+    fn read_range(&self, start: usize, end: usize) -> std::io::Result<Vec<u8>> {
+        let mut bytes = Vec::with_capacity(end - start);
+        self.copy_range(start, end, &mut bytes)?;
+        Ok(bytes)
+    }
+
+    /// Copies byte range `start..end` of the file into `out` (for `sdrt convert`).
+    pub(crate) fn copy_range(&self, start: usize, end: usize, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        use std::io::{Read, Seek};
+        let mut file = File::open(&self.path)?;
+        file.seek(std::io::SeekFrom::Start(start as u64))?;
+        std::io::copy(&mut file.take((end - start) as u64), out)?;
+        Ok(())
     }
 
     pub(crate) fn tensor_error(&self, name: &str, problem: String) -> Error {

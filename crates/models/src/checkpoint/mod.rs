@@ -72,6 +72,14 @@ impl<'f> Weights<'f> {
         self.file.names().filter_map(move |k| k.strip_prefix(prefix))
     }
 
+    pub(crate) fn entry(&self, key: &str) -> Option<&'f file::TensorEntry> {
+        self.file.entry(&self.full_key(key))
+    }
+
+    pub(crate) fn path(&self) -> &'f Path {
+        self.file.path()
+    }
+
     pub(crate) fn f32(&self, key: &str) -> Result<(Vec<usize>, Vec<f32>)> {
         self.file.f32(&self.full_key(key))
     }

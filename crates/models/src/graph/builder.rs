@@ -1,60 +1,97 @@
-//! A small ONNX graph builder: named values, nodes, constants, and weights laid out in one external-data blob.
+//! A small ONNX graph builder: named values, nodes, constants, and weights that stay in the checkpoint file.
 //!
-//! Weights never go into the protobuf (a UNet is far over protobuf's 2 GiB limit): each is an initializer
-//! whose data is `EXTERNAL`, at an offset in `model.onnx_data`. Loading a checkpoint hands ONNX Runtime each
-//! weight's buffer in place of that data (no copy, no file); `sdrt convert` writes the buffers into the file.
+//! Weights never go into the protobuf (a UNet is far over protobuf's 2 GiB limit) and are never copied by
+//! sdrt: each is an `EXTERNAL` initializer naming its byte range in the checkpoint, which ONNX Runtime reads
+//! (and owns, so it can free what pre-packing and constant folding replace). Layout changes (transposes,
+//! fused q/k/v, f16→f32) are graph nodes on those initializers that the runtime folds at load.
+//! `sdrt convert` copies the same byte ranges into `model.onnx_data`.
+
+use std::path::{Path, PathBuf};
 
 use super::proto::{
     AttributeProto, Dimension, EXTERNAL, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto,
     TensorProto, TensorShapeProto, TensorTypeProto, TypeProto, ValueInfoProto, attribute_type, data_type,
 };
 
-/// The external-data file name graphs refer to (optimum's name for it).
+/// The external-data file name of converted components (optimum's name for it).
 pub(crate) const WEIGHTS_FILE: &str = "model.onnx_data";
 /// ONNX IR version 10 (ONNX 1.16), understood by every ONNX Runtime sdrt supports.
 const IR_VERSION: i64 = 10;
 /// Default-domain opset: 21 has `LayerNormalization` with broadcast scale and `GroupNormalization` per channel.
 const OPSET: i64 = 21;
-/// Weight offsets are aligned so ONNX Runtime can use the blob's memory in place.
-const WEIGHT_ALIGNMENT: usize = 64;
+/// Weight offsets in a converted `model.onnx_data` are aligned so runtimes can map them in place.
+const WEIGHT_ALIGNMENT: u64 = 64;
 
-/// One weight of a built graph.
-pub(crate) struct Weight {
-    pub name: String,
-    pub dims: Vec<usize>,
-    pub values: Vec<f32>,
-    /// Byte offset in [`WEIGHTS_FILE`].
-    pub offset: usize,
-}
-
-/// An encoded model and its weights.
+/// An ONNX model whose weights are byte ranges of `source`.
 pub(crate) struct BuiltGraph {
-    /// The serialized `ModelProto`.
-    pub model: Vec<u8>,
-    /// Every weight, at the offsets the model names.
-    pub weights: Vec<Weight>,
-}
-
-impl BuiltGraph {
-    /// Writes [`WEIGHTS_FILE`]: every weight as little-endian f32 at its offset.
-    pub(crate) fn write_weights(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
-        let mut position = 0;
-        for weight in &self.weights {
-            out.write_all(&vec![0u8; weight.offset - position])?;
-            let bytes: Vec<u8> = weight.values.iter().flat_map(|v| v.to_le_bytes()).collect();
-            out.write_all(&bytes)?;
-            position = weight.offset + bytes.len();
-        }
-        Ok(())
-    }
+    model: ModelProto,
+    source: PathBuf,
 }
 
 impl std::fmt::Debug for BuiltGraph {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BuiltGraph")
-            .field("model_bytes", &self.model.len())
-            .field("weights", &self.weights.len())
-            .finish()
+        let initializers = self.model.graph.as_ref().map_or(0, |g| g.initializer.len());
+        f.debug_struct("BuiltGraph").field("source", &self.source).field("initializers", &initializers).finish()
+    }
+}
+
+impl BuiltGraph {
+    /// The model bytes to load from memory and the folder ONNX Runtime resolves their external data in (the
+    /// checkpoint's).
+    pub(crate) fn for_loading(&self) -> (Vec<u8>, PathBuf) {
+        let file_name = self.source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let mut model = self.model.clone();
+        for_each_external(&mut model, |tensor| set_entry(tensor, "location", file_name.clone()));
+        let folder = self.source.parent().map(Path::to_path_buf).unwrap_or_default();
+        (super::proto::encode(&model), folder)
+    }
+
+    /// Writes `dir/model.onnx` and `dir/model.onnx_data`, copying each weight's bytes with `copy`
+    /// (`start`, `end`, writer) from the source.
+    pub(crate) fn write_folder(
+        &self,
+        dir: &Path,
+        copy: impl Fn(usize, usize, &mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let mut data = std::io::BufWriter::new(std::fs::File::create(dir.join(WEIGHTS_FILE))?);
+        let mut model = self.model.clone();
+        let mut position = 0u64;
+        let mut failure = None;
+        for_each_external(&mut model, |tensor| {
+            let (start, length) = (entry_u64(tensor, "offset"), entry_u64(tensor, "length"));
+            let aligned = position.next_multiple_of(WEIGHT_ALIGNMENT);
+            let result = std::io::Write::write_all(&mut data, &vec![0u8; (aligned - position) as usize])
+                .and_then(|()| copy(start as usize, (start + length) as usize, &mut data));
+            if let Err(e) = result {
+                failure.get_or_insert(e);
+            }
+            set_entry(tensor, "location", WEIGHTS_FILE.to_owned());
+            set_entry(tensor, "offset", aligned.to_string());
+            position = aligned + length;
+        });
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        std::io::Write::flush(&mut data)?;
+        std::fs::write(dir.join("model.onnx"), super::proto::encode(&model))
+    }
+}
+
+fn for_each_external(model: &mut ModelProto, mut visit: impl FnMut(&mut TensorProto)) {
+    if let Some(graph) = model.graph.as_mut() {
+        graph.initializer.iter_mut().filter(|t| t.data_location == EXTERNAL).for_each(&mut visit);
+    }
+}
+
+fn entry_u64(tensor: &TensorProto, key: &str) -> u64 {
+    tensor.external_data.iter().find(|e| e.key == key).and_then(|e| e.value.parse().ok()).unwrap_or(0)
+}
+
+fn set_entry(tensor: &mut TensorProto, key: &str, value: String) {
+    match tensor.external_data.iter_mut().find(|e| e.key == key) {
+        Some(entry) => entry.value = value,
+        None => tensor.external_data.push(StringStringEntryProto { key: key.to_owned(), value }),
     }
 }
 
@@ -79,9 +116,6 @@ pub(crate) struct GraphBuilder {
     initializers: Vec<TensorProto>,
     inputs: Vec<ValueInfoProto>,
     outputs: Vec<ValueInfoProto>,
-    weights: Vec<Weight>,
-    /// End of the last weight in [`WEIGHTS_FILE`].
-    weight_end: usize,
     next_id: usize,
     uses_microsoft_domain: bool,
 }
@@ -130,8 +164,6 @@ impl GraphBuilder {
             initializers: Vec::new(),
             inputs: Vec::new(),
             outputs: Vec::new(),
-            weights: Vec::new(),
-            weight_end: 0,
             next_id: 0,
             uses_microsoft_domain: false,
         }
@@ -203,21 +235,24 @@ impl GraphBuilder {
         format!("t{}", self.next_id)
     }
 
-    /// A weight initializer `name` with `dims`, stored in the external-data blob.
-    pub(crate) fn weight(&mut self, name: &str, dims: &[usize], values: Vec<f32>) -> String {
-        debug_assert_eq!(dims.iter().product::<usize>(), values.len(), "{name}");
-        let offset = self.weight_end.next_multiple_of(WEIGHT_ALIGNMENT);
-        self.weight_end = offset + values.len() * 4;
-        let length = values.len() * 4;
-        self.weights.push(Weight { name: name.to_owned(), dims: dims.to_vec(), values, offset });
+    /// A weight initializer `name`: `length` bytes at `offset` of the source file, ONNX element type
+    /// `data_type`, shape `dims`.
+    pub(crate) fn stored(
+        &mut self,
+        name: &str,
+        dims: &[usize],
+        data_type: i32,
+        offset: usize,
+        length: usize,
+    ) -> String {
         let entry = |key: &str, value: String| StringStringEntryProto { key: key.to_owned(), value };
         self.initializers.push(TensorProto {
             dims: dims.iter().map(|&d| d as i64).collect(),
-            data_type: data_type::FLOAT,
+            data_type,
             name: name.to_owned(),
             raw_data: Vec::new(),
             external_data: vec![
-                entry("location", WEIGHTS_FILE.to_owned()),
+                entry("location", String::new()),
                 entry("offset", offset.to_string()),
                 entry("length", length.to_string()),
             ],
@@ -250,8 +285,8 @@ impl GraphBuilder {
         name
     }
 
-    /// Encodes the model; the weights come out separately.
-    pub(crate) fn finish(self) -> BuiltGraph {
+    /// The finished model, its weights in `source`.
+    pub(crate) fn finish(self, source: &Path) -> BuiltGraph {
         let mut opset_import = vec![OperatorSetIdProto { domain: String::new(), version: OPSET }];
         if self.uses_microsoft_domain {
             opset_import.push(OperatorSetIdProto { domain: "com.microsoft".to_owned(), version: 1 });
@@ -269,7 +304,7 @@ impl GraphBuilder {
             }),
             opset_import,
         };
-        BuiltGraph { model: super::proto::encode(&model), weights: self.weights }
+        BuiltGraph { model, source: source.to_owned() }
     }
 }
 

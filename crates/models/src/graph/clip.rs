@@ -49,10 +49,10 @@ pub(crate) fn build(weights: Weights<'_>, spec: &ClipSpec, options: GraphOptions
     let ids = net.g.input("input_ids", ElementType::I64, &[Dim::Named("batch"), Dim::Named("sequence")]);
     let width = spec.width;
 
-    let (vocab_shape, _) = net.tensor(names.token_embedding, &[None, Some(width)])?;
+    let vocab_shape = net.shape(names.token_embedding, &[None, Some(width)])?;
     let token_table = net.param(names.token_embedding, &[Some(vocab_shape[0]), Some(width)])?;
     let tokens = net.g.op("Gather", &[&token_table, &ids], vec![attr_int("axis", 0)]);
-    let (position_shape, _) = net.tensor(names.position_embedding, &[None, Some(width)])?;
+    let position_shape = net.shape(names.position_embedding, &[None, Some(width)])?;
     let positions = net.param(names.position_embedding, &[Some(position_shape[0]), Some(width)])?;
     let ids_shape = net.g.op("Shape", &[&ids], vec![]);
     let (one, two, zero) = (net.g.const_i64(&[1]), net.g.const_i64(&[2]), net.g.const_i64(&[0]));
@@ -77,7 +77,7 @@ pub(crate) fn build(weights: Weights<'_>, spec: &ClipSpec, options: GraphOptions
             net.g.output(&pooled, "pooler_output", ElementType::F32, &[Dim::Named("batch"), Dim::Fixed(width as i64)])
         }
         Pooled::Projected => {
-            let (shape, _) = net.tensor(names.text_projection, &[Some(width), None])?;
+            let shape = net.shape(names.text_projection, &[Some(width), None])?;
             let projection = net.param(names.text_projection, &[Some(width), Some(shape[1])])?;
             let embeds = net.g.op("MatMul", &[&pooled, &projection], vec![]);
             net.g.output(&embeds, "text_embeds", ElementType::F32, &[Dim::Named("batch"), Dim::Fixed(shape[1] as i64)]);
@@ -86,7 +86,7 @@ pub(crate) fn build(weights: Weights<'_>, spec: &ClipSpec, options: GraphOptions
     for (i, state) in hidden_states.iter().enumerate() {
         net.g.output(state, &format!("hidden_states.{i}"), ElementType::F32, &batch_seq_width);
     }
-    Ok((net.g.finish(), final_norm))
+    Ok((net.g.finish(net.w.path()), final_norm))
 }
 
 fn encoder_layer(net: &mut Net<'_>, x: &str, keys: &LayerKeys, spec: &ClipSpec, mask: &str) -> Result<String> {
@@ -148,8 +148,10 @@ fn pool_at_first_eos(net: &mut Net<'_>, hidden: &str, ids: &str) -> String {
 }
 
 fn read_final_norm(net: &Net<'_>, key: &str, width: usize) -> Result<LayerNorm> {
-    let (_, weight) = net.tensor(&format!("{key}.weight"), &[Some(width)])?;
-    let (_, bias) = net.tensor(&format!("{key}.bias"), &[Some(width)])?;
+    net.shape(&format!("{key}.weight"), &[Some(width)])?;
+    net.shape(&format!("{key}.bias"), &[Some(width)])?;
+    let (_, weight) = net.w.f32(&format!("{key}.weight"))?;
+    let (_, bias) = net.w.f32(&format!("{key}.bias"))?;
     Ok(LayerNorm { weight, bias, epsilon: LAYER_NORM_EPS })
 }
 

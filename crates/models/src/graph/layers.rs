@@ -4,6 +4,7 @@
 //! wrong shape fails with the tensor's name and the expected shape, not later inside ONNX Runtime.
 
 use super::builder::{GraphBuilder, attr_float, attr_int, attr_ints, attr_string};
+use super::proto::data_type;
 use crate::checkpoint::Weights;
 use crate::error::Result;
 
@@ -42,11 +43,19 @@ pub struct GraphOptions {
     pub fused_qkv: bool,
     /// Group norm implementation.
     pub group_norm: GroupNormKind,
+    /// Linear layers as `com.microsoft.FusedMatMul` with `transB` on the stored weight, instead of MatMul on a
+    /// Transpose the runtime folds (a transposed copy of every linear weight at load).
+    pub transposed_matmul: bool,
 }
 
 impl Default for GraphOptions {
     fn default() -> Self {
-        Self { attention: AttentionKind::MultiHead, fused_qkv: true, group_norm: GroupNormKind::InstanceNorm }
+        Self {
+            attention: AttentionKind::MultiHead,
+            fused_qkv: true,
+            group_norm: GroupNormKind::InstanceNorm,
+            transposed_matmul: true,
+        }
     }
 }
 
@@ -66,32 +75,54 @@ pub(crate) enum Activation {
     Gelu,
 }
 
+/// The ONNX element type of a stored float dtype.
+fn onnx_float_type(dtype: safetensors::Dtype) -> Option<i32> {
+    match dtype {
+        safetensors::Dtype::F32 => Some(data_type::FLOAT),
+        safetensors::Dtype::F16 => Some(data_type::FLOAT16),
+        safetensors::Dtype::BF16 => Some(data_type::BFLOAT16),
+        safetensors::Dtype::F64 => Some(data_type::DOUBLE),
+        _ => None,
+    }
+}
+
 impl<'w> Net<'w> {
     pub(crate) fn new(name: &str, w: Weights<'w>, options: GraphOptions) -> Self {
         Self { g: GraphBuilder::new(name), w, options }
     }
 
-    /// A weight tensor of `rank` whose dimensions are checked where `expected` gives `Some`.
-    pub(crate) fn tensor(&self, key: &str, expected: &[Option<usize>]) -> Result<(Vec<usize>, Vec<f32>)> {
-        let (shape, values) = self.w.f32(key)?;
+    /// The shape of weight `key`, checked against `expected` (`None` = any size) and for a float dtype.
+    pub(crate) fn shape(&self, key: &str, expected: &[Option<usize>]) -> Result<Vec<usize>> {
+        let entry = self.w.entry(key).ok_or_else(|| self.w.error(key, "is missing".to_owned()))?;
+        if onnx_float_type(entry.dtype).is_none() {
+            return Err(self
+                .w
+                .error(key, format!("has dtype {:?}; expected a float tensor (F32, F16, BF16)", entry.dtype)));
+        }
+        let shape = entry.shape.clone();
         let fits = shape.len() == expected.len() && shape.iter().zip(expected).all(|(s, e)| e.is_none_or(|e| *s == e));
         if !fits {
             let wanted: Vec<String> = expected.iter().map(|e| e.map_or("_".to_owned(), |e| e.to_string())).collect();
             return Err(self.w.error(key, format!("has shape {shape:?}; expected [{}]", wanted.join(", "))));
         }
-        Ok((shape, values))
+        Ok(shape)
     }
 
-    /// A weight added to the graph as it is stored.
+    /// Weight `key` as an f32 graph value: the stored initializer, cast to f32 when stored narrower.
     pub(crate) fn param(&mut self, key: &str, expected: &[Option<usize>]) -> Result<String> {
-        let (shape, values) = self.tensor(key, expected)?;
-        Ok(self.g.weight(&self.w.full_key(key), &shape, values))
+        let shape = self.shape(key, expected)?;
+        let entry = self.w.entry(key).ok_or_else(|| self.w.error(key, "is missing".to_owned()))?;
+        let data_type = onnx_float_type(entry.dtype).unwrap_or(data_type::FLOAT);
+        let (start, length) = (entry.start, entry.end - entry.start);
+        let stored = self.g.stored(&self.w.full_key(key), &shape, data_type, start, length);
+        Ok(if data_type == data_type::FLOAT { stored } else { self.g.op("Cast", &[&stored], vec![attr_int("to", 1)]) })
     }
 
     /// A per-channel vector `[C]` reshaped to `[C, 1, 1]` for NCHW broadcasting.
     fn channel_param(&mut self, key: &str, channels: usize) -> Result<String> {
-        let (_, values) = self.tensor(key, &[Some(channels)])?;
-        Ok(self.g.weight(&self.w.full_key(key), &[channels, 1, 1], values))
+        let vector = self.param(key, &[Some(channels)])?;
+        let shape = self.g.const_i64(&[channels as i64, 1, 1]);
+        Ok(self.g.op("Reshape", &[&vector, &shape], vec![]))
     }
 
     /// `torch.nn.Linear` `{key}.weight` `[out, in]` (+ `{key}.bias`) on the last axis; returns (value, out).
@@ -111,46 +142,54 @@ impl<'w> Net<'w> {
         in_features: usize,
         pointwise_conv: bool,
     ) -> Result<(String, usize)> {
-        let mut rows = Vec::new();
+        let mut weights = Vec::new();
         let mut biases = Vec::new();
-        let mut has_bias = false;
+        let mut out = 0;
         for key in keys {
             // OpenCLIP's fused projection is `in_proj_weight`/`in_proj_bias`, not a submodule.
             let separator = if key.ends_with(".in_proj") { "_" } else { "." };
             let weight_key = format!("{key}{separator}weight");
-            let is_conv = pointwise_conv && self.w.shape(&weight_key).is_some_and(|s| s.len() == 4);
+            let is_conv = pointwise_conv && self.w.entry(&weight_key).is_some_and(|e| e.shape.len() == 4);
             let expected: &[Option<usize>] =
                 if is_conv { &[None, Some(in_features), Some(1), Some(1)] } else { &[None, Some(in_features)] };
-            let (shape, values) = self.tensor(&weight_key, expected)?;
+            let rows = self.shape(&weight_key, expected)?[0];
+            let mut weight = self.param(&weight_key, expected)?;
+            if is_conv {
+                let matrix = self.g.const_i64(&[rows as i64, in_features as i64]);
+                weight = self.g.op("Reshape", &[&weight, &matrix], vec![]);
+            }
+            weights.push(weight);
             let bias_key = format!("{key}{separator}bias");
-            if self.w.has(&bias_key) {
-                has_bias = true;
-                biases.extend(self.tensor(&bias_key, &[Some(shape[0])])?.1);
-            } else {
-                biases.extend(std::iter::repeat_n(0.0, shape[0]));
-            }
-            rows.push((shape[0], values));
+            let bias = if self.w.has(&bias_key) { Some(self.param(&bias_key, &[Some(rows)])?) } else { None };
+            biases.push((bias, rows));
+            out += rows;
         }
-        let out: usize = rows.iter().map(|(n, _)| n).sum();
-        let mut transposed = vec![0.0f32; in_features * out];
-        let mut column = 0;
-        for (n, values) in &rows {
-            for o in 0..*n {
-                for i in 0..in_features {
-                    transposed[i * out + column + o] = values[o * in_features + i];
-                }
-            }
-            column += n;
-        }
-        let name = if keys.len() == 1 { format!("{}.weight", keys[0]) } else { format!("{}+fused.weight", keys[0]) };
-        let weight = self.g.weight(&self.w.full_key(&name), &[in_features, out], transposed);
-        let mut y = self.g.op("MatMul", &[x, &weight], vec![]);
-        if has_bias {
-            let bias_name = self.w.full_key(&name.replace(".weight", ".bias"));
-            let bias = self.g.weight(&bias_name, &[out], biases);
+        let weight = self.concat_rows(&weights);
+        let mut y = if self.options.transposed_matmul {
+            // x·Wᵀ straight from the stored [out, in] layout: no transposed copy is made at load.
+            self.g.microsoft_op("FusedMatMul", &[x, &weight], vec![attr_int("transB", 1)])
+        } else {
+            let transposed = self.g.op("Transpose", &[&weight], vec![attr_ints("perm", &[1, 0])]);
+            self.g.op("MatMul", &[x, &transposed], vec![])
+        };
+        if biases.iter().any(|b| b.0.is_some()) {
+            let parts: Vec<String> = biases
+                .iter()
+                .map(|(bias, rows)| bias.clone().unwrap_or_else(|| self.g.const_f32(&[*rows], &vec![0.0; *rows])))
+                .collect();
+            let bias = self.concat_rows(&parts);
             y = self.g.op("Add", &[&y, &bias], vec![]);
         }
         Ok((y, out))
+    }
+
+    /// `parts` stacked on axis 0 (one part passes through).
+    fn concat_rows(&mut self, parts: &[String]) -> String {
+        if parts.len() == 1 {
+            return parts[0].clone();
+        }
+        let inputs: Vec<&str> = parts.iter().map(String::as_str).collect();
+        self.g.op("Concat", &inputs, vec![attr_int("axis", 0)])
     }
 
     /// `torch.nn.Conv2d` `{key}.weight` `[out, in, k, k]` (+ bias); `pads` are top, left, bottom, right.
@@ -163,8 +202,9 @@ impl<'w> Net<'w> {
         pads: [i64; 4],
     ) -> Result<(String, usize)> {
         let weight_key = format!("{key}.weight");
-        let (shape, values) = self.tensor(&weight_key, &[None, Some(in_channels), None, None])?;
-        let weight = self.g.weight(&self.w.full_key(&weight_key), &shape, values);
+        let expected = [None, Some(in_channels), None, None];
+        let shape = self.shape(&weight_key, &expected)?;
+        let weight = self.param(&weight_key, &expected)?;
         let bias_key = format!("{key}.bias");
         let mut inputs = vec![x.to_owned(), weight];
         if self.w.has(&bias_key) {

@@ -9,7 +9,7 @@ mod proto;
 mod unet;
 mod vae;
 
-pub(crate) use builder::{BuiltGraph, WEIGHTS_FILE};
+pub(crate) use builder::BuiltGraph;
 pub(crate) use clip::{ClipNaming, ClipSpec, Pooled, build as build_text_encoder};
 pub(crate) use layers::Activation;
 pub use layers::{AttentionKind, GraphOptions, GroupNormKind};

@@ -112,6 +112,9 @@ pub(crate) struct TensorProto {
 /// `TensorProto.DataType` values.
 pub(crate) mod data_type {
     pub const FLOAT: i32 = 1;
+    pub const FLOAT16: i32 = 10;
+    pub const DOUBLE: i32 = 11;
+    pub const BFLOAT16: i32 = 16;
     pub const INT64: i32 = 7;
 }
 

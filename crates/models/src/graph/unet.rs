@@ -101,7 +101,7 @@ pub(crate) fn build(weights: Weights<'_>, spec: &UnetSpec, options: GraphOptions
         ElementType::F32,
         &[Dim::Named("batch"), Dim::Fixed(out_channels as i64), Dim::Named("height"), Dim::Named("width")],
     );
-    Ok(net.g.finish())
+    Ok(net.g.finish(net.w.path()))
 }
 
 struct BlockInputs {
@@ -279,7 +279,7 @@ fn transformer_block(
 
 /// SDXL: `emb += label_emb(concat(text_embeds, flatten(timestep_embedding(time_ids))))`.
 fn add_label_embedding(net: &mut Net<'_>, emb: &str, emb_width: usize, spec: &UnetSpec) -> Result<String> {
-    let input_width = net.tensor("label_emb.0.0.weight", &[Some(emb_width), None])?.0[1];
+    let input_width = net.shape("label_emb.0.0.weight", &[Some(emb_width), None])?[1];
     let time_id_width = spec.time_id_width.unwrap_or(256);
     let pooled_width = input_width.checked_sub(6 * time_id_width).filter(|w| *w > 0).ok_or_else(|| {
         net.w.error(

@@ -12,7 +12,7 @@ const NORM_EPS: f32 = 1e-6;
 /// Builds the encoder: `sample` `[B, 3, H, W]` → `latent_parameters` `[B, 2·z, H/8, W/8]`.
 pub(crate) fn build_encoder(weights: Weights<'_>, norm_groups: usize, options: GraphOptions) -> Result<BuiltGraph> {
     let mut net = Net::new("vae_encoder", weights, options);
-    let image_channels = net.tensor("encoder.conv_in.weight", &[None, None, Some(3), Some(3)])?.0[1];
+    let image_channels = net.shape("encoder.conv_in.weight", &[None, None, Some(3), Some(3)])?[1];
     let x = net.g.input(
         "sample",
         ElementType::F32,
@@ -45,13 +45,13 @@ pub(crate) fn build_encoder(weights: Weights<'_>, norm_groups: usize, options: G
         ElementType::F32,
         &[Dim::Named("batch"), Dim::Fixed(moments as i64), Dim::Named("latent_height"), Dim::Named("latent_width")],
     );
-    Ok(net.g.finish())
+    Ok(net.g.finish(net.w.path()))
 }
 
 /// Builds the decoder: `latent_sample` `[B, z, h, w]` → `sample` `[B, 3, 8h, 8w]`.
 pub(crate) fn build_decoder(weights: Weights<'_>, norm_groups: usize, options: GraphOptions) -> Result<BuiltGraph> {
     let mut net = Net::new("vae_decoder", weights, options);
-    let latent_channels = net.tensor("post_quant_conv.weight", &[None, None, Some(1), Some(1)])?.0[1];
+    let latent_channels = net.shape("post_quant_conv.weight", &[None, None, Some(1), Some(1)])?[1];
     let z = net.g.input(
         "latent_sample",
         ElementType::F32,
@@ -87,7 +87,7 @@ pub(crate) fn build_decoder(weights: Weights<'_>, norm_groups: usize, options: G
         ElementType::F32,
         &[Dim::Named("batch"), Dim::Fixed(image_channels as i64), Dim::Named("height"), Dim::Named("width")],
     );
-    Ok(net.g.finish())
+    Ok(net.g.finish(net.w.path()))
 }
 
 fn middle(net: &mut Net<'_>, p: &str, x: &str, channels: usize, groups: usize) -> Result<(String, usize)> {
