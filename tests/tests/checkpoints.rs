@@ -282,6 +282,26 @@ fn families_prediction_and_inpainting_are_detected() {
     assert_eq!(forced.scheduler.prediction_type, PredictionType::Epsilon, "--prediction wins over the yaml");
 }
 
+/// Without `parameterization` in the yaml (and no `--prediction`), an SD 2.x checkpoint's prediction type is
+/// decided at load by A1111's UNet test, and the model says so.
+#[test]
+fn sd2_prediction_without_yaml_is_decided_by_a1111s_unet_test() {
+    sdrt_models::ensure_runtime().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sd2.safetensors");
+    std::fs::copy(checkpoint("sd2-tiny-v.safetensors"), &path).unwrap();
+    let yaml = std::fs::read_to_string(checkpoint("sd2-tiny-v.yaml")).unwrap();
+    let without_prediction: String =
+        yaml.lines().filter(|l| !l.contains("parameterization")).map(|l| format!("{l}\n")).collect();
+    std::fs::write(path.with_extension("yaml"), without_prediction).unwrap();
+    let folder = ModelFolder::open(&path).unwrap();
+    assert!(folder.detected_by.iter().any(|d| d.contains("decided at load")), "{:?}", folder.detected_by);
+    let model =
+        LoadedModel::load(folder, &SessionConfig { intra_op_threads: Some(1), ..SessionConfig::default() }).unwrap();
+    let verdict = model.folder.detected_by.iter().rev().find(|d| d.contains("UNet test")).expect("the test ran");
+    assert!(verdict.ends_with(&model.folder.scheduler.prediction_type.to_string()), "{verdict}");
+}
+
 #[test]
 fn standalone_vae_files_are_recognised_with_or_without_prefix() {
     for name in ["sd15-tiny.vae.safetensors", "sd15-tiny-bf16.vae.safetensors"] {

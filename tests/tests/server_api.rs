@@ -384,3 +384,114 @@ async fn post_options_changes_later_jobs_and_rejects_bad_values() {
     let (_, options) = call(&app, "GET", "/sdapi/v1/options", None).await;
     assert_eq!(options["randn_source"], "CPU", "rejected bodies change nothing");
 }
+
+async fn wait_for_state(app: &Router, id: &str, wanted: &[&str]) -> Value {
+    for _ in 0..20_000 {
+        let (status, body) = call(app, "GET", &format!("/sdrt/v1/jobs/{id}"), None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        if wanted.contains(&body["state"].as_str().unwrap_or("")) {
+            return body;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    panic!("job {id} never reached {wanted:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_are_accepted_at_once_and_give_the_a1111_result() {
+    let app = server();
+    let (status, accepted) =
+        call(&app, "POST", "/sdrt/v1/jobs", Some(json!({"kind": "txt2img", "request": small_request()}))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
+    let id = accepted["id"].as_str().expect("an id").to_owned();
+    assert_eq!(accepted["result_url"], format!("/sdrt/v1/jobs/{id}/result"));
+    let done = wait_for_state(&app, &id, &["succeeded", "failed"]).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["progress"], 1.0);
+    let (status, result) = call(&app, "GET", &format!("/sdrt/v1/jobs/{id}/result"), None).await;
+    assert_eq!(status, StatusCode::OK, "{result}");
+    let (_, blocking) = call(&app, "POST", "/sdapi/v1/txt2img", Some(small_request())).await;
+    assert_eq!(result["images"], blocking["images"], "the job API and A1111's endpoint give the same images");
+
+    let (status, missing) = call(&app, "GET", "/sdrt/v1/jobs/999999", None).await;
+    assert_eq!((status, missing["error"].as_str()), (StatusCode::NOT_FOUND, Some("NotFound")));
+    let (status, bad) = call(&app, "POST", "/sdrt/v1/jobs", Some(json!({"kind": "paint", "request": {}}))).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(bad["detail"].as_str().unwrap_or("").contains("kind"), "{bad}");
+    let (status, bad) =
+        call(&app, "POST", "/sdrt/v1/jobs", Some(json!({"kind": "txt2img", "request": {"steps": -3}}))).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "a bad request is refused before it is queued: {bad}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_cancel_while_queued_or_running_and_the_queue_has_a_capacity() {
+    let state = Arc::new(ServerState::new(provider(), settings()).with_queue_limits(1, None));
+    let app = sdrt_server::router(state);
+    let long =
+        json!({"kind": "txt2img", "request": {"prompt": "x", "steps": 1000, "n_iter": 8, "width": 64, "height": 64}});
+    let (_, running) = call(&app, "POST", "/sdrt/v1/jobs", Some(long.clone())).await;
+    let running = running["id"].as_str().expect("id").to_owned();
+    wait_for_state(&app, &running, &["running"]).await;
+    let (status, queued) = call(&app, "POST", "/sdrt/v1/jobs", Some(long.clone())).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(queued["queue_position"], 1, "one job runs ahead of it");
+    let queued = queued["id"].as_str().expect("id").to_owned();
+
+    let request = Request::builder().method("POST").uri("/sdrt/v1/jobs").header("content-type", "application/json");
+    let response = app.clone().oneshot(request.body(Body::from(long.to_string())).unwrap()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS, "beyond capacity");
+    assert!(response.headers().contains_key("retry-after"));
+
+    let (status, cancelled) = call(&app, "DELETE", &format!("/sdrt/v1/jobs/{queued}"), None).await;
+    assert_eq!((status, cancelled["state"].as_str()), (StatusCode::OK, Some("cancelled")));
+    let (status, _) = call(&app, "GET", &format!("/sdrt/v1/jobs/{queued}/result"), None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "a cancelled job has no result");
+
+    let (status, _) = call(&app, "GET", &format!("/sdrt/v1/jobs/{running}/result"), None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "not finished yet");
+    let (status, _) = call(&app, "DELETE", &format!("/sdrt/v1/jobs/{running}"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let stopped = wait_for_state(&app, &running, &["cancelled", "failed", "succeeded"]).await;
+    assert_eq!(stopped["state"], "cancelled", "{stopped}");
+    assert!(stopped["job_no"].as_i64().unwrap_or(0) < 7, "it stopped early: {stopped}");
+
+    // The queue and the model stay usable.
+    let (status, _) = call(&app, "POST", "/sdapi/v1/txt2img", Some(small_request())).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_over_the_time_limit_is_stopped_with_a_clear_state() {
+    let state = Arc::new(
+        ServerState::new(provider(), settings()).with_queue_limits(4, Some(std::time::Duration::from_millis(300))),
+    );
+    let app = sdrt_server::router(state);
+    let long = json!({"prompt": "x", "steps": 1000, "n_iter": 8, "width": 64, "height": 64});
+    let (status, answer) = call(&app, "POST", "/sdapi/v1/txt2img", Some(long)).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{answer}");
+    assert!(answer["detail"].as_str().unwrap_or("").contains("--job-timeout"), "{answer}");
+    let (status, _) = call(&app, "POST", "/sdapi/v1/txt2img", Some(small_request())).await;
+    assert_eq!(status, StatusCode::OK, "the next job runs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_events_stream_status_until_the_job_finishes() {
+    let app = server();
+    let (_, accepted) =
+        call(&app, "POST", "/sdrt/v1/jobs", Some(json!({"kind": "txt2img", "request": small_request()}))).await;
+    let id = accepted["id"].as_str().expect("id");
+    let request = Request::builder().uri(format!("/sdrt/v1/jobs/{id}/events")).body(Body::empty()).unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let bytes = to_bytes(response.into_body(), usize::MAX).await.expect("the stream ends with the job");
+    let text = String::from_utf8_lossy(&bytes);
+    let states: Vec<String> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .map(|data| {
+            serde_json::from_str::<Value>(data).expect("JSON events")["state"].as_str().unwrap_or("").to_owned()
+        })
+        .collect();
+    assert_eq!(states.last().map(String::as_str), Some("succeeded"), "{text}");
+}

@@ -19,7 +19,8 @@ pub struct ServeArgs {
     /// the bundled tiny random-weight pipeline.
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// A folder of model folders; each is offered by its folder name (`GET /sdapi/v1/sd-models`).
+    /// A folder laid out like A1111's `models/Stable-diffusion` (subfolders included): ONNX model folders and
+    /// `.safetensors` checkpoints, offered by their names (`GET /sdapi/v1/sd-models`).
     #[arg(long)]
     pub models_dir: Option<PathBuf>,
     /// Where `save_images: true` requests write their PNGs.
@@ -28,6 +29,12 @@ pub struct ServeArgs {
     /// Folder of upscaler models (`<name>.onnx`, ESRGAN family) that `hr_upscaler` may name.
     #[arg(long)]
     pub upscaler_dir: Option<PathBuf>,
+    /// Jobs that may wait in the queue; more are answered 429 with `Retry-After`.
+    #[arg(long, default_value_t = sdrt_server::DEFAULT_QUEUE_CAPACITY)]
+    pub queue_capacity: usize,
+    /// Stop a job that runs longer than this many seconds (its state becomes `timed_out`); 0 = no limit.
+    #[arg(long, default_value_t = 0)]
+    pub job_timeout: u64,
     /// Execution provider, threads and ONNX Runtime session tuning.
     #[command(flatten)]
     pub session: SessionArgs,
@@ -42,8 +49,9 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
         eprintln!("models: {}", names.join(", "));
     }
     let model = args.model.clone().unwrap_or_else(bundled_model);
-    // Offered by its folder name, like the --models-dir ones.
-    let name = model.file_name().map_or_else(|| model.display().to_string(), |n| n.to_string_lossy().into_owned());
+    // Offered by its folder name (a checkpoint by its file stem, A1111's model name), like the --models-dir ones.
+    let file_name = if model.is_file() { model.file_stem() } else { model.file_name() };
+    let name = file_name.map_or_else(|| model.display().to_string(), |n| n.to_string_lossy().into_owned());
     provider.register(name.clone(), &model);
     let settings = GenerationSettings {
         model: Some(name),
@@ -51,7 +59,10 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
         upscaler_dir: args.upscaler_dir.clone(),
         ..GenerationSettings::default()
     };
-    let state = Arc::new(sdrt_server::ServerState::new(Arc::new(provider), settings));
+    let timeout = (args.job_timeout > 0).then(|| std::time::Duration::from_secs(args.job_timeout));
+    let state = Arc::new(
+        sdrt_server::ServerState::new(Arc::new(provider), settings).with_queue_limits(args.queue_capacity, timeout),
+    );
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
         // Bind first: a port in use is reported before anything claims to be serving.

@@ -2,8 +2,10 @@
 //!
 //! A checkpoint file: the first 10 lower-case hex digits of the file's SHA-256, A1111's own hash. An ONNX
 //! folder has no single checkpoint, so there it is the SHA-256 of `unet/model.onnx`, the file that
-//! identifies the model. Hashes are cached in memory by path, size and modification time, so a multi-gigabyte
-//! checkpoint is read once per process. Weights kept in external-data files
+//! identifies the model. Hashes are cached by path, size and modification time: in memory, and for files of
+//! 64 MiB or more also in `hashes.json` of sdrt's cache folder (`SDRT_CACHE_DIR`, else `$XDG_CACHE_HOME/sdrt`,
+//! else `~/.cache/sdrt`), as A1111 keeps its `cache.json`, so a multi-gigabyte checkpoint is read once, not
+//! once per start. Weights kept in external-data files
 //! beside it are not hashed, so two exports sharing a graph file but not weights would share a hash.
 
 use std::io::Read;
@@ -30,9 +32,60 @@ pub fn model_sha256(model: &Path) -> Result<String> {
     if let Some(hash) = cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&key) {
         return Ok(hash.clone());
     }
-    let hash = sha256_file(&path)?;
+    let persisted = stamp.len() >= PERSIST_FROM_BYTES;
+    let mtime =
+        stamp.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs_f64());
+    let disk_cache = disk_cache_path().filter(|_| persisted);
+    let hash = match disk_cache.as_deref().and_then(|cache| disk_cache_lookup(cache, &path, stamp.len(), mtime)) {
+        Some(hash) => hash,
+        None => {
+            let hash = sha256_file(&path)?;
+            if let Some(cache) = &disk_cache {
+                disk_cache_store(cache, &path, stamp.len(), mtime, &hash);
+            }
+            hash
+        }
+    };
     cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(key, hash.clone());
     Ok(hash)
+}
+
+/// Files this large have their hash kept on disk across runs.
+const PERSIST_FROM_BYTES: u64 = 64 << 20;
+
+fn disk_cache_path() -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os("SDRT_CACHE_DIR").map(std::path::PathBuf::from).or_else(|| {
+        std::env::var_os("XDG_CACHE_HOME")
+            .map(std::path::PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))
+            .map(|c| c.join("sdrt"))
+    })?;
+    Some(dir.join("hashes.json"))
+}
+
+fn read_disk_cache(file: &Path) -> serde_json::Map<String, serde_json::Value> {
+    std::fs::read(file).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok()).unwrap_or_default()
+}
+
+fn disk_cache_lookup(file: &Path, path: &Path, size: u64, mtime: Option<f64>) -> Option<String> {
+    let cache = read_disk_cache(file);
+    let entry = cache.get(&path.canonicalize().ok()?.display().to_string())?;
+    let fresh = entry["size"].as_u64() == Some(size) && entry["mtime"].as_f64() == mtime;
+    fresh.then(|| entry["sha256"].as_str().map(str::to_owned)).flatten()
+}
+
+/// Best effort: a cache that cannot be written costs a re-hash next time, nothing else.
+fn disk_cache_store(file: &Path, path: &Path, size: u64, mtime: Option<f64>, hash: &str) {
+    let Ok(key) = path.canonicalize() else { return };
+    let mut cache = read_disk_cache(file);
+    cache.insert(key.display().to_string(), serde_json::json!({"size": size, "mtime": mtime, "sha256": hash}));
+    let written = file
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| std::fs::write(file, serde_json::to_vec_pretty(&cache).unwrap_or_default()));
+    if let Err(e) = written {
+        tracing::warn!(cache = %file.display(), "could not keep the model hash: {e}");
+    }
 }
 
 type HashKey = (std::path::PathBuf, u64, Option<std::time::SystemTime>);
@@ -80,6 +133,19 @@ mod tests {
         let file = dir.path().join("model.safetensors");
         std::fs::write(&file, b"abc").unwrap();
         assert_eq!(model_hash(&file).unwrap(), "ba7816bf8f");
+    }
+
+    #[test]
+    fn the_disk_cache_answers_for_an_unchanged_file_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cache, file) = (dir.path().join("hashes.json"), dir.path().join("model.safetensors"));
+        std::fs::write(&file, b"abc").unwrap();
+        let stamp = std::fs::metadata(&file).unwrap();
+        let mtime = stamp.modified().unwrap().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+        disk_cache_store(&cache, &file, 3, Some(mtime), "cached");
+        assert_eq!(disk_cache_lookup(&cache, &file, 3, Some(mtime)).as_deref(), Some("cached"));
+        assert_eq!(disk_cache_lookup(&cache, &file, 4, Some(mtime)), None, "another size");
+        assert_eq!(disk_cache_lookup(&cache, &file, 3, Some(mtime + 1.0)), None, "another mtime");
     }
 
     #[test]

@@ -40,14 +40,58 @@ pub enum Error {
     /// The blocking job thread panicked or was cancelled.
     #[error("the generation thread stopped: {0}")]
     Worker(String),
+    /// The queue holds as many waiting jobs as it may.
+    #[error("the job queue is full ({capacity} waiting jobs); retry later")]
+    QueueFull {
+        /// The queue's capacity (`--queue-capacity`).
+        capacity: usize,
+    },
+    /// No job has this id (never submitted, or finished long enough ago to be forgotten).
+    #[error("no job {id}: finished jobs are kept for the last 256 submissions")]
+    UnknownJob {
+        /// The id asked for.
+        id: u64,
+    },
+    /// The job was cancelled before it produced a result.
+    #[error("job {id} was cancelled")]
+    Cancelled {
+        /// The job.
+        id: u64,
+    },
+    /// The job ran longer than the server's time limit and was stopped.
+    #[error("the job ran longer than the server's job time limit ({seconds} s, --job-timeout)")]
+    TimedOut {
+        /// The limit.
+        seconds: u64,
+    },
+    /// A copy of an error kept with a finished job (its result can be fetched again).
+    #[error("{message}")]
+    Stored {
+        /// The original status.
+        status: StatusCode,
+        /// The original kind.
+        kind: &'static str,
+        /// The original message.
+        message: String,
+    },
 }
 
 /// `Result` with the server's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// A copy that can be answered again (finished jobs keep their error).
+    pub(crate) fn snapshot(&self) -> Error {
+        Error::Stored { status: self.status(), kind: self.kind(), message: self.to_string() }
+    }
+
     fn status(&self) -> StatusCode {
         match self {
+            Error::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::UnknownJob { .. } => StatusCode::NOT_FOUND,
+            Error::Cancelled { .. } => StatusCode::CONFLICT,
+            Error::TimedOut { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Error::Stored { status, .. } => *status,
             Error::Request(_) | Error::Field { .. } | Error::Setting { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Error::Runtime(error) => match error.root() {
                 // Prepare is where the runtime checks a request (overrides, init images, masks, names): a model
@@ -78,6 +122,11 @@ impl Error {
             Error::Runtime(_) => "RuntimeError",
             Error::Encode { .. } => "EncodeError",
             Error::Worker(_) => "WorkerError",
+            Error::QueueFull { .. } => "QueueFull",
+            Error::UnknownJob { .. } => "NotFound",
+            Error::Cancelled { .. } => "Cancelled",
+            Error::TimedOut { .. } => "TimedOut",
+            Error::Stored { kind, .. } => kind,
         }
     }
 }
@@ -87,6 +136,10 @@ impl IntoResponse for Error {
         let message = self.to_string();
         tracing::warn!(status = %self.status(), "{message}");
         let body = serde_json::json!({ "error": self.kind(), "detail": message, "body": "", "errors": message });
-        (self.status(), Json(body)).into_response()
+        let mut response = (self.status(), Json(body)).into_response();
+        if matches!(self, Error::QueueFull { .. }) {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("5"));
+        }
+        response
     }
 }

@@ -65,7 +65,7 @@ fn target(options: &ExtrasOptions) -> Result<ExtrasTarget> {
 
 async fn run(state: Arc<ServerState>, options: ExtrasOptions, images: Vec<RgbImage>) -> Result<(Vec<String>, String)> {
     let target = target(&options)?;
-    let _turn = state.queue.lock().await;
+    let _turn = state.compute.lock().await;
     let settings = state.settings();
     let worker = Arc::clone(&state);
     let done = tokio::task::spawn_blocking(move || {

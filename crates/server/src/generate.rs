@@ -1,5 +1,6 @@
-//! `txt2img` / `img2img`: queue the job, run it on a blocking thread through the runner, answer with
-//! base64 PNGs (infotext in each), the request with defaults filled in, and A1111's `info` JSON string.
+//! `txt2img` / `img2img`: validate and prepare the job for the queue (`jobs`), run it on a blocking thread
+//! through the runner, answer with base64 PNGs (infotext in each), the request with defaults filled in, and
+//! A1111's `info` JSON string.
 
 use std::sync::Arc;
 
@@ -10,23 +11,31 @@ use sdrt_runtime::{GenerationJob, GenerationOutput, JobControl, ProcessingReques
 
 use crate::error::{Error, Result};
 use crate::images::{decode_image, decode_mask};
+use crate::jobs::PreparedJob;
+use crate::progress::ProgressTracker;
 use crate::state::ServerState;
 
-/// Runs a txt2img request.
-pub(crate) async fn txt2img(state: Arc<ServerState>, mut request: Txt2ImgRequest) -> Result<ImageResponse> {
+/// Checks a txt2img request and prepares its job.
+pub(crate) fn prepare_txt2img(state: &ServerState, mut request: Txt2ImgRequest) -> Result<PreparedJob> {
     request.validate()?;
-    registered_override(&state, &mut request.base)?;
+    registered_override(state, &mut request.base)?;
     let parameters = serde_json::to_value(&request).unwrap_or_default();
     let base = request.base.clone();
     // A1111 reports the hires pass's denoising strength in `info` (its txt2img keeps it only with enable_hr).
-    let strength = request.enable_hr.then_some(request.denoising_strength);
-    run(state, ProcessingRequest::Txt2Img(request), base, parameters, strength).await
+    let denoising_strength = request.enable_hr.then_some(request.denoising_strength);
+    Ok(PreparedJob {
+        kind: "txt2img",
+        request: ProcessingRequest::Txt2Img(request),
+        base,
+        parameters,
+        denoising_strength,
+    })
 }
 
-/// Runs an img2img request (`init_images` are base64 images, optionally `data:` URLs).
-pub(crate) async fn img2img(state: Arc<ServerState>, mut request: Img2ImgRequest) -> Result<ImageResponse> {
+/// Checks an img2img request (`init_images` are base64 images, optionally `data:` URLs) and prepares its job.
+pub(crate) fn prepare_img2img(state: &ServerState, mut request: Img2ImgRequest) -> Result<PreparedJob> {
     request.validate()?;
-    registered_override(&state, &mut request.base)?;
+    registered_override(state, &mut request.base)?;
     let init_images =
         request.init_images.iter().map(|image| decode_image("init_images", image)).collect::<Result<Vec<_>>>()?;
     let mask = match request.mask.as_deref().filter(|m| !m.is_empty()) {
@@ -40,8 +49,15 @@ pub(crate) async fn img2img(state: Arc<ServerState>, mut request: Img2ImgRequest
         parameters["mask"] = serde_json::Value::Null;
     }
     let base = request.base.clone();
-    let strength = request.denoising_strength;
-    run(state, ProcessingRequest::Img2Img { request, init_images, mask }, base, parameters, Some(strength)).await
+    let denoising_strength = Some(request.denoising_strength);
+    let request = ProcessingRequest::Img2Img { request, init_images, mask };
+    Ok(PreparedJob { kind: "img2img", request, base, parameters, denoising_strength })
+}
+
+/// A1111's blocking endpoints: queue the job and wait for it.
+pub(crate) async fn submit_and_wait(state: Arc<ServerState>, job: PreparedJob) -> Result<ImageResponse> {
+    let (id, _) = state.jobs.submit(&state, job)?;
+    state.jobs.wait(id).await
 }
 
 /// A request's `override_settings.sd_model_checkpoint` must name a registered model (by name, title or hash);
@@ -57,24 +73,26 @@ fn registered_override(state: &ServerState, base: &mut GenerationRequest) -> Res
     Ok(())
 }
 
-async fn run(
-    state: Arc<ServerState>,
-    request: ProcessingRequest,
-    base: GenerationRequest,
-    parameters: serde_json::Value,
-    denoising_strength: Option<f64>,
+/// Runs a prepared job (the queue's worker calls this, one job at a time).
+pub(crate) async fn execute(
+    state: &Arc<ServerState>,
+    prepared: PreparedJob,
+    control: JobControl,
+    job_progress: Arc<ProgressTracker>,
 ) -> Result<ImageResponse> {
-    let _turn = state.queue.lock().await;
-    let control = JobControl::default();
+    let PreparedJob { request, base, parameters, denoising_strength, .. } = prepared;
+    let _turn = state.compute.lock().await;
     state.set_control(control.clone());
     let job_timestamp = job_timestamp();
     state.progress.start(base.n_iter, base.steps, job_timestamp.clone());
+    job_progress.start(base.n_iter, base.steps, job_timestamp.clone());
     let mut settings = state.settings();
     if !base.save_images {
         settings.outdir = None;
     }
     let job = GenerationJob::new(request, settings, Arc::clone(&state.provider));
-    let (runner, progress) = (Arc::clone(&state.runner), Arc::clone(&state.progress));
+    let runner = Arc::clone(&state.runner);
+    let progress = crate::jobs::progress_sink(job_progress, Arc::clone(&state.progress));
     let joined = tokio::task::spawn_blocking(move || runner.run_with(job, progress, control)).await;
     state.progress.finish();
     let (output, _metrics) = joined.map_err(|e| Error::Worker(e.to_string()))??;

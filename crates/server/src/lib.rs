@@ -6,7 +6,10 @@
 //! tables) keep answering while a job runs.
 //!
 //! Endpoints: `POST txt2img`, `POST img2img`, `GET progress`, `POST interrupt`, `POST skip`, `GET samplers`,
-//! `GET schedulers`, `GET sd-models`, `GET options`, `POST png-info`. Errors come back as A1111's
+//! `GET schedulers`, `GET sd-models`, `GET options`, `POST png-info`, and sdrt's own job API: `POST
+//! /sdrt/v1/jobs` (202 + id), `GET /sdrt/v1/jobs/{id}` (state, progress), `GET …/result`, `DELETE
+//! /sdrt/v1/jobs/{id}` (cancel or interrupt), `GET …/events` (server-sent events). The A1111 generation
+//! endpoints submit to the same queue and wait. Errors come back as A1111's
 //! `{"error", "detail", "body", "errors"}` with 422 for bad requests, 404 for unknown models and 500 for
 //! failures inside a job.
 
@@ -14,10 +17,11 @@ mod error;
 mod extras;
 mod generate;
 mod images;
+mod jobs;
 mod progress;
 mod routes;
 mod state;
 
 pub use error::{Error, Result};
 pub use routes::{MAX_BODY_BYTES, router, serve, serve_on};
-pub use state::ServerState;
+pub use state::{DEFAULT_QUEUE_CAPACITY, ServerState};

@@ -3,8 +3,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use sdrt_api_types::{
@@ -45,6 +46,10 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/sdapi/v1/interrogate", post(interrogate))
         .route("/sdapi/v1/extra-single-image", post(extra_single_image))
         .route("/sdapi/v1/extra-batch-images", post(extra_batch_images))
+        .route("/sdrt/v1/jobs", post(submit_job))
+        .route("/sdrt/v1/jobs/{id}", get(job_status).delete(cancel_job))
+        .route("/sdrt/v1/jobs/{id}/result", get(job_result))
+        .route("/sdrt/v1/jobs/{id}/events", get(job_events))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::map_response(json_rejections))
@@ -79,13 +84,99 @@ pub async fn serve_on(state: Arc<ServerState>, listener: tokio::net::TcpListener
 // Bodies are parsed by api-types rather than axum's `Json`, so a bad field is reported with its JSON path
 // and the fix, in the same words as everywhere else.
 async fn txt2img(State(state): Shared, body: String) -> Result<Json<ImageResponse>> {
-    let request = Txt2ImgRequest::from_json(&body)?;
-    generate::txt2img(state, request).await.map(Json)
+    let job = generate::prepare_txt2img(&state, Txt2ImgRequest::from_json(&body)?)?;
+    generate::submit_and_wait(state, job).await.map(Json)
 }
 
 async fn img2img(State(state): Shared, body: String) -> Result<Json<ImageResponse>> {
-    let request = Img2ImgRequest::from_json(&body)?;
-    generate::img2img(state, request).await.map(Json)
+    let job = generate::prepare_img2img(&state, Img2ImgRequest::from_json(&body)?)?;
+    generate::submit_and_wait(state, job).await.map(Json)
+}
+
+/// `POST /sdrt/v1/jobs` with `{"kind": "txt2img" | "img2img", "request": {…A1111 body…}}`: 202 at once with
+/// the job's id, its queue position and where to look.
+async fn submit_job(State(state): Shared, body: String) -> Result<(StatusCode, Json<serde_json::Value>)> {
+    let envelope: serde_json::Value = serde_json::from_str(&body).map_err(|e| bad_body("(body)", &e))?;
+    let request = envelope.get("request").map(serde_json::Value::to_string).unwrap_or_else(|| "{}".to_owned());
+    let job = match envelope.get("kind").and_then(serde_json::Value::as_str) {
+        Some("txt2img") => generate::prepare_txt2img(&state, Txt2ImgRequest::from_json(&request)?)?,
+        Some("img2img") => generate::prepare_img2img(&state, Img2ImgRequest::from_json(&request)?)?,
+        other => {
+            return Err(Error::Field {
+                field: "kind",
+                message: format!("{other:?} is not a job kind; use \"txt2img\" or \"img2img\""),
+            });
+        }
+    };
+    let (id, ahead) = state.jobs.submit(&state, job)?;
+    let body = serde_json::json!({
+        "id": id.to_string(),
+        "state": "queued",
+        "queue_position": ahead,
+        "status_url": format!("/sdrt/v1/jobs/{id}"),
+        "result_url": format!("/sdrt/v1/jobs/{id}/result"),
+        "events_url": format!("/sdrt/v1/jobs/{id}/events"),
+    });
+    Ok((StatusCode::ACCEPTED, Json(body)))
+}
+
+fn job_id(raw: &str) -> Result<u64> {
+    raw.parse().map_err(|_| Error::Field { field: "id", message: format!("{raw:?} is not a job id (a number)") })
+}
+
+async fn job_status(State(state): Shared, Path(id): Path<String>) -> Result<Json<serde_json::Value>> {
+    state.jobs.status(job_id(&id)?).map(Json)
+}
+
+/// The A1111-shaped response of a finished job; 409 while it is queued or running.
+async fn job_result(State(state): Shared, Path(id): Path<String>) -> Result<Json<ImageResponse>> {
+    let id = job_id(&id)?;
+    match state.jobs.outcome(id)? {
+        Some(outcome) => outcome.map(Json),
+        None => Err(Error::Stored {
+            status: StatusCode::CONFLICT,
+            kind: "NotFinished",
+            message: format!("job {id} has not finished; poll /sdrt/v1/jobs/{id} or follow its events"),
+        }),
+    }
+}
+
+async fn cancel_job(State(state): Shared, Path(id): Path<String>) -> Result<Json<serde_json::Value>> {
+    state.jobs.cancel(job_id(&id)?).map(Json)
+}
+
+/// Server-sent events: a `status` event (the `GET /sdrt/v1/jobs/{id}` body) whenever it changes, until the
+/// job finishes.
+async fn job_events(
+    State(state): Shared,
+    Path(id): Path<String>,
+) -> Result<Sse<impl futures_util::Stream<Item = std::result::Result<Event, std::convert::Infallible>>>> {
+    let id = job_id(&id)?;
+    state.jobs.status(id)?;
+    let changes = state.jobs.subscribe();
+    let stream = futures_util::stream::unfold(
+        (state, changes, None::<String>, false),
+        move |(state, mut changes, last, done)| async move {
+            if done {
+                return None;
+            }
+            loop {
+                let Ok(status) = state.jobs.status(id) else { return None };
+                let finished = status["state"].as_str().is_some_and(|s| !matches!(s, "queued" | "running"));
+                let text = status.to_string();
+                if last.as_deref() != Some(text.as_str()) {
+                    let event = Event::default().event("status").data(text.clone());
+                    return Some((Ok(event), (state, changes, Some(text), finished)));
+                }
+                // Steps do not signal the queue: poll progress while waiting for state changes.
+                tokio::select! {
+                    _ = changes.changed() => {}
+                    () = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
+                }
+            }
+        },
+    );
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
 async fn extra_single_image(State(state): Shared, body: String) -> Result<Json<ExtrasSingleImageResponse>> {
@@ -135,6 +226,9 @@ async fn progress(State(state): Shared) -> Json<ProgressResponse> {
 async fn interrupt(State(state): Shared) -> Json<serde_json::Value> {
     if state.progress.mark_interrupted() {
         state.current_control().interrupt();
+        if let Some((_, progress)) = state.jobs.running_control() {
+            progress.mark_interrupted();
+        }
     }
     Json(serde_json::json!({}))
 }

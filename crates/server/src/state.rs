@@ -9,6 +9,9 @@ use sdrt_runtime::{GenerationSettings, JobControl, ModelProvider, ProcessingRunn
 
 use crate::progress::ProgressTracker;
 
+/// Jobs that may wait in the queue by default (`sdrt serve --queue-capacity`).
+pub const DEFAULT_QUEUE_CAPACITY: usize = 64;
+
 /// The server's shared state; build one, then hand it to [`crate::router`].
 pub struct ServerState {
     pub(crate) provider: Arc<ModelProvider>,
@@ -16,8 +19,10 @@ pub struct ServerState {
     /// Settings every job starts from (`POST options` changes them; a request's `override_settings` apply on
     /// top, for that job only).
     settings: Mutex<GenerationSettings>,
-    /// First in, first out: one generation at a time, as A1111's queue lock.
-    pub(crate) queue: tokio::sync::Mutex<()>,
+    /// Every generation job, first in, first out, one at a time (A1111's queue lock).
+    pub(crate) jobs: crate::jobs::Jobs,
+    /// Held by whatever computes (a generation job, an extras upscale), so two never share the CPU and memory.
+    pub(crate) compute: tokio::sync::Mutex<()>,
     pub(crate) progress: Arc<ProgressTracker>,
     /// The running job's interrupt/skip flags.
     pub(crate) control: Mutex<JobControl>,
@@ -33,11 +38,19 @@ impl ServerState {
             provider,
             runner: Arc::new(ProcessingRunner::new()),
             settings: Mutex::new(settings),
-            queue: tokio::sync::Mutex::new(()),
+            jobs: crate::jobs::Jobs::new(DEFAULT_QUEUE_CAPACITY, None),
+            compute: tokio::sync::Mutex::new(()),
             progress: Arc::new(ProgressTracker::default()),
             control: Mutex::new(JobControl::default()),
             model_hashes: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// At most `capacity` jobs wait in the queue (more get 429), and a job running longer than `timeout` is
+    /// stopped.
+    pub fn with_queue_limits(mut self, capacity: usize, timeout: Option<std::time::Duration>) -> Self {
+        self.jobs = crate::jobs::Jobs::new(capacity, timeout);
+        self
     }
 
     /// The registered model a client names: by name, by A1111 title (`name [hash]`) or by hash (10+ hex

@@ -319,7 +319,7 @@ impl<'w> Net<'w> {
         }
     }
 
-    fn plain_attention(&mut self, q: &str, k: &str, v: &str, heads: usize, bias: Option<&str>) -> String {
+    pub(crate) fn plain_attention(&mut self, q: &str, k: &str, v: &str, heads: usize, bias: Option<&str>) -> String {
         let split_shape = self.g.const_i64(&[0, 0, heads as i64, -1]);
         let heads_first = |net: &mut Self, x: &str, perm: &[i64]| {
             let split = net.g.op("Reshape", &[x, &split_shape], vec![]);
