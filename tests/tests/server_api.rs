@@ -495,3 +495,66 @@ async fn job_events_stream_status_until_the_job_finishes() {
         .collect();
     assert_eq!(states.last().map(String::as_str), Some("succeeded"), "{text}");
 }
+
+async fn raw(app: &Router, request: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Value) {
+    let response = app.clone().oneshot(request).await.expect("router answers");
+    let (status, headers) = (response.status(), response.headers().clone());
+    let bytes = to_bytes(response.into_body(), usize::MAX).await.expect("body reads");
+    (status, headers, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_auth_cors_cross_site_posts_and_host_names() {
+    let policy = sdrt_server::AccessPolicy {
+        credentials: sdrt_server::AccessPolicy::parse_credentials("alice:s3cret").unwrap(),
+        cors_allow_origins: vec!["https://app.example".to_owned()],
+        loopback_only: true,
+    };
+    let app = sdrt_server::router(Arc::new(ServerState::new(provider(), settings()).with_access(policy)));
+    let get = |auth: Option<&str>, host: &str| {
+        let mut request = Request::builder().uri("/sdapi/v1/samplers").header("host", host);
+        if let Some(auth) = auth {
+            request = request.header("authorization", format!("Basic {}", BASE64.encode(auth)));
+        }
+        request.body(Body::empty()).unwrap()
+    };
+    let (status, headers, body) = raw(&app, get(None, "127.0.0.1:7860")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(headers["www-authenticate"], "Basic");
+    assert_eq!(body["detail"], "Incorrect username or password");
+    assert_eq!(raw(&app, get(Some("alice:wrong"), "127.0.0.1:7860")).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(raw(&app, get(Some("alice:s3cret"), "localhost:7860")).await.0, StatusCode::OK);
+    let (status, _, body) = raw(&app, get(Some("alice:s3cret"), "attacker.example:7860")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "DNS rebinding: {body}");
+
+    let post = |origin: &str, content_type: &str| {
+        Request::builder()
+            .method("POST")
+            .uri("/sdapi/v1/options")
+            .header("host", "127.0.0.1:7860")
+            .header("origin", origin)
+            .header("content-type", content_type)
+            .header("authorization", format!("Basic {}", BASE64.encode("alice:s3cret")))
+            .body(Body::from(r#"{"CLIP_stop_at_last_layers": 2}"#))
+            .unwrap()
+    };
+    let (status, _, body) = raw(&app, post("https://evil.example", "text/plain")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "a cross-site simple POST changes nothing: {body}");
+    assert!(body["detail"].as_str().unwrap_or("").contains("--cors-allow-origins"), "{body}");
+    let (status, headers, _) = raw(&app, post("https://app.example", "application/json")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["access-control-allow-origin"], "https://app.example");
+    let (status, _, _) = raw(&app, post("http://127.0.0.1:7860", "application/json")).await;
+    assert_eq!(status, StatusCode::OK, "the server's own origin is not cross-site");
+    let preflight = Request::builder()
+        .method("OPTIONS")
+        .uri("/sdapi/v1/txt2img")
+        .header("host", "127.0.0.1:7860")
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "POST")
+        .body(Body::empty())
+        .unwrap();
+    let (status, headers, _) = raw(&app, preflight).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(headers["access-control-allow-headers"].to_str().unwrap().contains("authorization"));
+}

@@ -35,6 +35,13 @@ pub struct ServeArgs {
     /// Stop a job that runs longer than this many seconds (its state becomes `timed_out`); 0 = no limit.
     #[arg(long, default_value_t = 0)]
     pub job_timeout: u64,
+    /// HTTP Basic credentials every request must carry: `user:password[,user2:password2]` (A1111's flag).
+    #[arg(long, env = "SDRT_API_AUTH")]
+    pub api_auth: Option<String>,
+    /// Origins whose browsers may call the API (`https://app.example,https://other.example`, or `*`); none by
+    /// default. Cross-site POSTs from other origins are refused.
+    #[arg(long, value_delimiter = ',')]
+    pub cors_allow_origins: Vec<String>,
     /// Execution provider, threads and ONNX Runtime session tuning.
     #[command(flatten)]
     pub session: SessionArgs,
@@ -60,8 +67,18 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
         ..GenerationSettings::default()
     };
     let timeout = (args.job_timeout > 0).then(|| std::time::Duration::from_secs(args.job_timeout));
+    let access = sdrt_server::AccessPolicy {
+        credentials: match &args.api_auth {
+            Some(value) => sdrt_server::AccessPolicy::parse_credentials(value).map_err(anyhow::Error::msg)?,
+            None => Vec::new(),
+        },
+        cors_allow_origins: args.cors_allow_origins.clone(),
+        loopback_only: args.listen.ip().is_loopback(),
+    };
     let state = Arc::new(
-        sdrt_server::ServerState::new(Arc::new(provider), settings).with_queue_limits(args.queue_capacity, timeout),
+        sdrt_server::ServerState::new(Arc::new(provider), settings)
+            .with_queue_limits(args.queue_capacity, timeout)
+            .with_access(access),
     );
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {

@@ -20,8 +20,10 @@ mod images;
 mod jobs;
 mod progress;
 mod routes;
+mod security;
 mod state;
 
 pub use error::{Error, Result};
 pub use routes::{MAX_BODY_BYTES, router, serve, serve_on};
+pub use security::AccessPolicy;
 pub use state::{DEFAULT_QUEUE_CAPACITY, ServerState};

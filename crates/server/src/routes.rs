@@ -22,6 +22,7 @@ type Shared = State<Arc<ServerState>>;
 
 /// Every `/sdapi/v1` endpoint over `state`.
 pub fn router(state: Arc<ServerState>) -> Router {
+    let access = axum::middleware::from_fn_with_state(Arc::clone(&state), crate::security::enforce);
     Router::new()
         .route("/sdapi/v1/txt2img", post(txt2img))
         .route("/sdapi/v1/img2img", post(img2img))
@@ -53,6 +54,7 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::map_response(json_rejections))
+        .layer(access)
         .with_state(state)
 }
 

@@ -21,6 +21,8 @@ pub struct ServerState {
     settings: Mutex<GenerationSettings>,
     /// Every generation job, first in, first out, one at a time (A1111's queue lock).
     pub(crate) jobs: crate::jobs::Jobs,
+    /// Who may call the API.
+    pub(crate) access: crate::security::AccessPolicy,
     /// Held by whatever computes (a generation job, an extras upscale), so two never share the CPU and memory.
     pub(crate) compute: tokio::sync::Mutex<()>,
     pub(crate) progress: Arc<ProgressTracker>,
@@ -40,6 +42,7 @@ impl ServerState {
             settings: Mutex::new(settings),
             jobs: crate::jobs::Jobs::new(DEFAULT_QUEUE_CAPACITY, None),
             compute: tokio::sync::Mutex::new(()),
+            access: crate::security::AccessPolicy::default(),
             progress: Arc::new(ProgressTracker::default()),
             control: Mutex::new(JobControl::default()),
             model_hashes: Mutex::new(BTreeMap::new()),
@@ -50,6 +53,12 @@ impl ServerState {
     /// stopped.
     pub fn with_queue_limits(mut self, capacity: usize, timeout: Option<std::time::Duration>) -> Self {
         self.jobs = crate::jobs::Jobs::new(capacity, timeout);
+        self
+    }
+
+    /// Callers are checked against `policy` (credentials, allowed origins, loopback `Host` names).
+    pub fn with_access(mut self, policy: crate::security::AccessPolicy) -> Self {
+        self.access = policy;
         self
     }
 
