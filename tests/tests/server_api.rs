@@ -232,6 +232,18 @@ async fn progress_answers_while_a_job_runs_and_interrupt_stops_it() {
     let seen = seen.expect("a step was reported before the job finished");
     assert_eq!(seen["state"]["sampling_steps"], 400);
     assert!(seen["progress"].as_f64().expect("progress") > 0.0);
+    // A1111's live preview ("Approx cheap", latent-sized) every show_progress_every_n_steps (10) steps.
+    let mut preview = None;
+    while preview.is_none() && !job.is_finished() {
+        let (_, progress) = call(&app, "GET", "/sdapi/v1/progress", None).await;
+        preview = progress["current_image"].as_str().map(str::to_owned);
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    let png = BASE64.decode(preview.expect("a preview before the job finished")).expect("base64");
+    let decoded = sdrt_io::decode_png(&png).expect("a PNG");
+    assert_eq!((decoded.width, decoded.height), (8, 8), "latent-sized, as A1111's cheap approximation");
+    let (_, skipped) = call(&app, "GET", "/sdapi/v1/progress?skip_current_image=true", None).await;
+    assert!(skipped["current_image"].is_null(), "skip_current_image leaves it out");
     let (status, _) = call(&app, "POST", "/sdapi/v1/interrupt", None).await;
     assert_eq!(status, StatusCode::OK);
     let (status, answer) = job.await.expect("job task");

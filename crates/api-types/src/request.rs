@@ -346,12 +346,49 @@ fn without_nulls(value: Value) -> std::result::Result<Map<String, Value>, String
 
 /// Runs `deserialize` on `value`, reporting a failure as (JSON path, message).
 fn tracked<T>(
-    value: Value,
-    deserialize: impl FnOnce(serde_path_to_error::Deserializer<'_, '_, Value>) -> std::result::Result<T, serde_json::Error>,
+    mut value: Value,
+    deserialize: impl Fn(serde_path_to_error::Deserializer<'_, '_, Value>) -> std::result::Result<T, serde_json::Error>,
 ) -> std::result::Result<T, (String, String)> {
-    let mut track = serde_path_to_error::Track::new();
-    let result = deserialize(serde_path_to_error::Deserializer::new(value, &mut track));
-    result.map_err(|e| (track.path().to_string(), e.to_string()))
+    // Each retry fixes one field; a request has far fewer fields than this.
+    for _ in 0..256 {
+        let mut track = serde_path_to_error::Track::new();
+        let result = deserialize(serde_path_to_error::Deserializer::new(value.clone(), &mut track));
+        match result {
+            Ok(parsed) => return Ok(parsed),
+            Err(e) => {
+                let (path, message) = (track.path().to_string(), e.to_string());
+                if !coerce_string_field(&mut value, &path, &message) {
+                    return Err((path, message));
+                }
+            }
+        }
+    }
+    Err((".".to_owned(), "too many fields needed coercing from strings".to_owned()))
+}
+
+/// A1111 (pydantic) accepts numbers and booleans sent as strings (`"steps": "20"`): turns the top-level
+/// string field `path` that failed with "invalid type: string" into the number or boolean it spells.
+fn coerce_string_field(value: &mut Value, path: &str, message: &str) -> bool {
+    if !message.starts_with("invalid type: string") {
+        return false;
+    }
+    let Some(slot) = value.as_object_mut().and_then(|object| object.get_mut(path)) else { return false };
+    let Some(text) = slot.as_str().map(str::trim) else { return false };
+    let coerced = if message.contains("expected a boolean") {
+        match text.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Value::Bool(true),
+            "false" | "0" | "no" | "off" => Value::Bool(false),
+            _ => return false,
+        }
+    } else if let Ok(integer) = text.parse::<i64>() {
+        Value::from(integer)
+    } else if let Some(float) = text.parse::<f64>().ok().filter(|f| f.is_finite()) {
+        Value::from(float)
+    } else {
+        return false;
+    };
+    *slot = coerced;
+    true
 }
 
 /// JSON names of the [`GenerationRequest`] fields.
@@ -367,6 +404,16 @@ fn shared_field_names() -> &'static std::collections::BTreeSet<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_and_booleans_sent_as_strings_are_coerced_like_a1111() {
+        let request =
+            Txt2ImgRequest::from_json(r#"{"steps": "2", "cfg_scale": "6.5", "enable_hr": "true", "seed": "-1"}"#)
+                .unwrap();
+        assert_eq!((request.base.steps, request.base.cfg_scale, request.enable_hr), (2, 6.5, true));
+        let error = Txt2ImgRequest::from_json(r#"{"steps": "many"}"#).unwrap_err().to_string();
+        assert!(error.contains("steps"), "{error}");
+    }
 
     #[test]
     fn empty_body_gives_a1111_defaults() {

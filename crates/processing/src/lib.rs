@@ -29,7 +29,7 @@ pub use model_schedule::{ModelSchedule, TRAINING_TIMESTEPS};
 pub use noise::{ImageRng, NoiseParams};
 pub use pipeline::{
     BatchConditioning, GenerationSpec, LATENT_CHANNELS, LATENT_FACTOR, LatentMask, LatentUpscaleMode, PassInputs,
-    Pipeline, RgbImage, SampleOutput, images_to_tensor, latents_to_images, upscale_latents,
+    Pipeline, RgbImage, SampleOutput, approx_cheap_preview, images_to_tensor, latents_to_images, upscale_latents,
 };
 pub use prompt::{
     BREAK_TEXT, BREAK_WEIGHT, MulticondList, ScheduleSteps, SubPrompt, WeightedText, multicond_prompt_list,

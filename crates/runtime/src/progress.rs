@@ -17,6 +17,9 @@ pub struct ProgressEvent {
     pub total: usize,
     /// Estimated time left for the batch, from the mean step time so far.
     pub eta: Duration,
+    /// A live preview of the batch's first image (A1111's "Approx cheap", latent-sized), every
+    /// `show_progress_every_n_steps` steps.
+    pub preview: Option<Arc<sdrt_processing::RgbImage>>,
 }
 
 /// Where progress goes (a CLI bar, the HTTP progress endpoint, a test recorder).

@@ -24,6 +24,8 @@ struct RunningJob {
     interrupted: bool,
     /// The current batch was skipped (A1111 clears it when the next batch starts).
     skipped: bool,
+    /// The latest live preview (encoded only when `/progress` asks for it).
+    preview: Option<std::sync::Arc<sdrt_processing::RgbImage>>,
 }
 
 impl ProgressTracker {
@@ -39,6 +41,7 @@ impl ProgressTracker {
             started: Instant::now(),
             interrupted: false,
             skipped: false,
+            preview: None,
         });
     }
 
@@ -67,6 +70,20 @@ impl ProgressTracker {
             }
             None => false,
         }
+    }
+
+    /// [`ProgressTracker::snapshot`] with the live preview as a base64 PNG in `current_image` (A1111's
+    /// `/progress` unless `skip_current_image`).
+    pub(crate) fn snapshot_with_preview(&self) -> ProgressResponse {
+        let preview = self.lock().as_ref().and_then(|job| job.preview.clone());
+        let mut response = self.snapshot();
+        response.current_image = preview.and_then(|image| {
+            use base64::Engine;
+            sdrt_io::encode_png_rgb8(&image.pixels, image.width, image.height, &[])
+                .ok()
+                .map(|png| base64::engine::general_purpose::STANDARD.encode(png))
+        });
+        response
     }
 
     /// A1111's progress: batches done plus the fraction of the current one, over all batches.
@@ -114,6 +131,9 @@ impl ProgressSink for ProgressTracker {
             job.step = event.step as i64;
             job.steps = event.total as i64;
             job.eta_seconds = event.eta.as_secs_f64();
+            if let Some(preview) = &event.preview {
+                job.preview = Some(std::sync::Arc::clone(preview));
+            }
         }
     }
 }
@@ -129,7 +149,7 @@ mod tests {
         let tracker = ProgressTracker::default();
         assert_eq!(tracker.snapshot().progress, 0.0);
         tracker.start(2, 10, "20261124000000".into());
-        let event = ProgressEvent { job: 0, batch: 1, step: 5, total: 10, eta: Duration::from_secs(1) };
+        let event = ProgressEvent { job: 0, batch: 1, step: 5, total: 10, eta: Duration::from_secs(1), preview: None };
         tracker.on_progress(&event);
         let snapshot = tracker.snapshot();
         assert!((snapshot.progress - 0.75).abs() < 1e-12, "{}", snapshot.progress);

@@ -221,8 +221,11 @@ async fn png_info(body: String) -> Result<Json<PngInfoResponse>> {
     images::png_info(&request).map(Json)
 }
 
-async fn progress(State(state): Shared) -> Json<ProgressResponse> {
-    Json(state.progress.snapshot())
+async fn progress(
+    State(state): Shared,
+    axum::extract::Query(query): axum::extract::Query<sdrt_api_types::ProgressRequest>,
+) -> Json<ProgressResponse> {
+    Json(if query.skip_current_image { state.progress.snapshot() } else { state.progress.snapshot_with_preview() })
 }
 
 async fn interrupt(State(state): Shared) -> Json<serde_json::Value> {

@@ -17,6 +17,34 @@ pub struct RgbImage {
     pub pixels: Vec<u8>,
 }
 
+/// A1111's "Approx cheap" live preview (`sd_vae_approx.cheap_approximation`): each latent pixel's four
+/// channels projected to RGB by a fixed 4×3 matrix (one for SDXL's latent space, one for SD 1.x/2.x), then
+/// the decoder's pixel conversion. The preview has the latent's size. `latents` is `[B, 4, h, w]`; the first
+/// image is previewed.
+pub fn approx_cheap_preview(latents: &Tensor, sdxl: bool) -> Result<RgbImage> {
+    const SD: [[f32; 3]; 4] =
+        [[0.298, 0.207, 0.208], [0.187, 0.286, 0.173], [-0.158, 0.189, 0.264], [-0.184, -0.271, -0.473]];
+    const XL: [[f32; 3]; 4] =
+        [[0.3448, 0.4168, 0.4395], [-0.1953, -0.0290, 0.0250], [0.1074, 0.0886, -0.0163], [-0.3730, -0.2499, -0.2088]];
+    let view = latents.view().into_dimensionality::<Ix4>().map_err(|_| shape_error("latents", latents))?;
+    let (batch, channels, height, width) = view.dim();
+    if batch == 0 || channels != 4 {
+        return Err(shape_error("latents", latents));
+    }
+    let coefficients = if sdxl { &XL } else { &SD };
+    let first = view.index_axis(Axis(0), 0);
+    let mut rgb = Array4::<f32>::zeros((1, 3, height, width));
+    for y in 0..height {
+        for x in 0..width {
+            for (c, column) in (0..3).map(|c| (c, coefficients.iter().map(move |row| row[c]))) {
+                rgb[[0, c, y, x]] = column.zip(0..4).map(|(k, l)| first[[l, y, x]] * k).sum();
+            }
+        }
+    }
+    let mut images = latents_to_images(&rgb.into_dyn())?;
+    Ok(images.remove(0))
+}
+
 /// VAE decoder output `[B, 3, H, W]` in [-1, 1] → images: clamp((x + 1)/2, 0, 1)·255 then truncation to u8,
 /// exactly as A1111 (`astype(np.uint8)` on float32, no rounding).
 pub fn latents_to_images(decoded: &Tensor) -> Result<Vec<RgbImage>> {
@@ -115,5 +143,18 @@ mod tests {
         let b = RgbImage { width: 2, height: 1, pixels: vec![0; 6] };
         let err = images_to_tensor(&[a, b]).unwrap_err();
         assert!(err.to_string().contains("init_images"), "{err}");
+    }
+
+    #[test]
+    fn approx_cheap_projects_each_latent_pixel_like_a1111() {
+        let mut latents = Array4::<f32>::zeros((2, 4, 1, 2));
+        latents[[0, 0, 0, 0]] = 1.0; // channel 0 only: RGB = (0.298, 0.207, 0.208)
+        latents[[0, 3, 0, 1]] = 1.0; // channel 3 only: (-0.184, -0.271, -0.473)
+        let preview = approx_cheap_preview(&latents.into_dyn(), false).expect("preview");
+        assert_eq!((preview.width, preview.height), (2, 1));
+        let level = |v: f32| (255.0 * ((v + 1.0) / 2.0)) as u8;
+        assert_eq!(&preview.pixels[..3], &[level(0.298), level(0.207), level(0.208)]);
+        assert_eq!(&preview.pixels[3..], &[level(-0.184), level(-0.271), level(-0.473)]);
+        assert!(approx_cheap_preview(&Array4::<f32>::zeros((1, 3, 1, 1)).into_dyn(), true).is_err());
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use sdrt_models::{LoadedModel, ModelFamily as LoadedFamily, PredictionType, TextLayer};
 
-pub use image::{RgbImage, images_to_tensor, latents_to_images};
+pub use image::{RgbImage, approx_cheap_preview, images_to_tensor, latents_to_images};
 pub use inpaint::LatentMask;
 pub use upscale::{LatentUpscaleMode, upscale_latents};
 

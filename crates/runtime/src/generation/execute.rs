@@ -33,6 +33,7 @@ pub(crate) fn execute(prepared: PreparedGeneration, context: &mut JobContext) ->
         conditionings: Vec::new(),
         unet_calls: 0,
         encoder_calls: 0,
+        preview_every: usize::try_from(prepared.plan.settings.show_progress_every_n_steps).unwrap_or(0),
     };
     let plan = &prepared.plan;
     let mut batches = Vec::with_capacity(plan.batches.len());
@@ -87,6 +88,8 @@ struct Passes<'p, 'm> {
     conditionings: Vec<(GenerationSpec, BatchConditioning)>,
     unet_calls: usize,
     encoder_calls: usize,
+    /// A live preview every this many steps (A1111's `show_progress_every_n_steps`); 0 = none.
+    preview_every: usize,
 }
 
 impl Passes<'_, '_> {
@@ -169,15 +172,22 @@ impl Passes<'_, '_> {
         let steps_done = Cell::new(0usize);
         let context = &*self.context;
         let (job, progress, control) = (context.info.id, &context.progress, &context.control);
+        let sdxl = self.pipeline.schedule_family() == sdrt_processing::ModelFamily::Sdxl;
+        let preview_every = self.preview_every;
         let mut on_step = |event: &StepEvent<'_>| {
             let done = event.step + 1;
             steps_done.set(done);
+            // A1111's default live preview: "Approx cheap" of the current x0 prediction.
+            let preview = (preview_every > 0 && done.is_multiple_of(preview_every))
+                .then(|| sdrt_processing::approx_cheap_preview(event.denoised, sdxl).ok().map(std::sync::Arc::new))
+                .flatten();
             progress.on_progress(&ProgressEvent {
                 job,
                 batch,
                 step: done,
                 total: event.total,
                 eta: eta(started.elapsed(), done, event.total),
+                preview,
             });
             if control.take_stop_request() {
                 cancel.store(true, Ordering::SeqCst);

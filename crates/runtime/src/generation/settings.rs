@@ -12,6 +12,8 @@ use serde_json::{Map, Value};
 pub struct GenerationSettings {
     /// Model name or folder; `None` = the provider's resident model.
     pub model: Option<String>,
+    /// A1111's "Live preview display period": a preview every N sampling steps; 0 or less = none.
+    pub show_progress_every_n_steps: i64,
     /// A1111's "Random number generator source".
     pub randn_source: RandomSource,
     /// A1111's "Clip skip".
@@ -44,6 +46,7 @@ pub struct GenerationSettings {
 impl Default for GenerationSettings {
     fn default() -> Self {
         Self {
+            show_progress_every_n_steps: 10,
             model: None,
             randn_source: RandomSource::Gpu,
             clip_skip: 1,
@@ -93,7 +96,8 @@ pub struct SettingProblem {
 impl GenerationSettings {
     /// Applies A1111 settings by name (`override_settings`, `POST /sdapi/v1/options`): `randn_source`,
     /// `CLIP_stop_at_last_layers`, `eta_noise_seed_delta`, `emphasis`, `pad_cond_uncond`,
-    /// `inpainting_mask_weight`, `ESRGAN_tile`, `ESRGAN_tile_overlap`, `sd_model_checkpoint`. Returns the names it does not implement (they change nothing, as unknown
+    /// `inpainting_mask_weight`, `ESRGAN_tile`, `ESRGAN_tile_overlap`, `show_progress_every_n_steps`,
+    /// `live_previews_enable`, `sd_model_checkpoint`. Returns the names it does not implement (they change nothing, as unknown
     /// settings do in A1111).
     pub fn apply_settings(&mut self, entries: &Map<String, Value>) -> std::result::Result<Vec<String>, SettingProblem> {
         let bad = |key: &'static str, problem: String| SettingProblem { key, problem };
@@ -142,6 +146,19 @@ impl GenerationSettings {
                         self.esrgan_tile = pixels;
                     } else {
                         self.esrgan_tile_overlap = pixels;
+                    }
+                }
+                "show_progress_every_n_steps" => {
+                    self.show_progress_every_n_steps = value.as_i64().ok_or_else(|| {
+                        bad("show_progress_every_n_steps", format!("{value} is not a step count (-1 disables)"))
+                    })?;
+                }
+                "live_previews_enable" => {
+                    let enabled = value
+                        .as_bool()
+                        .ok_or_else(|| bad("live_previews_enable", format!("{value} is not true or false")))?;
+                    if !enabled {
+                        self.show_progress_every_n_steps = -1;
                     }
                 }
                 "sd_model_checkpoint" => {
