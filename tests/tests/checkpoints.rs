@@ -152,6 +152,22 @@ fn converted_folders_load_as_exports_and_match_torch() {
     }
 }
 
+/// With plain attention and MatMul on transposed weights, a converted folder uses standard ONNX operators only.
+#[test]
+fn converted_folders_can_be_standard_onnx_only() {
+    sdrt_models::ensure_runtime().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let portable =
+        GraphOptions { attention: AttentionKind::Plain, transposed_matmul: false, ..GraphOptions::default() };
+    let source = Checkpoint::open(&checkpoint("sd15-tiny.safetensors"), CheckpointOptions::default()).unwrap();
+    source.convert(dir.path(), portable).unwrap();
+    for component in ["text_encoder", "unet", "vae_encoder", "vae_decoder"] {
+        let model = std::fs::read(dir.path().join(component).join("model.onnx")).unwrap();
+        assert!(!model.windows(13).any(|w| w == b"com.microsoft"), "{component} uses a contrib operator");
+    }
+    check_components_of(dir.path(), "sd15-tiny", GraphOptions::default());
+}
+
 fn source_prediction(name: &str) -> PredictionType {
     if name == "sd2-tiny-v" { PredictionType::VPrediction } else { PredictionType::Epsilon }
 }

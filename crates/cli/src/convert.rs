@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
-use crate::generate::PredictionArg;
+use crate::generate::{GraphArgs, PredictionArg};
 
 #[derive(Debug, Args)]
 pub struct ConvertArgs {
@@ -16,6 +16,10 @@ pub struct ConvertArgs {
     /// What the checkpoint predicts when its `.yaml` does not say: `eps` or `v`.
     #[arg(long, value_enum)]
     pub prediction: Option<PredictionArg>,
+    /// Graph choices; `--graph-attention plain --no-transposed-matmul` writes only standard ONNX operators (the
+    /// defaults use ONNX Runtime's `com.microsoft` MultiHeadAttention and FusedMatMul).
+    #[command(flatten)]
+    pub graph: GraphArgs,
 }
 
 pub fn convert(args: &ConvertArgs) -> Result<()> {
@@ -28,7 +32,7 @@ pub fn convert(args: &ConvertArgs) -> Result<()> {
     let checkpoint = sdrt_models::Checkpoint::open(&args.checkpoint, options)?;
     let started = std::time::Instant::now();
     checkpoint
-        .convert(&args.outdir, sdrt_models::GraphOptions::default())
+        .convert(&args.outdir, args.graph.options()?)
         .with_context(|| format!("converting {}", args.checkpoint.display()))?;
     let folder = sdrt_models::ModelFolder::open(&args.outdir)?;
     println!("wrote {} in {:.1} s\n{folder}", args.outdir.display(), started.elapsed().as_secs_f64());

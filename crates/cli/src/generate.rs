@@ -126,6 +126,17 @@ pub struct SessionArgs {
     /// Load the pipeline's components one after another.
     #[arg(long)]
     pub sequential_load: bool,
+    /// How graphs built from checkpoints are written.
+    #[command(flatten)]
+    pub graph: GraphArgs,
+    /// What a `.safetensors` checkpoint predicts when its `.yaml` does not say (A1111's rule): `eps` or `v`.
+    #[arg(long, value_enum)]
+    pub prediction: Option<PredictionArg>,
+}
+
+/// Flags for the ONNX graphs sdrt builds from checkpoints (loading, benchmarking, `sdrt convert`).
+#[derive(Debug, Clone, Args)]
+pub struct GraphArgs {
     /// Graphs built from checkpoints: attention as `multihead` (ONNX Runtime's fused MultiHeadAttention) or
     /// `plain` (MatMul/Softmax).
     #[arg(long, default_value = "multihead")]
@@ -141,9 +152,31 @@ pub struct SessionArgs {
     /// instead of FusedMatMul with transB.
     #[arg(long)]
     pub no_transposed_matmul: bool,
-    /// What a `.safetensors` checkpoint predicts when its `.yaml` does not say (A1111's rule): `eps` or `v`.
-    #[arg(long, value_enum)]
-    pub prediction: Option<PredictionArg>,
+}
+
+impl GraphArgs {
+    /// The graph options these flags ask for.
+    pub fn options(&self) -> Result<GraphOptions> {
+        let attention = match self.graph_attention.to_ascii_lowercase().as_str() {
+            "multihead" => AttentionKind::MultiHead,
+            "plain" => AttentionKind::Plain,
+            other => bail!("--graph-attention {other:?} is not an attention kind; use multihead or plain"),
+        };
+        let group_norm = match self.graph_group_norm.to_ascii_lowercase().as_str() {
+            "layernorm" => GroupNormKind::LayerNorm,
+            "instancenorm" => GroupNormKind::InstanceNorm,
+            "native" => GroupNormKind::Native,
+            other => {
+                bail!("--graph-group-norm {other:?} is not a group norm kind; use instancenorm, layernorm or native")
+            }
+        };
+        Ok(GraphOptions {
+            attention,
+            fused_qkv: !self.no_fused_qkv,
+            group_norm,
+            transposed_matmul: !self.no_transposed_matmul,
+        })
+    }
 }
 
 /// `--prediction`.
@@ -185,7 +218,7 @@ impl SessionArgs {
             bound_io: !self.no_bound_io,
             parallel_load: !self.sequential_load,
             profiling: None,
-            graph: self.graph_options()?,
+            graph: self.graph.options()?,
         })
     }
 
@@ -193,28 +226,6 @@ impl SessionArgs {
     pub fn model_provider(&self) -> Result<ModelProvider> {
         let options = sdrt_models::CheckpointOptions { prediction: self.prediction.map(Into::into) };
         Ok(ModelProvider::new(self.session_config()?).with_checkpoint_options(options))
-    }
-
-    fn graph_options(&self) -> Result<GraphOptions> {
-        let attention = match self.graph_attention.to_ascii_lowercase().as_str() {
-            "multihead" => AttentionKind::MultiHead,
-            "plain" => AttentionKind::Plain,
-            other => bail!("--graph-attention {other:?} is not an attention kind; use multihead or plain"),
-        };
-        let group_norm = match self.graph_group_norm.to_ascii_lowercase().as_str() {
-            "layernorm" => GroupNormKind::LayerNorm,
-            "instancenorm" => GroupNormKind::InstanceNorm,
-            "native" => GroupNormKind::Native,
-            other => {
-                bail!("--graph-group-norm {other:?} is not a group norm kind; use instancenorm, layernorm or native")
-            }
-        };
-        Ok(GraphOptions {
-            attention,
-            fused_qkv: !self.no_fused_qkv,
-            group_norm,
-            transposed_matmul: !self.no_transposed_matmul,
-        })
     }
 
     fn optimization(&self) -> Result<OptimizationLevel> {

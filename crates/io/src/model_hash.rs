@@ -33,8 +33,12 @@ pub fn model_sha256(model: &Path) -> Result<String> {
         return Ok(hash.clone());
     }
     let persisted = stamp.len() >= PERSIST_FROM_BYTES;
-    let mtime =
-        stamp.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs_f64());
+    // Nanoseconds as an integer: JSON floats would not round-trip exactly.
+    let mtime = stamp
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .and_then(|d| u64::try_from(d.as_nanos()).ok());
     let disk_cache = disk_cache_path().filter(|_| persisted);
     let hash = match disk_cache.as_deref().and_then(|cache| disk_cache_lookup(cache, &path, stamp.len(), mtime)) {
         Some(hash) => hash,
@@ -67,18 +71,18 @@ fn read_disk_cache(file: &Path) -> serde_json::Map<String, serde_json::Value> {
     std::fs::read(file).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok()).unwrap_or_default()
 }
 
-fn disk_cache_lookup(file: &Path, path: &Path, size: u64, mtime: Option<f64>) -> Option<String> {
+fn disk_cache_lookup(file: &Path, path: &Path, size: u64, mtime: Option<u64>) -> Option<String> {
     let cache = read_disk_cache(file);
     let entry = cache.get(&path.canonicalize().ok()?.display().to_string())?;
-    let fresh = entry["size"].as_u64() == Some(size) && entry["mtime"].as_f64() == mtime;
+    let fresh = entry["size"].as_u64() == Some(size) && entry["mtime_ns"].as_u64() == mtime;
     fresh.then(|| entry["sha256"].as_str().map(str::to_owned)).flatten()
 }
 
 /// Best effort: a cache that cannot be written costs a re-hash next time, nothing else.
-fn disk_cache_store(file: &Path, path: &Path, size: u64, mtime: Option<f64>, hash: &str) {
+fn disk_cache_store(file: &Path, path: &Path, size: u64, mtime: Option<u64>, hash: &str) {
     let Ok(key) = path.canonicalize() else { return };
     let mut cache = read_disk_cache(file);
-    cache.insert(key.display().to_string(), serde_json::json!({"size": size, "mtime": mtime, "sha256": hash}));
+    cache.insert(key.display().to_string(), serde_json::json!({"size": size, "mtime_ns": mtime, "sha256": hash}));
     let written = file
         .parent()
         .map_or(Ok(()), std::fs::create_dir_all)
@@ -141,11 +145,11 @@ mod tests {
         let (cache, file) = (dir.path().join("hashes.json"), dir.path().join("model.safetensors"));
         std::fs::write(&file, b"abc").unwrap();
         let stamp = std::fs::metadata(&file).unwrap();
-        let mtime = stamp.modified().unwrap().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+        let mtime = stamp.modified().unwrap().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
         disk_cache_store(&cache, &file, 3, Some(mtime), "cached");
         assert_eq!(disk_cache_lookup(&cache, &file, 3, Some(mtime)).as_deref(), Some("cached"));
         assert_eq!(disk_cache_lookup(&cache, &file, 4, Some(mtime)), None, "another size");
-        assert_eq!(disk_cache_lookup(&cache, &file, 3, Some(mtime + 1.0)), None, "another mtime");
+        assert_eq!(disk_cache_lookup(&cache, &file, 3, Some(mtime + 1)), None, "another mtime");
     }
 
     #[test]
