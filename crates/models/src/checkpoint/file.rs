@@ -211,7 +211,8 @@ mod tests {
         bytes
     }
 
-    fn open_bytes(bytes: &[u8]) -> Result<TensorFile> {
+    /// The file (tensors are read from disk, so its folder lives as long as it) with every tensor read once.
+    fn open_bytes(bytes: &[u8]) -> Result<(tempfile::TempDir, TensorFile)> {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("model.safetensors");
         std::fs::write(&path, bytes).expect("write");
@@ -219,12 +220,12 @@ mod tests {
         for name in file.names().map(str::to_owned).collect::<Vec<_>>() {
             let _ = file.f32(&name)?;
         }
-        Ok(file)
+        Ok((dir, file))
     }
 
     #[test]
     fn a_valid_file_reads_every_dtype() {
-        let file = open_bytes(&valid_file()).expect("valid");
+        let (_dir, file) = open_bytes(&valid_file()).expect("valid");
         assert_eq!(file.f32("a").expect("a").0, vec![2, 2]);
         assert_eq!(file.f32("b").expect("b").1.len(), 3);
     }
