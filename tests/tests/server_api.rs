@@ -570,3 +570,32 @@ async fn api_auth_cors_cross_site_posts_and_host_names() {
     assert_eq!(status, StatusCode::NO_CONTENT);
     assert!(headers["access-control-allow-headers"].to_str().unwrap().contains("authorization"));
 }
+
+/// A client that goes away mid-job does not take the job or the queue with it: the job finishes (as in A1111)
+/// and the next request is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_disconnecting_mid_job_leaves_the_queue_usable() {
+    let app = server();
+    let long = json!({"prompt": "x", "steps": 300, "width": 64, "height": 64, "sampler_name": "Euler"});
+    let client = tokio::spawn({
+        let app = app.clone();
+        async move { call(&app, "POST", "/sdapi/v1/txt2img", Some(long)).await }
+    });
+    for _ in 0..20_000 {
+        let (_, progress) = call(&app, "GET", "/sdapi/v1/progress", None).await;
+        if progress["state"]["sampling_step"].as_i64().unwrap_or(0) > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    client.abort();
+    let (status, id) =
+        call(&app, "POST", "/sdrt/v1/jobs", Some(json!({"kind": "txt2img", "request": small_request()}))).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let id = id["id"].as_str().expect("id").to_owned();
+    let done = wait_for_state(&app, &id, &["succeeded", "failed"]).await;
+    assert_eq!(done["state"], "succeeded", "the job after the abandoned one runs: {done}");
+    let (status, previous) =
+        call(&app, "GET", &format!("/sdrt/v1/jobs/{}", id.parse::<u64>().unwrap() - 1), None).await;
+    assert_eq!((status, previous["state"].as_str()), (StatusCode::OK, Some("succeeded")), "the abandoned job finished");
+}
