@@ -42,37 +42,31 @@ impl LoadedModel {
             return Self::load_checkpoint(folder, &checkpoint, config);
         }
         let [eps_1, eps_2] = folder.text_encoder_layer_norm_eps;
-        // Sessions are independent, and creating one is mostly graph optimisation on one core, so the
-        // components load side by side; the UNet dominates, the others hide behind it.
-        let load_text_1 = || load_text_encoder("text_encoder", folder.text_encoder.as_deref(), config, eps_1);
-        let load_text_2 = || load_text_encoder("text_encoder_2", folder.text_encoder_2.as_deref(), config, eps_2);
-        let load_decoder = || VaeDecoder::load(&folder.vae_decoder, config);
-        let load_unet = || Unet::load(&folder.unet, config);
-        let (text_encoder, text_encoder_2, unet, vae_decoder) = if config.parallel_load {
-            std::thread::scope(|scope| {
-                let text_1 = scope.spawn(load_text_1);
-                let text_2 = scope.spawn(load_text_2);
-                let decoder = scope.spawn(load_decoder);
-                let unet = load_unet();
-                (joined(text_1), joined(text_2), unet, joined(decoder))
-            })
-        } else {
-            (load_text_1(), load_text_2(), load_unet(), load_decoder())
-        };
-        let (text_encoder, text_encoder_2, unet, vae_decoder) = (text_encoder?, text_encoder_2?, unet?, vae_decoder?);
+        let parts = load_components(
+            config.parallel_load,
+            || load_text_encoder("text_encoder", folder.text_encoder.as_deref(), config, eps_1),
+            || load_text_encoder("text_encoder_2", folder.text_encoder_2.as_deref(), config, eps_2),
+            || Unet::load(&folder.unet, config),
+            || VaeDecoder::load(&folder.vae_decoder, config),
+        )?;
+        let mut folder = folder;
+        check_unet_family(&mut folder, &parts.unet)?;
+        Self::assemble(folder, parts, config)
+    }
+
+    /// The loaded components with the folder's tokenizers.
+    fn assemble(folder: ModelFolder, parts: Components, config: &SessionConfig) -> Result<Self> {
         let tokenizer = folder.tokenizer.as_ref().map(ClipTokenizer::load).transpose()?;
         let tokenizer_2 = folder.tokenizer_2.as_ref().map(ClipTokenizer::load).transpose()?;
-        let mut folder = folder;
-        check_unet_family(&mut folder, &unet)?;
         Ok(Self {
             folder,
             tokenizer,
             tokenizer_2,
-            text_encoder,
-            text_encoder_2,
-            unet,
+            text_encoder: parts.text_encoder,
+            text_encoder_2: parts.text_encoder_2,
+            unet: parts.unet,
             vae_encoder: None,
-            vae_decoder,
+            vae_decoder: parts.vae_decoder,
             provider: config.provider,
             config: config.clone(),
         })
@@ -84,43 +78,22 @@ impl LoadedModel {
         let text_count = if folder.family == ModelFamily::Sdxl { 2 } else { 1 };
         let load_text =
             |index: usize| (index < text_count).then(|| checkpoint.load_text_encoder(index, config)).transpose();
-        let load_unet = || checkpoint.load_unet(config);
-        let load_decoder = || checkpoint.load_vae_decoder(config);
-        let (text_encoder, text_encoder_2, unet, vae_decoder) = if config.parallel_load {
-            std::thread::scope(|scope| {
-                let text_1 = scope.spawn(|| load_text(0));
-                let text_2 = scope.spawn(|| load_text(1));
-                let decoder = scope.spawn(load_decoder);
-                let unet = load_unet();
-                (joined(text_1), joined(text_2), unet, joined(decoder))
-            })
-        } else {
-            (load_text(0), load_text(1), load_unet(), load_decoder())
-        };
-        let (text_encoder, text_encoder_2, mut unet, vae_decoder) =
-            (text_encoder?, text_encoder_2?, unet?, vae_decoder?);
+        let mut parts = load_components(
+            config.parallel_load,
+            || load_text(0),
+            || load_text(1),
+            || checkpoint.load_unet(config),
+            || checkpoint.load_vae_decoder(config),
+        )?;
         if checkpoint.needs_prediction_test() {
-            let v = unet.a1111_v_prediction_test()?;
+            let v = parts.unet.a1111_v_prediction_test()?;
             folder.scheduler.prediction_type = if v { PredictionType::VPrediction } else { PredictionType::Epsilon };
             folder.detected_by.push(format!(
                 "A1111's SD 2.x UNet test (mean of output − input below −1 on constant inputs): {}",
                 folder.scheduler.prediction_type
             ));
         }
-        let tokenizer = folder.tokenizer.as_ref().map(ClipTokenizer::load).transpose()?;
-        let tokenizer_2 = folder.tokenizer_2.as_ref().map(ClipTokenizer::load).transpose()?;
-        Ok(Self {
-            folder,
-            tokenizer,
-            tokenizer_2,
-            text_encoder,
-            text_encoder_2,
-            unet,
-            vae_encoder: None,
-            vae_decoder,
-            provider: config.provider,
-            config: config.clone(),
-        })
+        Self::assemble(folder, parts, config)
     }
 
     /// Whether the folder has a VAE encoder (img2img and inpainting need one).
@@ -164,6 +137,42 @@ fn load_text_encoder(
     eps: f32,
 ) -> Result<Option<TextEncoder>> {
     path.map(|path| TextEncoder::load(component, path, config, eps)).transpose()
+}
+
+/// The sessions of one model.
+struct Components {
+    text_encoder: Option<TextEncoder>,
+    text_encoder_2: Option<TextEncoder>,
+    unet: Unet,
+    vae_decoder: VaeDecoder,
+}
+
+/// Runs the four loaders, side by side when `parallel`: sessions are independent, and creating one is mostly
+/// graph optimisation on one core, so the UNet dominates and the others hide behind it.
+fn load_components(
+    parallel: bool,
+    text_1: impl FnOnce() -> Result<Option<TextEncoder>> + Send,
+    text_2: impl FnOnce() -> Result<Option<TextEncoder>> + Send,
+    unet: impl FnOnce() -> Result<Unet>,
+    decoder: impl FnOnce() -> Result<VaeDecoder> + Send,
+) -> Result<Components> {
+    let (text_encoder, text_encoder_2, unet, vae_decoder) = if parallel {
+        std::thread::scope(|scope| {
+            let text_1 = scope.spawn(text_1);
+            let text_2 = scope.spawn(text_2);
+            let decoder = scope.spawn(decoder);
+            let unet = unet();
+            (joined(text_1), joined(text_2), unet, joined(decoder))
+        })
+    } else {
+        (text_1(), text_2(), unet(), decoder())
+    };
+    Ok(Components {
+        text_encoder: text_encoder?,
+        text_encoder_2: text_encoder_2?,
+        unet: unet?,
+        vae_decoder: vae_decoder?,
+    })
 }
 
 /// The result of a scoped loader thread; a panic inside ONNX Runtime's loader is re-raised here.

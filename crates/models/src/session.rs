@@ -112,22 +112,8 @@ impl OnnxModel {
             action: "loading the model",
             reason: format!("{e} (file {})", path.display()),
         })?;
-        let inputs = session.inputs().iter().map(|o| tensor_info(o.name(), o.dtype())).collect();
-        let outputs = session.outputs().iter().map(|o| tensor_info(o.name(), o.dtype())).collect();
         tracing::info!(provider = %config.provider, "session ready");
-        Ok(Self {
-            component: component.to_owned(),
-            path: path.to_owned(),
-            provider: config.provider,
-            inputs,
-            outputs,
-            session,
-            bound_io: config.bound_io,
-            bound_outputs: None,
-            run_time: std::time::Duration::ZERO,
-            runs: 0,
-            bound_runs: 0,
-        })
+        Ok(Self::from_session(component, path, session, config))
     }
 
     /// Loads a graph built in memory (a checkpoint's); `source` names the file it came from in messages.
@@ -154,12 +140,16 @@ impl OnnxModel {
         let session = builder
             .commit_from_memory(&model)
             .map_err(|e| session_error("loading the built graph")(format!("{e} (built from {})", source.display())))?;
+        tracing::info!(provider = %config.provider, "built session ready");
+        Ok(Self::from_session(component, source, session, config))
+    }
+
+    fn from_session(component: &str, path: &Path, session: Session, config: &SessionConfig) -> Self {
         let inputs = session.inputs().iter().map(|o| tensor_info(o.name(), o.dtype())).collect();
         let outputs = session.outputs().iter().map(|o| tensor_info(o.name(), o.dtype())).collect();
-        tracing::info!(provider = %config.provider, "built session ready");
-        Ok(Self {
+        Self {
             component: component.to_owned(),
-            path: source.to_owned(),
+            path: path.to_owned(),
             provider: config.provider,
             inputs,
             outputs,
@@ -169,7 +159,7 @@ impl OnnxModel {
             run_time: std::time::Duration::ZERO,
             runs: 0,
             bound_runs: 0,
-        })
+        }
     }
 
     /// The component name given at load time.
