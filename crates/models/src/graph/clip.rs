@@ -92,28 +92,16 @@ pub(crate) fn build(weights: Weights<'_>, spec: &ClipSpec, options: GraphOptions
 fn encoder_layer(net: &mut Net<'_>, x: &str, keys: &LayerKeys, spec: &ClipSpec, mask: &str) -> Result<String> {
     let width = spec.width;
     let normed = net.layer_norm(x, &keys.norm_1, width, LAYER_NORM_EPS)?;
-    let (q, k, v) = match spec.naming {
-        ClipNaming::Transformers => {
-            let projections = [keys.q.as_str(), keys.k.as_str(), keys.v.as_str()];
-            if net.options.fused_qkv {
-                let (qkv, _) = net.linear_fused(&normed, &projections, width)?;
-                let parts = net.split_last(&qkv, &[width as i64; 3]);
-                (parts[0].clone(), parts[1].clone(), parts[2].clone())
-            } else {
-                let (q, _) = net.linear(&normed, &keys.q, width)?;
-                let (k, _) = net.linear(&normed, &keys.k, width)?;
-                let (v, _) = net.linear(&normed, &keys.v, width)?;
-                (q, k, v)
-            }
-        }
+    let qkv = match spec.naming {
+        ClipNaming::Transformers => net.projections(&normed, &[&keys.q, &keys.k, &keys.v], width)?,
         ClipNaming::OpenClip => {
             // OpenCLIP stores q, k, v stacked in one [3·width, width] matrix: already one multiply.
             let (qkv, _) = net.linear_fused(&normed, &[keys.in_proj.as_str()], width)?;
-            let parts = net.split_last(&qkv, &[width as i64; 3]);
-            (parts[0].clone(), parts[1].clone(), parts[2].clone())
+            net.split_last(&qkv, &[width as i64; 3])
         }
     };
-    let attended = net.attention(&q, &k, &v, spec.heads, Some(mask));
+    let (q, k, v) = (&qkv[0], &qkv[1], &qkv[2]);
+    let attended = net.attention(q, k, v, spec.heads, Some(mask));
     let (attended, _) = net.linear(&attended, &keys.out, width)?;
     let x = net.g.op("Add", &[x, &attended], vec![]);
     let normed = net.layer_norm(&x, &keys.norm_2, width, LAYER_NORM_EPS)?;

@@ -130,6 +130,17 @@ impl<'w> Net<'w> {
         self.linear_fused(x, &[key], in_features)
     }
 
+    /// Linears of equal width sharing input `x` (q/k/v): one MatMul split into parts when `fused_qkv` is on,
+    /// else one MatMul each.
+    pub(crate) fn projections(&mut self, x: &str, keys: &[&str], in_features: usize) -> Result<Vec<String>> {
+        if self.options.fused_qkv && keys.len() > 1 {
+            let (joined, total) = self.linear_fused(x, keys, in_features)?;
+            let part = (total / keys.len()) as i64;
+            return Ok(self.split_last(&joined, &vec![part; keys.len()]));
+        }
+        keys.iter().map(|key| self.linear(x, key, in_features).map(|(y, _)| y)).collect()
+    }
+
     /// Several linears with the same input as one MatMul whose output is their outputs side by side.
     pub(crate) fn linear_fused(&mut self, x: &str, keys: &[&str], in_features: usize) -> Result<(String, usize)> {
         self.linear_impl(x, keys, in_features, false)

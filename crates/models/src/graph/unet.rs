@@ -240,19 +240,11 @@ fn transformer_block(
     block: &BlockInputs,
 ) -> Result<String> {
     let normed = net.layer_norm(x, &format!("{p}.norm1"), width, LAYER_NORM_EPS)?;
-    let (q, k, v) = if net.options.fused_qkv {
-        let keys = [format!("{p}.attn1.to_q"), format!("{p}.attn1.to_k"), format!("{p}.attn1.to_v")];
-        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-        let (qkv, total) = net.linear_fused(&normed, &keys, width)?;
-        let parts = net.split_last(&qkv, &[(total / 3) as i64; 3]);
-        (parts[0].clone(), parts[1].clone(), parts[2].clone())
-    } else {
-        let (q, _) = net.linear(&normed, &format!("{p}.attn1.to_q"), width)?;
-        let (k, _) = net.linear(&normed, &format!("{p}.attn1.to_k"), width)?;
-        let (v, _) = net.linear(&normed, &format!("{p}.attn1.to_v"), width)?;
-        (q, k, v)
-    };
-    let attended = net.attention(&q, &k, &v, heads, None);
+    let self_keys = [format!("{p}.attn1.to_q"), format!("{p}.attn1.to_k"), format!("{p}.attn1.to_v")];
+    let self_keys: Vec<&str> = self_keys.iter().map(String::as_str).collect();
+    let qkv = net.projections(&normed, &self_keys, width)?;
+    let (q, k, v) = (&qkv[0], &qkv[1], &qkv[2]);
+    let attended = net.attention(q, k, v, heads, None);
     let (attended, _) = net.linear(&attended, &format!("{p}.attn1.to_out.0"), width)?;
     let x = net.g.op("Add", &[x, &attended], vec![]);
 
