@@ -82,7 +82,6 @@ pub(crate) async fn execute(
 ) -> Result<ImageResponse> {
     let PreparedJob { request, base, parameters, denoising_strength, .. } = prepared;
     let _turn = state.compute.lock().await;
-    state.set_control(control.clone());
     let job_timestamp = job_timestamp();
     state.progress.start(base.n_iter, base.steps, job_timestamp.clone());
     job_progress.start(base.n_iter, base.steps, job_timestamp.clone());

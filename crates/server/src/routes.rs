@@ -229,18 +229,20 @@ async fn progress(
 }
 
 async fn interrupt(State(state): Shared) -> Json<serde_json::Value> {
-    if state.progress.mark_interrupted() {
-        state.current_control().interrupt();
-        if let Some((_, progress)) = state.jobs.running_control() {
-            progress.mark_interrupted();
-        }
+    if state.progress.mark_interrupted()
+        && let Some((control, progress)) = state.jobs.running_control()
+    {
+        control.interrupt();
+        progress.mark_interrupted();
     }
     Json(serde_json::json!({}))
 }
 
 async fn skip(State(state): Shared) -> Json<serde_json::Value> {
-    if state.progress.mark_skipped() {
-        state.current_control().skip();
+    if state.progress.mark_skipped()
+        && let Some((control, _)) = state.jobs.running_control()
+    {
+        control.skip();
     }
     Json(serde_json::json!({}))
 }

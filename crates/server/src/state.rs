@@ -1,11 +1,11 @@
 //! What every request handler shares: the model provider, the runner, the settings, the job queue and the
-//! running job's progress and controls.
+//! running job's progress (its controls live with the job in the queue).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use sdrt_runtime::{GenerationSettings, JobControl, ModelProvider, ProcessingRunner};
+use sdrt_runtime::{GenerationSettings, ModelProvider, ProcessingRunner};
 
 use crate::progress::ProgressTracker;
 
@@ -26,8 +26,6 @@ pub struct ServerState {
     /// Held by whatever computes (a generation job, an extras upscale), so two never share the CPU and memory.
     pub(crate) compute: tokio::sync::Mutex<()>,
     pub(crate) progress: Arc<ProgressTracker>,
-    /// The running job's interrupt/skip flags.
-    pub(crate) control: Mutex<JobControl>,
     /// SHA-256 of each registered model, computed on first listing (A1111 caches its hashes too).
     model_hashes: Mutex<BTreeMap<PathBuf, Option<String>>>,
 }
@@ -44,7 +42,6 @@ impl ServerState {
             compute: tokio::sync::Mutex::new(()),
             access: crate::security::AccessPolicy::default(),
             progress: Arc::new(ProgressTracker::default()),
-            control: Mutex::new(JobControl::default()),
             model_hashes: Mutex::new(BTreeMap::new()),
         }
     }
@@ -105,14 +102,5 @@ impl ServerState {
     /// Replaces the settings (jobs already running keep theirs).
     pub(crate) fn set_settings(&self, settings: GenerationSettings) {
         *self.settings.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = settings;
-    }
-
-    /// The controls of the running job (a fresh, unused set when none runs).
-    pub(crate) fn current_control(&self) -> JobControl {
-        self.control.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
-    }
-
-    pub(crate) fn set_control(&self, control: JobControl) {
-        *self.control.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = control;
     }
 }
