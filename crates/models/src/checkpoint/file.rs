@@ -25,7 +25,6 @@ pub(crate) struct TensorEntry {
 pub(crate) struct TensorFile {
     path: PathBuf,
     tensors: BTreeMap<String, TensorEntry>,
-    metadata: BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for TensorFile {
@@ -82,10 +81,9 @@ impl TensorFile {
                 });
             }
         }
-        let metadata = metadata.metadata().clone().unwrap_or_default().into_iter().collect();
         // The mapping only served the check; tensors are read by range later, so no mapped pages stay resident.
         drop(mmap);
-        Ok(Self { path: path.to_owned(), tensors, metadata })
+        Ok(Self { path: path.to_owned(), tensors })
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -95,12 +93,6 @@ impl TensorFile {
     /// Every tensor name, sorted.
     pub(crate) fn names(&self) -> impl Iterator<Item = &str> {
         self.tensors.keys().map(String::as_str)
-    }
-
-    /// The `__metadata__` strings of the header.
-    #[allow(dead_code)]
-    pub(crate) fn metadata(&self) -> &BTreeMap<String, String> {
-        &self.metadata
     }
 
     pub(crate) fn entry(&self, name: &str) -> Option<&TensorEntry> {

@@ -145,17 +145,6 @@ pub(crate) fn attr_string(name: &str, value: &str) -> AttributeProto {
     }
 }
 
-/// A float-list attribute.
-#[allow(dead_code)]
-pub(crate) fn attr_floats(name: &str, values: &[f32]) -> AttributeProto {
-    AttributeProto {
-        name: name.to_owned(),
-        floats: values.to_vec(),
-        r#type: attribute_type::FLOATS,
-        ..Default::default()
-    }
-}
-
 impl GraphBuilder {
     pub(crate) fn new(name: &str) -> Self {
         Self {

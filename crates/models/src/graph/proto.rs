@@ -75,8 +75,6 @@ pub(crate) struct AttributeProto {
     pub s: Vec<u8>,
     #[prost(message, optional, tag = "5")]
     pub t: Option<TensorProto>,
-    #[prost(float, repeated, tag = "7")]
-    pub floats: Vec<f32>,
     #[prost(int64, repeated, tag = "8")]
     pub ints: Vec<i64>,
     #[prost(int32, tag = "20")]
@@ -88,7 +86,6 @@ pub(crate) mod attribute_type {
     pub const FLOAT: i32 = 1;
     pub const INT: i32 = 2;
     pub const STRING: i32 = 3;
-    pub const FLOATS: i32 = 6;
     pub const INTS: i32 = 7;
 }
 
