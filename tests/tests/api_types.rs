@@ -101,7 +101,7 @@ fn parses_a_real_txt2img_body() {
     assert_eq!(request.denoising_strength, 0.45);
     assert_eq!(request.extra["my_extension_field"], serde_json::json!([1, 2, 3]));
     assert_eq!(request.extra["comments"], serde_json::json!({}));
-    let sampling = request.validate().unwrap();
+    let sampling = request.validate(&sdrt_api_types::RequestLimits::default()).unwrap();
     assert_eq!(sampling.first_pass.sampler.name, "DPM++ 2M");
     assert_eq!(sampling.first_pass.scheduler.label, "Automatic");
     assert_eq!(sampling.first_pass.effective_scheduler().map(|s| s.label), Some("Karras"));
@@ -131,7 +131,7 @@ fn parses_a_real_img2img_body() {
     assert_eq!(request.effective_mask_blur(), (8, 8));
     assert_eq!(request.base.steps, 30);
     assert!(request.include_init_images);
-    let sampling = request.validate().unwrap();
+    let sampling = request.validate(&sdrt_api_types::RequestLimits::default()).unwrap();
     assert_eq!((sampling.first_pass.sampler.name, sampling.first_pass.scheduler.label), ("Euler a", "Exponential"));
 }
 
@@ -139,7 +139,7 @@ fn parses_a_real_img2img_body() {
 fn bad_requests_name_the_field_and_the_fix() {
     let err = Txt2ImgRequest::from_json(r#"{"width": 513, "steps": 0, "sampler_name": "Euler c"}"#)
         .unwrap()
-        .validate()
+        .validate(&sdrt_api_types::RequestLimits::default())
         .unwrap_err();
     assert_eq!(err.fields(), ["width", "steps", "sampler_name"]);
     let text = err.to_string();

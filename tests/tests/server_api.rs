@@ -161,6 +161,77 @@ async fn bad_requests_are_422_naming_the_field() {
     assert!(answer["detail"].as_str().expect("detail").contains("nope"), "{answer}");
 }
 
+/// A PNG whose zTXt chunk inflates to `text_len` bytes (a few kB on the wire).
+fn png_with_compressed_text(text_len: usize) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    {
+        let mut encoder = png::Encoder::new(&mut bytes, 8, 8);
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.add_ztxt_chunk("parameters".to_owned(), "a".repeat(text_len)).expect("text chunk");
+        encoder.write_header().expect("header").write_image_data(&[0; 8 * 8 * 3]).expect("pixels");
+    }
+    bytes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_limits_refuse_with_the_flag_named() {
+    let mut limits = sdrt_server::ServerLimits::default();
+    limits.request.max_steps = 5;
+    limits.request.max_pixels = 128 * 128;
+    limits.request.max_batch_pixels = 2 * 128 * 128;
+    limits.request.max_images = 4;
+    limits.request.max_prompt_chars = 40;
+    limits.request.max_prompt_nesting = 3;
+    limits.decode.max_side = 32;
+    limits.decode.max_text_bytes = 1000;
+    limits.max_body_bytes = 1 << 20;
+    let app = sdrt_server::router(Arc::new(ServerState::new(provider(), settings()).with_limits(limits)));
+    for (body, field, flag) in [
+        (json!({"steps": 6}), "steps", "--max-steps"),
+        (json!({"width": 256, "height": 128}), "width", "--max-pixels"),
+        (json!({"width": 128, "height": 128, "batch_size": 3}), "batch_size", "--max-batch-pixels"),
+        (json!({"width": 64, "height": 64, "batch_size": 2, "n_iter": 3}), "n_iter", "--max-images"),
+        (json!({"prompt": "a".repeat(41)}), "prompt", "--max-prompt-chars"),
+        (json!({"negative_prompt": "((((a))))"}), "negative_prompt", "--max-prompt-nesting"),
+        (json!({"width": 64, "height": 64, "enable_hr": true, "hr_scale": 4}), "hr_scale", "--max-pixels"),
+        (
+            json!({"width": 64, "height": 64, "enable_hr": true, "hr_second_pass_steps": 9}),
+            "hr_second_pass_steps",
+            "--max-steps",
+        ),
+    ] {
+        let (status, answer) = call(&app, "POST", "/sdapi/v1/txt2img", Some(body.clone())).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {answer}");
+        let detail = answer["detail"].as_str().expect("detail");
+        assert!(detail.contains(&format!("{field}: ")) && detail.contains(flag), "{body}: {detail}");
+    }
+    // Escaped brackets are text, not nesting; within every limit the job runs.
+    let fine = json!({"prompt": "\\(\\(\\(\\(x", "steps": 2, "width": 64, "height": 64, "n_iter": 2, "batch_size": 2});
+    let (status, answer) = call(&app, "POST", "/sdapi/v1/txt2img", Some(fine)).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+
+    let init = BASE64.encode(sdrt_io::encode_png_rgb8(&[0; 64 * 64 * 3], 64, 64, &[]).expect("encodes"));
+    let body = json!({"init_images": [init], "width": 64, "height": 64, "steps": 2});
+    let (status, answer) = call(&app, "POST", "/sdapi/v1/img2img", Some(body)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    let detail = answer["detail"].as_str().expect("detail");
+    assert!(detail.starts_with("init_images") && detail.contains("--max-decoded-side"), "{detail}");
+
+    // A zTXt chunk inflating past the text limit is refused without inflating it; a small one is read.
+    let bomb = png_with_compressed_text(1 << 24);
+    assert!(bomb.len() < 100 << 10, "{} bytes", bomb.len());
+    let (status, answer) = call(&app, "POST", "/sdapi/v1/png-info", Some(json!({"image": BASE64.encode(&bomb)}))).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert!(answer["detail"].as_str().expect("detail").contains("--max-text-chunk-bytes"), "{answer}");
+    let small = BASE64.encode(png_with_compressed_text(900));
+    let (status, answer) = call(&app, "POST", "/sdapi/v1/png-info", Some(json!({"image": small}))).await;
+    assert_eq!((status, answer["info"].as_str().map(str::len)), (StatusCode::OK, Some(900)), "{answer}");
+
+    let big = "x".repeat(1 << 20);
+    let (status, answer) = call(&app, "POST", "/sdapi/v1/txt2img", Some(json!({"prompt": big}))).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{answer}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn img2img_takes_base64_init_images() {
     let app = server();
@@ -289,10 +360,10 @@ async fn name_tables_and_options() {
     let (status, answer) = call(&app, "POST", "/sdapi/v1/interrogate", Some(json!({"image": ""}))).await;
     assert_eq!(status, StatusCode::NOT_IMPLEMENTED);
     assert!(answer["detail"].as_str().expect("detail").contains("interrogat"), "{answer}");
-    let big = "x".repeat(sdrt_server::MAX_BODY_BYTES + 1);
+    let big = "x".repeat(sdrt_server::ServerLimits::default().max_body_bytes + 1);
     let (status, answer) = call(&app, "POST", "/sdapi/v1/txt2img", Some(json!({"prompt": big}))).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
-    assert!(answer["detail"].as_str().expect("JSON detail").contains("MiB"), "{answer}");
+    assert!(answer["detail"].as_str().expect("JSON detail").contains("--max-body-mb"), "{answer}");
     let (status, answer) = call(&app, "GET", "/sdapi/v1/no-such-route", None).await;
     assert_eq!((status, answer), (StatusCode::NOT_FOUND, json!({"detail": "Not Found"})), "JSON 404 as A1111");
     let (_, modes) = call(&app, "GET", "/sdapi/v1/latent-upscale-modes", None).await;

@@ -31,4 +31,4 @@ pub use response::{
     ProgressResponse, ProgressState, SamplerItem, SchedulerItem, SdModelItem, UpscalerItem, sampler_items,
     scheduler_items,
 };
-pub use validate::{MAX_BATCH_SIZE, MAX_N_ITER, MAX_STEPS, SIDE_RANGE, ValidatedSampling};
+pub use validate::{MIN_SIDE, RequestLimits, ValidatedSampling};

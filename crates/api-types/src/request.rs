@@ -287,6 +287,23 @@ impl Default for Img2ImgRequest {
     }
 }
 
+impl Txt2ImgRequest {
+    /// A1111's `calculate_target_resolution`: the hires pass's size before any latent truncation, from
+    /// `hr_scale`, or from `hr_resize_x/y` (one side keeps the aspect ratio; both sides cover the box).
+    pub fn hires_size(&self) -> (u64, u64) {
+        let (width, height) = (u64::from(self.base.width.max(1)), u64::from(self.base.height.max(1)));
+        let (x, y) = (u64::from(self.hr_resize_x), u64::from(self.hr_resize_y));
+        match (x, y) {
+            // Saturating float-to-int casts: an absurd scale gives an absurd (refusable) size, not a wrap.
+            (0, 0) => ((width as f64 * self.hr_scale) as u64, (height as f64 * self.hr_scale) as u64),
+            (x, 0) => (x, x * height / width),
+            (0, y) => (y * width / height, y),
+            (x, y) if (width as f64 / height as f64) < (x as f64 / y as f64) => (x, x * height / width),
+            (_, y) => (y * width / height, y),
+        }
+    }
+}
+
 impl Img2ImgRequest {
     /// The (x, y) mask blur in effect: `mask_blur` for both axes when set, else `mask_blur_x/y`.
     pub fn effective_mask_blur(&self) -> (i64, i64) {

@@ -6,14 +6,63 @@ use crate::error::{Error, FieldProblem, Result};
 use crate::names::{self, SamplerChoice};
 use crate::request::{GenerationRequest, Img2ImgRequest, Txt2ImgRequest};
 
-/// Smallest and largest image side sdrt accepts, in pixels.
-pub const SIDE_RANGE: (u32, u32) = (64, 8192);
-/// Most sampling steps sdrt accepts.
-pub const MAX_STEPS: u32 = 1000;
-/// Most images per batch sdrt accepts.
-pub const MAX_BATCH_SIZE: u32 = 64;
-/// Most batches (`n_iter`) one request may ask for.
-pub const MAX_N_ITER: u32 = 10_000;
+/// Smallest image side sdrt accepts, in pixels (SD's UNet needs at least a few latent rows).
+pub const MIN_SIDE: u32 = 64;
+
+/// What one request may ask for at most. `sdrt serve` sets these from its `--max-*` flags; the defaults fit
+/// any real use on one machine and refuse what would exhaust its memory or occupy it for hours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestLimits {
+    /// Largest image side in pixels (`width`, `height`, the hires target, seed resize).
+    pub max_side: u32,
+    /// Most pixels in one image (`width × height`, and the hires target).
+    pub max_pixels: u64,
+    /// Most pixels in one batch (`width × height × batch_size`, hires target included).
+    pub max_batch_pixels: u64,
+    /// Most sampling steps (first pass and hires pass).
+    pub max_steps: u32,
+    /// Most images per batch.
+    pub max_batch_size: u32,
+    /// Most images in one request (`batch_size × n_iter`).
+    pub max_images: u64,
+    /// Longest prompt (and negative prompt), in characters.
+    pub max_prompt_chars: usize,
+    /// Deepest nesting of `(`, `[` and `{` in a prompt.
+    pub max_prompt_nesting: usize,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        Self {
+            max_side: 8192,
+            max_pixels: 4096 * 4096,
+            max_batch_pixels: 64 * 512 * 512,
+            max_steps: 1000,
+            max_batch_size: 64,
+            max_images: 10_000,
+            max_prompt_chars: 65_536,
+            max_prompt_nesting: 100,
+        }
+    }
+}
+
+/// Deepest nesting of unescaped `(`, `[` and `{` in `prompt` (closing brackets never make it negative).
+fn prompt_nesting(prompt: &str) -> usize {
+    let (mut depth, mut deepest, mut escaped) = (0usize, 0usize, false);
+    for c in prompt.chars() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '(' | '[' | '{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            ')' | ']' | '}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
 
 /// Collects problems so one response can report all of them.
 #[derive(Default)]
@@ -35,8 +84,8 @@ impl Problems {
     }
 }
 
-fn check_side(problems: &mut Problems, field: &'static str, value: u32) {
-    let (min, max) = SIDE_RANGE;
+fn check_side(problems: &mut Problems, limits: &RequestLimits, field: &'static str, value: u32) {
+    let (min, max) = (MIN_SIDE, limits.max_side);
     problems.check(value.is_multiple_of(8) && (min..=max).contains(&value), field, || {
         let nearest = ((value.clamp(min, max) + 4) / 8 * 8).clamp(min, max);
         format!("{value} is not a multiple of 8 in [{min}, {max}]; use e.g. {nearest}")
@@ -53,6 +102,13 @@ fn check_finite(problems: &mut Problems, field: &'static str, value: Option<f64>
         problems
             .check(value.is_finite(), field, || format!("{value} is not a finite number; send a number or omit it"));
     }
+}
+
+fn check_steps(problems: &mut Problems, limits: &RequestLimits, field: &'static str, steps: u32) {
+    let max = limits.max_steps;
+    problems.check((1..=max).contains(&steps), field, || {
+        format!("{steps} is outside [1, {max}] (--max-steps); use at least 1 step (20–50 is typical)")
+    });
 }
 
 fn check_seed(problems: &mut Problems, field: &'static str, value: i64) {
@@ -82,29 +138,69 @@ fn resolve(
     }
 }
 
-fn check_base(problems: &mut Problems, base: &GenerationRequest) -> Option<SamplerChoice> {
-    check_side(problems, "width", base.width);
-    check_side(problems, "height", base.height);
-    problems.check((1..=MAX_STEPS).contains(&base.steps), "steps", || {
-        format!("{} is outside [1, {MAX_STEPS}]; use at least 1 step (20–50 is typical)", base.steps)
+fn check_pixels(problems: &mut Problems, limits: &RequestLimits, field: &'static str, size: (u64, u64), batch: u64) {
+    let pixels = size.0.saturating_mul(size.1);
+    problems.check(pixels <= limits.max_pixels, field, || {
+        format!(
+            "{}x{} is {pixels} pixels, more than this server's {} per image (--max-pixels); ask for a smaller image",
+            size.0, size.1, limits.max_pixels
+        )
     });
+    let batch_pixels = pixels.saturating_mul(batch);
+    problems.check(pixels > limits.max_pixels || batch_pixels <= limits.max_batch_pixels, "batch_size", || {
+        format!(
+            "{batch} images of {}x{} are {batch_pixels} pixels, more than this server's {} per batch \
+             (--max-batch-pixels); use a smaller batch_size and more n_iter",
+            size.0, size.1, limits.max_batch_pixels
+        )
+    });
+}
+
+fn check_prompt(problems: &mut Problems, limits: &RequestLimits, field: &'static str, prompt: &str) {
+    let chars = prompt.chars().count();
+    problems.check(chars <= limits.max_prompt_chars, field, || {
+        format!("{chars} characters is longer than this server's {} (--max-prompt-chars)", limits.max_prompt_chars)
+    });
+    let nesting = prompt_nesting(prompt);
+    problems.check(nesting <= limits.max_prompt_nesting, field, || {
+        format!(
+            "brackets nested {nesting} deep, deeper than this server's {} (--max-prompt-nesting); \
+             escape literal brackets as \\( \\[",
+            limits.max_prompt_nesting
+        )
+    });
+}
+
+fn check_base(problems: &mut Problems, limits: &RequestLimits, base: &GenerationRequest) -> Option<SamplerChoice> {
+    check_side(problems, limits, "width", base.width);
+    check_side(problems, limits, "height", base.height);
+    check_pixels(problems, limits, "width", (base.width.into(), base.height.into()), base.batch_size.into());
+    check_steps(problems, limits, "steps", base.steps);
     problems.check(base.cfg_scale.is_finite() && base.cfg_scale >= 0.0, "cfg_scale", || {
         format!("{} must be a finite number >= 0; 7.0 is A1111's default", base.cfg_scale)
     });
-    problems.check((1..=MAX_BATCH_SIZE).contains(&base.batch_size), "batch_size", || {
-        format!("{} is outside [1, {MAX_BATCH_SIZE}]; use n_iter for more images", base.batch_size)
+    let max_batch = limits.max_batch_size;
+    problems.check((1..=max_batch).contains(&base.batch_size), "batch_size", || {
+        format!("{} is outside [1, {max_batch}] (--max-batch-size); use n_iter for more images", base.batch_size)
     });
-    problems.check((1..=MAX_N_ITER).contains(&base.n_iter), "n_iter", || {
+    let images = u64::from(base.batch_size) * u64::from(base.n_iter);
+    problems.check(base.n_iter >= 1 && images <= limits.max_images, "n_iter", || {
         format!(
-            "{} is outside [1, {MAX_N_ITER}]; 0 batches produce nothing, and more belong in several requests",
-            base.n_iter
+            "{} batches of {} images is outside [1, {}] images per request (--max-images); \
+             0 batches produce nothing, and more belong in several requests",
+            base.n_iter, base.batch_size, limits.max_images
         )
     });
+    check_prompt(problems, limits, "prompt", &base.prompt);
+    check_prompt(problems, limits, "negative_prompt", &base.negative_prompt);
     for (field, value) in
         [("seed_resize_from_w", base.seed_resize_from_w), ("seed_resize_from_h", base.seed_resize_from_h)]
     {
-        problems.check((-1..=i64::from(SIDE_RANGE.1)).contains(&value), field, || {
-            format!("{value} is outside [-1, {}]; use -1 (or 0) for no seed resize, or a size in pixels", SIDE_RANGE.1)
+        problems.check((-1..=i64::from(limits.max_side)).contains(&value), field, || {
+            format!(
+                "{value} is outside [-1, {}]; use -1 (or 0) for no seed resize, or a size in pixels",
+                limits.max_side
+            )
         });
     }
     check_seed(problems, "seed", base.seed);
@@ -135,10 +231,10 @@ pub struct ValidatedSampling {
 }
 
 impl Txt2ImgRequest {
-    /// Checks every field sdrt needs; on success returns the resolved sampler choices.
-    pub fn validate(&self) -> Result<ValidatedSampling> {
+    /// Checks every field sdrt needs against `limits`; on success returns the resolved sampler choices.
+    pub fn validate(&self, limits: &RequestLimits) -> Result<ValidatedSampling> {
         let mut problems = Problems::default();
-        let first = check_base(&mut problems, &self.base);
+        let first = check_base(&mut problems, limits, &self.base);
         check_unit_interval(&mut problems, "denoising_strength", self.denoising_strength);
         let mut hires = None;
         if self.enable_hr {
@@ -147,9 +243,16 @@ impl Txt2ImgRequest {
             });
             for (field, value) in [("hr_resize_x", self.hr_resize_x), ("hr_resize_y", self.hr_resize_y)] {
                 if value != 0 {
-                    check_side(&mut problems, field, value);
+                    check_side(&mut problems, limits, field, value);
                 }
             }
+            if self.hr_second_pass_steps != 0 {
+                check_steps(&mut problems, limits, "hr_second_pass_steps", self.hr_second_pass_steps);
+            }
+            let field = if self.hr_resize_x == 0 && self.hr_resize_y == 0 { "hr_scale" } else { "hr_resize_x" };
+            check_pixels(&mut problems, limits, field, self.hires_size(), self.base.batch_size.into());
+            check_prompt(&mut problems, limits, "hr_prompt", &self.hr_prompt);
+            check_prompt(&mut problems, limits, "hr_negative_prompt", &self.hr_negative_prompt);
             let sampler = self.hr_sampler_name.as_deref().filter(|s| !s.is_empty() && *s != "Use same sampler");
             let scheduler = self.hr_scheduler.as_deref().filter(|s| !s.is_empty() && *s != "Use same scheduler");
             hires = match (sampler, scheduler, first) {
@@ -169,10 +272,10 @@ impl Txt2ImgRequest {
 }
 
 impl Img2ImgRequest {
-    /// Checks every field sdrt needs; on success returns the resolved sampler choice.
-    pub fn validate(&self) -> Result<ValidatedSampling> {
+    /// Checks every field sdrt needs against `limits`; on success returns the resolved sampler choice.
+    pub fn validate(&self, limits: &RequestLimits) -> Result<ValidatedSampling> {
         let mut problems = Problems::default();
-        let first = check_base(&mut problems, &self.base);
+        let first = check_base(&mut problems, limits, &self.base);
         check_unit_interval(&mut problems, "denoising_strength", self.denoising_strength);
         problems.check(!self.init_images.is_empty(), "init_images", || {
             "no init image; send at least one base64 image".to_string()
@@ -210,7 +313,7 @@ mod tests {
 
     #[test]
     fn defaults_are_valid_and_resolve_to_euler() {
-        let sampling = Txt2ImgRequest::default().validate().unwrap();
+        let sampling = Txt2ImgRequest::default().validate(&RequestLimits::default()).unwrap();
         assert_eq!(sampling.first_pass.sampler.name, "Euler");
         assert_eq!(sampling.hires_pass, None);
     }
@@ -220,7 +323,7 @@ mod tests {
         let err = txt2img(
             r#"{"width": 500, "height": 8, "steps": 0, "cfg_scale": -1, "batch_size": 0, "denoising_strength": 1.5, "sampler_name": "Eulr"}"#,
         )
-        .validate()
+        .validate(&RequestLimits::default())
         .unwrap_err();
         assert_eq!(
             err.fields(),
@@ -233,29 +336,59 @@ mod tests {
 
     #[test]
     fn hires_sampler_inherits_and_overrides() {
-        let sampling =
-            txt2img(r#"{"enable_hr": true, "sampler_name": "DPM++ 2M", "scheduler": "karras"}"#).validate().unwrap();
+        let sampling = txt2img(r#"{"enable_hr": true, "sampler_name": "DPM++ 2M", "scheduler": "karras"}"#)
+            .validate(&RequestLimits::default())
+            .unwrap();
         assert_eq!(sampling.hires_pass, Some(sampling.first_pass));
-        let sampling = txt2img(r#"{"enable_hr": true, "hr_sampler_name": "Euler a"}"#).validate().unwrap();
+        let sampling = txt2img(r#"{"enable_hr": true, "hr_sampler_name": "Euler a"}"#)
+            .validate(&RequestLimits::default())
+            .unwrap();
         assert_eq!(sampling.hires_pass.unwrap().sampler.name, "Euler a");
-        let err = txt2img(r#"{"enable_hr": true, "hr_scale": 0.5, "hr_scheduler": "nope"}"#).validate().unwrap_err();
+        let err = txt2img(r#"{"enable_hr": true, "hr_scale": 0.5, "hr_scheduler": "nope"}"#)
+            .validate(&RequestLimits::default())
+            .unwrap_err();
         assert_eq!(err.fields(), ["hr_scale", "hr_scheduler"]);
     }
 
     #[test]
     fn sizes_that_would_exhaust_memory_are_refused_up_front() {
         let err = txt2img(r#"{"n_iter": 4294967295, "seed_resize_from_w": 1099511627776, "seed_resize_from_h": 64}"#)
-            .validate()
+            .validate(&RequestLimits::default())
             .unwrap_err();
         assert_eq!(err.fields(), ["n_iter", "seed_resize_from_w"]);
-        assert!(txt2img(r#"{"seed_resize_from_w": 0, "seed_resize_from_h": -1}"#).validate().is_ok());
+        assert!(
+            txt2img(r#"{"seed_resize_from_w": 0, "seed_resize_from_h": -1}"#)
+                .validate(&RequestLimits::default())
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn nesting_counts_unescaped_brackets_only() {
+        assert_eq!(prompt_nesting("a (b [c {d}]) (e)"), 3);
+        assert_eq!(prompt_nesting(r"\(\(\( x ))) (y"), 1);
+        assert_eq!(prompt_nesting(&"(".repeat(10_000)), 10_000);
+        let err = txt2img(&format!(r#"{{"prompt": "{}"}}"#, "(".repeat(10_000))).validate(&RequestLimits::default());
+        assert_eq!(err.unwrap_err().fields(), ["prompt"]);
+    }
+
+    #[test]
+    fn hires_size_follows_a1111s_target_resolution() {
+        let size = |json: &str| txt2img(json).hires_size();
+        assert_eq!(size(r#"{"width": 512, "height": 384, "hr_scale": 1.5}"#), (768, 576));
+        assert_eq!(size(r#"{"width": 512, "height": 384, "hr_resize_x": 1024}"#), (1024, 768));
+        assert_eq!(size(r#"{"width": 512, "height": 384, "hr_resize_y": 768}"#), (1024, 768));
+        // Both sides: the image covers the box (the excess is truncated later).
+        assert_eq!(size(r#"{"width": 512, "height": 384, "hr_resize_x": 1024, "hr_resize_y": 1024}"#), (1365, 1024));
+        let absurd = txt2img(r#"{"enable_hr": true, "hr_scale": 1e300}"#).validate(&RequestLimits::default());
+        assert_eq!(absurd.unwrap_err().fields(), ["hr_scale"]);
     }
 
     #[test]
     fn img2img_needs_an_init_image() {
-        let err = Img2ImgRequest::default().validate().unwrap_err();
+        let err = Img2ImgRequest::default().validate(&RequestLimits::default()).unwrap_err();
         assert_eq!(err.fields(), ["init_images"]);
         let ok = Img2ImgRequest::from_json(r#"{"init_images": ["AAAA"], "sampler_name": "k_euler_a"}"#).unwrap();
-        assert_eq!(ok.validate().unwrap().first_pass.sampler.name, "Euler a");
+        assert_eq!(ok.validate(&RequestLimits::default()).unwrap().first_pass.sampler.name, "Euler a");
     }
 }

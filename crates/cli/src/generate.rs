@@ -448,7 +448,7 @@ pub fn run_job(
 
 pub fn txt2img(args: &Txt2ImgArgs) -> Result<()> {
     let request = args.request();
-    request.validate()?;
+    request.validate(&sdrt_api_types::RequestLimits::default())?;
     let common = &args.common;
     let provider = common.provider()?;
     let settings = GenerationSettings { upscaler_dir: args.upscaler_dir.clone(), ..common.settings(true)? };
@@ -475,7 +475,7 @@ pub fn img2img(args: &Img2ImgArgs) -> Result<()> {
         mask_round: !args.no_mask_round,
         ..Img2ImgRequest::default()
     };
-    request.validate()?;
+    request.validate(&sdrt_api_types::RequestLimits::default())?;
     let provider = args.common.provider()?;
     let job = ProcessingRequest::Img2Img { request, init_images: vec![init], mask };
     let (output, metrics) = run_job(job, args.common.settings(true)?, provider, args.common.json)?;

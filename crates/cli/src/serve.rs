@@ -42,9 +42,78 @@ pub struct ServeArgs {
     /// default. Cross-site POSTs from other origins are refused.
     #[arg(long, value_delimiter = ',')]
     pub cors_allow_origins: Vec<String>,
+    /// What one request may ask for.
+    #[command(flatten)]
+    pub limits: LimitArgs,
     /// Execution provider, threads and ONNX Runtime session tuning.
     #[command(flatten)]
     pub session: SessionArgs,
+}
+
+/// `--max-*`: bounds on one request.
+#[derive(Args, Debug)]
+#[command(next_help_heading = "Request limits")]
+pub struct LimitArgs {
+    /// Largest image side in pixels (width, height, hires target, extras upscale).
+    #[arg(long, default_value_t = sdrt_server::ServerLimits::default().request.max_side)]
+    pub max_side: u32,
+    /// Most pixels in one image (hires target included).
+    #[arg(long, default_value_t = sdrt_server::ServerLimits::default().request.max_pixels)]
+    pub max_pixels: u64,
+    /// Most pixels in one batch (width × height × batch_size).
+    #[arg(long, default_value_t = sdrt_server::ServerLimits::default().request.max_batch_pixels)]
+    pub max_batch_pixels: u64,
+    /// Most sampling steps per pass.
+    #[arg(long, default_value_t = sdrt_server::ServerLimits::default().request.max_steps)]
+    pub max_steps: u32,
+    /// Most images per batch.
+    #[arg(long, default_value_t = sdrt_server::ServerLimits::default().request.max_batch_size)]
+    pub max_batch_size: u32,
+    /// Most images in one request (batch_size × n_iter).
+    #[arg(long, default_value_t = sdrt_server::ServerLimits::default().request.max_images)]
+    pub max_images: u64,
+    /// Longest prompt, in characters.
+    #[arg(long, default_value_t = sdrt_server::ServerLimits::default().request.max_prompt_chars)]
+    pub max_prompt_chars: usize,
+    /// Deepest nesting of (, [ and { in a prompt.
+    #[arg(long, default_value_t = sdrt_server::ServerLimits::default().request.max_prompt_nesting)]
+    pub max_prompt_nesting: usize,
+    /// Largest side of an image decoded from a request (checked before decoding).
+    #[arg(long, default_value_t = sdrt_server::ServerLimits::default().decode.max_side)]
+    pub max_decoded_side: u32,
+    /// Most memory one image decode may allocate, in MiB.
+    #[arg(long, default_value_t = sdrt_server::ServerLimits::default().decode.max_bytes >> 20)]
+    pub max_decoded_mb: u64,
+    /// Longest PNG text chunk read (png-info), in bytes after decompression.
+    #[arg(long, default_value_t = sdrt_server::ServerLimits::default().decode.max_text_bytes)]
+    pub max_text_chunk_bytes: usize,
+    /// Largest request body, in MiB.
+    #[arg(long, default_value_t = sdrt_server::ServerLimits::default().max_body_bytes >> 20)]
+    pub max_body_mb: usize,
+}
+
+impl LimitArgs {
+    /// The server's limits from the flags.
+    pub fn limits(&self) -> sdrt_server::ServerLimits {
+        sdrt_server::ServerLimits {
+            request: sdrt_api_types::RequestLimits {
+                max_side: self.max_side,
+                max_pixels: self.max_pixels,
+                max_batch_pixels: self.max_batch_pixels,
+                max_steps: self.max_steps,
+                max_batch_size: self.max_batch_size,
+                max_images: self.max_images,
+                max_prompt_chars: self.max_prompt_chars,
+                max_prompt_nesting: self.max_prompt_nesting,
+            },
+            decode: sdrt_io::DecodeLimits {
+                max_side: self.max_decoded_side,
+                max_bytes: self.max_decoded_mb.saturating_mul(1 << 20),
+                max_text_bytes: self.max_text_chunk_bytes,
+            },
+            max_body_bytes: self.max_body_mb.saturating_mul(1 << 20),
+        }
+    }
 }
 
 pub fn serve(args: &ServeArgs) -> Result<()> {
@@ -78,6 +147,7 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
     let state = Arc::new(
         sdrt_server::ServerState::new(Arc::new(provider), settings)
             .with_queue_limits(args.queue_capacity, timeout)
+            .with_limits(args.limits.limits())
             .with_access(access),
     );
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;

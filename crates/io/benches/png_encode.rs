@@ -4,7 +4,7 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use sdrt_io::{encode_png_with_infotext, read_png_texts};
+use sdrt_io::{DecodeLimits, encode_png_with_infotext, read_png_texts};
 
 const SIZE: u32 = 512;
 const INFOTEXT: &str = "a photo of an astronaut riding a horse on mars, highly detailed\n\
@@ -34,7 +34,7 @@ fn png_encode(c: &mut Criterion) {
     group.throughput(Throughput::Bytes(u64::from(SIZE * SIZE * 3)));
     for (name, pixels) in [("smooth", smooth_image()), ("noise", noise_image())] {
         let encoded = encode_png_with_infotext(&pixels, SIZE, SIZE, INFOTEXT).expect("encodes");
-        let texts = read_png_texts(&encoded).expect("reads back");
+        let texts = read_png_texts(&encoded, &DecodeLimits::default()).expect("reads back");
         assert_eq!(texts, vec![("parameters".to_owned(), INFOTEXT.to_owned())], "infotext chunk round-trips");
         group.bench_function(name, |b| {
             b.iter(|| encode_png_with_infotext(black_box(&pixels), SIZE, SIZE, INFOTEXT).expect("encodes"))

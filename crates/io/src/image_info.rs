@@ -2,6 +2,7 @@
 
 use crate::error::{Error, Result};
 use crate::exif_meta::read_exif_infotext;
+use crate::load::DecodeLimits;
 use crate::png_meta::{PARAMETERS_KEY, PNG_SIGNATURE, read_png_texts};
 
 /// The infotext of an image and its other text items.
@@ -13,10 +14,21 @@ pub struct ImageInfo {
     pub items: Vec<(String, String)>,
 }
 
-/// Reads the infotext of a PNG, JPEG or WebP file.
+/// Reads the infotext of a PNG, JPEG or WebP file within the default [`DecodeLimits`].
 pub fn read_image_info(bytes: &[u8]) -> Result<ImageInfo> {
+    DecodeLimits::default().read_image_info(bytes)
+}
+
+impl DecodeLimits {
+    /// Reads the infotext of a PNG, JPEG or WebP file within these limits.
+    pub fn read_image_info(&self, bytes: &[u8]) -> Result<ImageInfo> {
+        read_image_info_within(bytes, self)
+    }
+}
+
+fn read_image_info_within(bytes: &[u8], limits: &DecodeLimits) -> Result<ImageInfo> {
     if bytes.starts_with(&PNG_SIGNATURE) {
-        let mut items = read_png_texts(bytes)?;
+        let mut items = read_png_texts(bytes, limits)?;
         let position = items.iter().position(|(k, _)| k == PARAMETERS_KEY);
         let infotext = position.map(|i| items.remove(i).1);
         return Ok(ImageInfo { infotext, items });

@@ -34,7 +34,7 @@ pub use exif_meta::{
 pub use grid::{GRID_BACKGROUND, grid_shape, image_grid};
 pub use image_info::{ImageInfo, read_image_info};
 pub use infotext::{GenerationParams, HiresParams, InfotextValue, ParsedInfotext, python_float, quote, unquote};
-pub use load::{MAX_DECODED_BYTES, MAX_DECODED_SIDE, load_image};
+pub use load::{DecodeLimits, load_image};
 pub use mask::{CropBox, blur_mask, crop_region, expand_crop_region, mask_from_image, pil_luminance};
 pub use model_hash::{SHORT_HASH_LEN, model_hash, model_sha256};
 pub use naming::{
@@ -43,7 +43,8 @@ pub use naming::{
 };
 pub use pil_resize::{PilFilter, pil_resize};
 pub use png_meta::{
-    PARAMETERS_KEY, PngImage, decode_png, encode_png_rgb8, encode_png_with_infotext, is_latin1, read_png_texts,
+    PARAMETERS_KEY, PngImage, decode_png, decode_png_within, encode_png_rgb8, encode_png_with_infotext, is_latin1,
+    read_png_texts,
 };
 pub use resize::{ResizeMode, resize_image};
 pub use tiles::upscale_tiled;

@@ -3,25 +3,43 @@
 
 use std::io::Cursor;
 
-/// Largest side of an image sdrt decodes from outside, in pixels.
-pub const MAX_DECODED_SIDE: u32 = 16_384;
-/// Most memory one decode may allocate, in bytes.
-pub const MAX_DECODED_BYTES: u64 = 1 << 30;
+/// How much decoding an image from outside may cost; `sdrt serve --max-decoded-side` and friends set these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeLimits {
+    /// Largest side of an image sdrt decodes, in pixels.
+    pub max_side: u32,
+    /// Most memory one decode may allocate, in bytes.
+    pub max_bytes: u64,
+    /// Longest text chunk (after decompression) read from a PNG, in bytes.
+    pub max_text_bytes: usize,
+}
 
-/// Decodes a PNG, JPEG or WebP image, refusing one larger than [`MAX_DECODED_SIDE`] per side or needing more
-/// than [`MAX_DECODED_BYTES`].
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        Self { max_side: 16_384, max_bytes: 1 << 30, max_text_bytes: 2 << 20 }
+    }
+}
+
+impl DecodeLimits {
+    /// Decodes a PNG, JPEG or WebP image, refusing one larger than these limits before it allocates.
+    pub fn load_image(&self, bytes: &[u8]) -> crate::Result<image::DynamicImage> {
+        let error = |message: String| crate::Error::Decode { format: "image", message };
+        let mut reader =
+            image::ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| error(e.to_string()))?;
+        let mut limits = image::Limits::default();
+        limits.max_image_width = Some(self.max_side);
+        limits.max_image_height = Some(self.max_side);
+        limits.max_alloc = Some(self.max_bytes);
+        reader.limits(limits);
+        reader.decode().map_err(|e| {
+            error(format!("{e} (at most {side}x{side} pixels are decoded: --max-decoded-side)", side = self.max_side))
+        })
+    }
+}
+
+/// [`DecodeLimits::load_image`] with the default limits.
 pub fn load_image(bytes: &[u8]) -> crate::Result<image::DynamicImage> {
-    let error = |message: String| crate::Error::Decode { format: "image", message };
-    let mut reader =
-        image::ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| error(e.to_string()))?;
-    let mut limits = image::Limits::default();
-    limits.max_image_width = Some(MAX_DECODED_SIDE);
-    limits.max_image_height = Some(MAX_DECODED_SIDE);
-    limits.max_alloc = Some(MAX_DECODED_BYTES);
-    reader.limits(limits);
-    reader
-        .decode()
-        .map_err(|e| error(format!("{e} (at most {MAX_DECODED_SIDE}x{MAX_DECODED_SIDE} pixels are decoded)")))
+    DecodeLimits::default().load_image(bytes)
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! uncompressed iTXt otherwise) and read back from tEXt, zTXt and iTXt chunks.
 
 use crate::error::{Error, Result};
+use crate::load::DecodeLimits;
 
 /// The text chunk key A1111 stores the infotext under.
 pub const PARAMETERS_KEY: &str = "parameters";
@@ -79,16 +80,29 @@ impl PngImage {
 }
 
 /// Reads every text chunk (before or after the image data) without keeping the pixels.
-pub fn read_png_texts(bytes: &[u8]) -> Result<Vec<(String, String)>> {
-    Ok(decode_png(bytes)?.texts)
+pub fn read_png_texts(bytes: &[u8], limits: &DecodeLimits) -> Result<Vec<(String, String)>> {
+    Ok(decode_png_within(bytes, limits)?.texts)
 }
 
-/// Decodes a PNG to RGB8 (expanding palette, grey, alpha and 16-bit) and collects its text chunks.
+/// Decodes a PNG to RGB8 (expanding palette, grey, alpha and 16-bit) and collects its text chunks, within the
+/// default [`DecodeLimits`].
 pub fn decode_png(bytes: &[u8]) -> Result<PngImage> {
+    decode_png_within(bytes, &DecodeLimits::default())
+}
+
+/// [`decode_png`] within `limits`: a large image or a compressed text chunk that would expand beyond them is an
+/// error before the memory is allocated.
+pub fn decode_png_within(bytes: &[u8], limits: &DecodeLimits) -> Result<PngImage> {
     let _span = tracing::info_span!("io::decode_png", bytes = bytes.len()).entered();
-    let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+    let png_limits = png::Limits { bytes: usize::try_from(limits.max_bytes).unwrap_or(usize::MAX) };
+    let mut decoder = png::Decoder::new_with_limits(std::io::Cursor::new(bytes), png_limits);
     decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
     let mut reader = decoder.read_info().map_err(decode_error)?;
+    let (width, height) = (reader.info().width, reader.info().height);
+    if width > limits.max_side || height > limits.max_side {
+        let side = limits.max_side;
+        return Err(decode_error(format!("{width}x{height} is larger than {side}x{side} (--max-decoded-side)")));
+    }
     let size = reader.output_buffer_size().ok_or_else(|| decode_error("image too large for memory"))?;
     let mut buffer = vec![0; size];
     let frame = reader.next_frame(&mut buffer).map_err(decode_error)?;
@@ -98,11 +112,23 @@ pub fn decode_png(bytes: &[u8]) -> Result<PngImage> {
     let info = reader.info();
     let mut texts: Vec<(String, String)> =
         info.uncompressed_latin1_text.iter().map(|c| (c.keyword.clone(), c.text.clone())).collect();
+    // `get_text` alone would inflate a compressed chunk without bound: a 1 MB zTXt can hold 1 GB of text.
+    let too_long = |keyword: &str| {
+        let limit = limits.max_text_bytes;
+        decode_error(format!("text chunk {keyword:?} expands beyond {limit} bytes (--max-text-chunk-bytes)"))
+    };
     for chunk in &info.compressed_latin1_text {
+        let mut chunk = chunk.clone();
+        chunk.decompress_text_with_limit(limits.max_text_bytes).map_err(|_| too_long(&chunk.keyword))?;
         texts.push((chunk.keyword.clone(), chunk.get_text().map_err(decode_error)?));
     }
     for chunk in &info.utf8_text {
+        let mut chunk = chunk.clone();
+        chunk.decompress_text_with_limit(limits.max_text_bytes).map_err(|_| too_long(&chunk.keyword))?;
         texts.push((chunk.keyword.clone(), chunk.get_text().map_err(decode_error)?));
+    }
+    if let Some((keyword, _)) = texts.iter().find(|(_, text)| text.len() > limits.max_text_bytes) {
+        return Err(too_long(keyword));
     }
     Ok(PngImage { width: frame.width, height: frame.height, pixels, texts })
 }

@@ -21,7 +21,7 @@ pub(crate) async fn single(
     state: Arc<ServerState>,
     request: ExtrasSingleImageRequest,
 ) -> Result<ExtrasSingleImageResponse> {
-    let image = decode_image("image", &request.image)?;
+    let image = decode_image(&state.limits.decode, "image", &request.image)?;
     let (mut images, html_info) = run(state, request.options, vec![image]).await?;
     Ok(ExtrasSingleImageResponse { html_info, image: images.pop().unwrap_or_default() })
 }
@@ -31,8 +31,11 @@ pub(crate) async fn batch(
     state: Arc<ServerState>,
     request: ExtrasBatchImagesRequest,
 ) -> Result<ExtrasBatchImagesResponse> {
-    let images =
-        request.image_list.iter().map(|file| decode_image("imageList", &file.data)).collect::<Result<Vec<_>>>()?;
+    let images = request
+        .image_list
+        .iter()
+        .map(|file| decode_image(&state.limits.decode, "imageList", &file.data))
+        .collect::<Result<Vec<_>>>()?;
     let (images, html_info) = run(state, request.options, images).await?;
     Ok(ExtrasBatchImagesResponse { html_info, images })
 }

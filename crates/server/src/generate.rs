@@ -17,7 +17,7 @@ use crate::state::ServerState;
 
 /// Checks a txt2img request and prepares its job.
 pub(crate) fn prepare_txt2img(state: &ServerState, mut request: Txt2ImgRequest) -> Result<PreparedJob> {
-    request.validate()?;
+    request.validate(&state.limits.request)?;
     registered_override(state, &mut request.base)?;
     let parameters = serde_json::to_value(&request).unwrap_or_default();
     let base = request.base.clone();
@@ -34,12 +34,16 @@ pub(crate) fn prepare_txt2img(state: &ServerState, mut request: Txt2ImgRequest) 
 
 /// Checks an img2img request (`init_images` are base64 images, optionally `data:` URLs) and prepares its job.
 pub(crate) fn prepare_img2img(state: &ServerState, mut request: Img2ImgRequest) -> Result<PreparedJob> {
-    request.validate()?;
+    request.validate(&state.limits.request)?;
     registered_override(state, &mut request.base)?;
-    let init_images =
-        request.init_images.iter().map(|image| decode_image("init_images", image)).collect::<Result<Vec<_>>>()?;
+    let decode = &state.limits.decode;
+    let init_images = request
+        .init_images
+        .iter()
+        .map(|image| decode_image(decode, "init_images", image))
+        .collect::<Result<Vec<_>>>()?;
     let mask = match request.mask.as_deref().filter(|m| !m.is_empty()) {
-        Some(mask) => Some(decode_mask("mask", mask, request.mask_round)?),
+        Some(mask) => Some(decode_mask(decode, "mask", mask, request.mask_round)?),
         None => None,
     };
     let mut parameters = serde_json::to_value(&request).unwrap_or_default();

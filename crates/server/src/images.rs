@@ -3,6 +3,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use sdrt_api_types::{PngInfoRequest, PngInfoResponse};
+use sdrt_io::DecodeLimits;
 use sdrt_processing::RgbImage;
 
 use crate::error::{Error, Result};
@@ -17,27 +18,34 @@ pub(crate) fn decode_base64(field: &'static str, text: &str) -> Result<Vec<u8>> 
 }
 
 /// Decodes a base64 PNG, JPEG or WebP image to RGB.
-pub(crate) fn decode_image(field: &'static str, text: &str) -> Result<RgbImage> {
-    let image = sdrt_io::flatten(&load(field, text)?);
+pub(crate) fn decode_image(limits: &DecodeLimits, field: &'static str, text: &str) -> Result<RgbImage> {
+    let image = sdrt_io::flatten(&load(limits, field, text)?);
     Ok(RgbImage { width: image.width(), height: image.height(), pixels: image.into_raw() })
 }
 
 /// An inpainting mask as A1111 reads it (`create_binary_mask`: an alpha channel when it has transparency).
-pub(crate) fn decode_mask(field: &'static str, text: &str, round: bool) -> Result<image::GrayImage> {
-    Ok(sdrt_io::mask_from_image(&load(field, text)?, round))
+pub(crate) fn decode_mask(
+    limits: &DecodeLimits,
+    field: &'static str,
+    text: &str,
+    round: bool,
+) -> Result<image::GrayImage> {
+    Ok(sdrt_io::mask_from_image(&load(limits, field, text)?, round))
 }
 
-fn load(field: &'static str, text: &str) -> Result<image::DynamicImage> {
+fn load(limits: &DecodeLimits, field: &'static str, text: &str) -> Result<image::DynamicImage> {
     let bytes = decode_base64(field, text)?;
-    sdrt_io::load_image(&bytes)
+    limits
+        .load_image(&bytes)
         .map_err(|e| Error::Field { field, message: format!("not a PNG, JPEG or WebP image sdrt can decode: {e}") })
 }
 
 /// `POST /sdapi/v1/png-info`: the infotext, the other text items and the parsed parameters (empty when the
 /// image carries no infotext, as A1111 answers).
-pub(crate) fn png_info(request: &PngInfoRequest) -> Result<PngInfoResponse> {
+pub(crate) fn png_info(limits: &DecodeLimits, request: &PngInfoRequest) -> Result<PngInfoResponse> {
     let bytes = decode_base64("image", &request.image)?;
-    let info = sdrt_io::read_image_info(&bytes)
+    let info = limits
+        .read_image_info(&bytes)
         .map_err(|e| Error::Field { field: "image", message: format!("cannot read its metadata: {e}") })?;
     let items = info.items.into_iter().map(|(key, text)| (key, text.into())).collect();
     let text = info.infotext.unwrap_or_default();

@@ -24,6 +24,6 @@ mod security;
 mod state;
 
 pub use error::{Error, Result};
-pub use routes::{MAX_BODY_BYTES, router, serve, serve_on};
+pub use routes::{router, serve, serve_on};
 pub use security::AccessPolicy;
-pub use state::{DEFAULT_QUEUE_CAPACITY, ServerState};
+pub use state::{DEFAULT_QUEUE_CAPACITY, ServerLimits, ServerState};

@@ -52,22 +52,20 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/sdrt/v1/jobs/{id}/result", get(job_result))
         .route("/sdrt/v1/jobs/{id}/events", get(job_events))
         .fallback(not_found)
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::map_response(json_rejections))
+        .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
+        .layer(axum::middleware::map_response_with_state(Arc::clone(&state), json_rejections))
         .layer(access)
         .with_state(state)
 }
 
-/// The largest request body accepted: room for a batch of large base64 init images (a 1024² PNG is ~4 MB).
-pub const MAX_BODY_BYTES: usize = 64 << 20;
-
 /// axum answers some rejections (a body over the limit) in plain text; clients parse every body as JSON.
-async fn json_rejections(response: axum::response::Response) -> axum::response::Response {
+async fn json_rejections(State(state): Shared, response: axum::response::Response) -> axum::response::Response {
     use axum::response::IntoResponse;
     if response.status() != StatusCode::PAYLOAD_TOO_LARGE {
         return response;
     }
-    let detail = format!("the request body is larger than {} MiB; send smaller images", MAX_BODY_BYTES >> 20);
+    let limit = state.limits.max_body_bytes;
+    let detail = format!("the request body is larger than {limit} bytes (--max-body-mb); send smaller images");
     let body = serde_json::json!({ "error": "PayloadTooLarge", "detail": detail, "body": "", "errors": detail });
     (StatusCode::PAYLOAD_TOO_LARGE, Json(body)).into_response()
 }
@@ -213,12 +211,12 @@ async fn set_options(State(state): Shared, body: String) -> Result<Json<serde_js
     Ok(Json(serde_json::json!({ "ignored": ignored })))
 }
 
-async fn png_info(body: String) -> Result<Json<PngInfoResponse>> {
+async fn png_info(State(state): Shared, body: String) -> Result<Json<PngInfoResponse>> {
     let request: PngInfoRequest = serde_json::from_str(&body).map_err(|e| Error::Field {
         field: "image",
         message: format!("the body must be {{\"image\": \"<base64>\"}} ({e})"),
     })?;
-    images::png_info(&request).map(Json)
+    images::png_info(&state.limits.decode, &request).map(Json)
 }
 
 async fn progress(

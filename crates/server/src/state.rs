@@ -5,12 +5,31 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use sdrt_api_types::RequestLimits;
+use sdrt_io::DecodeLimits;
 use sdrt_runtime::{GenerationSettings, ModelProvider, ProcessingRunner};
 
 use crate::progress::ProgressTracker;
 
 /// Jobs that may wait in the queue by default (`sdrt serve --queue-capacity`).
 pub const DEFAULT_QUEUE_CAPACITY: usize = 64;
+
+/// What the server accepts from one request; the generation limits travel in the settings' `limits`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// Sizes, steps, images and prompt lengths of a generation request.
+    pub request: RequestLimits,
+    /// Images decoded from request bodies (init images, masks, png-info, extras).
+    pub decode: DecodeLimits,
+    /// The largest request body, in bytes: room for a batch of large base64 init images (a 1024² PNG is ~4 MB).
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self { request: RequestLimits::default(), decode: DecodeLimits::default(), max_body_bytes: 64 << 20 }
+    }
+}
 
 /// The server's shared state; build one, then hand it to [`crate::router`].
 pub struct ServerState {
@@ -23,6 +42,8 @@ pub struct ServerState {
     pub(crate) jobs: crate::jobs::Jobs,
     /// Who may call the API.
     pub(crate) access: crate::security::AccessPolicy,
+    /// What one request may ask for.
+    pub(crate) limits: ServerLimits,
     /// Held by whatever computes (a generation job, an extras upscale), so two never share the CPU and memory.
     pub(crate) compute: tokio::sync::Mutex<()>,
     pub(crate) progress: Arc<ProgressTracker>,
@@ -34,7 +55,9 @@ impl ServerState {
     /// A server over `provider`'s models; `settings.model` names the model used when a request does not
     /// override `sd_model_checkpoint`, and `settings.outdir` decides whether `save_images` writes files.
     pub fn new(provider: Arc<ModelProvider>, settings: GenerationSettings) -> Self {
+        let limits = ServerLimits { request: settings.limits, ..ServerLimits::default() };
         Self {
+            limits,
             provider,
             runner: Arc::new(ProcessingRunner::new()),
             settings: Mutex::new(settings),
@@ -50,6 +73,14 @@ impl ServerState {
     /// stopped.
     pub fn with_queue_limits(mut self, capacity: usize, timeout: Option<std::time::Duration>) -> Self {
         self.jobs = crate::jobs::Jobs::new(capacity, timeout);
+        self
+    }
+
+    /// Requests are checked against `limits` (the generation limits also become the settings' `limits`, which
+    /// the runner checks again).
+    pub fn with_limits(mut self, limits: ServerLimits) -> Self {
+        self.limits = limits;
+        self.settings.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner).limits = limits.request;
         self
     }
 

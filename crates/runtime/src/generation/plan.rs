@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use sdrt_api_types::{GenerationRequest, SIDE_RANGE, SamplerChoice, Txt2ImgRequest};
+use sdrt_api_types::{GenerationRequest, MIN_SIDE, SamplerChoice, Txt2ImgRequest};
 use sdrt_io::{GenerationParams, HiresParams, ImageUpscaler, InfotextValue, ResizeMode};
 use sdrt_models::{RgbPixels, SessionConfig, UpscaleModel};
 use sdrt_processing::{
@@ -159,7 +159,7 @@ pub fn extras_upscale(
     let upscaled = images
         .iter()
         .map(|image| {
-            let (upscaled, entries) = extras_upscale_one(&resolved, image, upscaler, target)?;
+            let (upscaled, entries) = extras_upscale_one(&resolved, image, upscaler, target, settings.limits.max_side)?;
             info = entries;
             Ok(upscaled)
         })
@@ -172,6 +172,7 @@ fn extras_upscale_one(
     image: &RgbImage,
     upscaler: &str,
     target: ExtrasTarget,
+    max_side: u32,
 ) -> crate::Result<(RgbImage, PostprocessInfo)> {
     let image = &to_image_buffer(image, "image")?;
     if image.width() == 0 || image.height() == 0 {
@@ -189,13 +190,10 @@ fn extras_upscale_one(
         }
     };
     let (max_w, max_h) = (f64::from(image.width()) * scale, f64::from(image.height()) * scale);
-    if !(scale.is_finite() && scale > 0.0) || max_w > f64::from(SIDE_RANGE.1) || max_h > f64::from(SIDE_RANGE.1) {
+    if !(scale.is_finite() && scale > 0.0) || max_w > f64::from(max_side) || max_h > f64::from(max_side) {
         return Err(crate::Error::Field {
             field: "upscaling_resize",
-            problem: format!(
-                "scaling by {scale} would give {max_w}x{max_h}; each side must stay within {}",
-                SIDE_RANGE.1
-            ),
+            problem: format!("scaling by {scale} would give {max_w}x{max_h}; each side must stay within {max_side}"),
         });
     }
     let mut upscaled = resolved.upscale_by(image, scale, "upscaler_1")?;
@@ -296,8 +294,8 @@ pub(crate) fn prepare(job: GenerationJob, context: &mut JobContext) -> crate::Re
     let GenerationJob { request, mut settings, provider } = job;
     let base = request.base().clone();
     let sampling = match &request {
-        ProcessingRequest::Txt2Img(r) => r.validate()?,
-        ProcessingRequest::Img2Img { request, .. } => request.validate()?,
+        ProcessingRequest::Txt2Img(r) => r.validate(&settings.limits)?,
+        ProcessingRequest::Img2Img { request, .. } => request.validate(&settings.limits)?,
     };
     reject_unimplemented(&request)?;
     apply_override_settings(&mut settings, &base)?;
@@ -470,21 +468,15 @@ fn hires_plan(
     config: &SessionConfig,
 ) -> crate::Result<HiresPlan> {
     let base = &request.base;
-    let (width, height) = (base.width as usize, base.height as usize);
     let (resize_x, resize_y) = (request.hr_resize_x as usize, request.hr_resize_y as usize);
-    let mut truncate = (0, 0);
-    let upscale_to = match (resize_x, resize_y) {
-        (0, 0) => ((width as f64 * request.hr_scale) as usize, (height as f64 * request.hr_scale) as usize),
-        (x, 0) => (x, x * height / width),
-        (0, y) => (y * width / height, y),
-        (x, y) => {
-            let covers_by_width = (width as f64 / height as f64) < (x as f64 / y as f64);
-            let to = if covers_by_width { (x, x * height / width) } else { (y * width / height, y) };
-            truncate = ((to.0 - x) / LATENT_FACTOR, (to.1 - y) / LATENT_FACTOR);
-            to
-        }
+    let (to_x, to_y) = request.hires_size();
+    let upscale_to = (usize::try_from(to_x).unwrap_or(usize::MAX), usize::try_from(to_y).unwrap_or(usize::MAX));
+    // Both sides given: the enlarged image covers the box and the excess is cut off in latent space.
+    let truncate = match (resize_x, resize_y) {
+        (0, _) | (_, 0) => (0, 0),
+        (x, y) => (upscale_to.0.saturating_sub(x) / LATENT_FACTOR, upscale_to.1.saturating_sub(y) / LATENT_FACTOR),
     };
-    let (min, max) = (SIDE_RANGE.0 as usize, SIDE_RANGE.1 as usize);
+    let (min, max) = (MIN_SIDE as usize, settings.limits.max_side as usize);
     if upscale_to.0 < min || upscale_to.1 < min || upscale_to.0 > max || upscale_to.1 > max {
         let field = if resize_x == 0 && resize_y == 0 { "hr_scale" } else { "hr_resize_x" };
         return Err(crate::Error::Field {

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use sdrt_api_types::RequestLimits;
 use sdrt_processing::{CpuKernel, Emphasis, RandomSource};
 use serde_json::{Map, Value};
 
@@ -41,6 +42,8 @@ pub struct GenerationSettings {
     pub save_latents: bool,
     /// The `Version` infotext value.
     pub version: String,
+    /// What one request may ask for (sizes, steps, images, prompt length); `sdrt serve --max-*`.
+    pub limits: RequestLimits,
 }
 
 impl Default for GenerationSettings {
@@ -61,6 +64,7 @@ impl Default for GenerationSettings {
             filename_pattern: None,
             save_latents: false,
             version: format!("sdrt-{}", env!("CARGO_PKG_VERSION")),
+            limits: RequestLimits::default(),
         }
     }
 }
