@@ -18,6 +18,7 @@ commands:
   provision-ort             install the pinned ONNX Runtime library into the cache folder (idempotent)
   test [ARGS…]              provision-ort, then `cargo test --workspace ARGS…`
   sdrt [ARGS…]              provision-ort, then run the release `sdrt` binary with ARGS
+  fuzz [CASES]              generated inputs for every outside-input parser (default 1000000 each, release)
   ci                        everything CI checks: fmt, clippy, layers, tidy, provider features, tests";
 
 fn main() -> Result<()> {
@@ -40,6 +41,7 @@ fn main() -> Result<()> {
                     .concat();
             cargo(&root, &args)
         }
+        "fuzz" => run_fuzz(&root, &rest),
         "ci" => run_ci(&root),
         "" | "help" | "--help" | "-h" => {
             println!("{USAGE}");
@@ -78,6 +80,18 @@ fn report(check: &str, violations: &[String]) -> Result<()> {
     }
 }
 
+/// The property tests of `tests/tests/fuzz.rs` (prompt syntax, infotext, image metadata, request JSON) with
+/// `CASES` inputs each; CI runs the same tests with a few thousand.
+fn run_fuzz(root: &Path, args: &[String]) -> Result<()> {
+    let cases: u64 = match args {
+        [] => 1_000_000,
+        [cases] => cases.parse().with_context(|| format!("CASES must be a number, not {cases:?}"))?,
+        _ => bail!("usage: cargo xtask fuzz [CASES]"),
+    };
+    let args = ["test", "--release", "--package", "sdrt-tests", "--test", "fuzz", "--", "--test-threads", "4"];
+    cargo_with_env(root, &args, &[("SDRT_FUZZ_CASES", &cases.to_string())])
+}
+
 fn run_ci(root: &Path) -> Result<()> {
     cargo(root, &["fmt", "--all", "--check"])?;
     cargo(root, &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
@@ -89,9 +103,18 @@ fn run_ci(root: &Path) -> Result<()> {
 }
 
 fn cargo(root: &Path, args: &[&str]) -> Result<()> {
+    cargo_with_env(root, args, &[])
+}
+
+fn cargo_with_env(root: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     eprintln!("$ cargo {}", args.join(" "));
-    let status = Command::new(cargo).args(args).current_dir(root).status().context("starting cargo")?;
+    let status = Command::new(cargo)
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(root)
+        .status()
+        .context("starting cargo")?;
     if !status.success() {
         bail!("`cargo {}` failed ({status})", args.join(" "));
     }
