@@ -670,3 +670,74 @@ async fn a_client_disconnecting_mid_job_leaves_the_queue_usable() {
         call(&app, "GET", &format!("/sdrt/v1/jobs/{}", id.parse::<u64>().unwrap() - 1), None).await;
     assert_eq!((status, previous["state"].as_str()), (StatusCode::OK, Some("succeeded")), "the abandoned job finished");
 }
+
+/// Every `$ref` in `value`.
+fn references(value: &Value, found: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::String(target)) = map.get("$ref") {
+                found.push(target.clone());
+            }
+            map.values().for_each(|v| references(v, found));
+        }
+        Value::Array(items) => items.iter().for_each(|v| references(v, found)),
+        _ => {}
+    }
+}
+
+/// The property names a schema allows, through `$ref`, `allOf` and `anyOf`.
+fn property_names(schema: &Value, components: &Value) -> Vec<String> {
+    if let Some(target) = schema["$ref"].as_str() {
+        let name = target.trim_start_matches("#/components/schemas/");
+        return property_names(&components[name], components);
+    }
+    let mut names: Vec<String> =
+        schema["properties"].as_object().map(|p| p.keys().cloned().collect()).unwrap_or_default();
+    for key in ["allOf", "anyOf", "oneOf"] {
+        for part in schema[key].as_array().into_iter().flatten() {
+            names.extend(property_names(part, components));
+        }
+    }
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_describes_every_route_with_the_types_schemas() {
+    let app = server();
+    let (status, document) = call(&app, "GET", "/openapi.json", None).await;
+    assert_eq!((status, document["openapi"].as_str()), (StatusCode::OK, Some("3.0.3")));
+    let components = &document["components"]["schemas"];
+    let mut targets = Vec::new();
+    references(&document, &mut targets);
+    assert!(targets.len() > 30, "{} references", targets.len());
+    for target in &targets {
+        let name = target.strip_prefix("#/components/schemas/").expect("a component reference");
+        assert!(components.get(name).is_some(), "{target} has no schema");
+    }
+    // The request schemas name every field the request types read and write (defaults included).
+    for (operation, fields) in [
+        ("/sdapi/v1/txt2img", serde_json::to_value(Txt2ImgRequest::default()).expect("serializes")),
+        ("/sdapi/v1/img2img", serde_json::to_value(sdrt_api_types::Img2ImgRequest::default()).expect("serializes")),
+    ] {
+        let schema = &document["paths"][operation]["post"]["requestBody"]["content"]["application/json"]["schema"];
+        let names = property_names(schema, components);
+        for field in fields.as_object().expect("object").keys() {
+            assert!(names.contains(field), "{operation}: {field} missing from {names:?}");
+        }
+    }
+    // Every documented method and path is routed (the router's own 404 is `{"detail": "Not Found"}`, a
+    // missing method 405); bodies are left broken so that nothing runs.
+    let paths = document["paths"].as_object().expect("paths");
+    let mut operations = 0;
+    for (path, methods) in paths {
+        for method in methods.as_object().expect("methods").keys() {
+            let uri = path.replace("{id}", "987654");
+            let body = (method == "post").then(|| json!("not an object"));
+            let (status, answer) = call(&app, &method.to_uppercase(), &uri, body).await;
+            assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+            assert_ne!(answer, json!({"detail": "Not Found"}), "{method} {path} is documented but not routed");
+            operations += 1;
+        }
+    }
+    assert_eq!(operations, 30);
+}

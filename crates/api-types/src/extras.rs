@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The fields both extras requests share.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default)]
 pub struct ExtrasOptions {
     /// 0 = scale by `upscaling_resize`, 1 = to `upscaling_resize_w`×`upscaling_resize_h`.
@@ -56,7 +56,7 @@ impl Default for ExtrasOptions {
 }
 
 /// `POST /sdapi/v1/extra-single-image`.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default)]
 pub struct ExtrasSingleImageRequest {
     /// The options.
@@ -67,7 +67,7 @@ pub struct ExtrasSingleImageRequest {
 }
 
 /// One image of `/extra-batch-images`.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default)]
 pub struct ExtrasFile {
     /// Base64 image.
@@ -77,7 +77,7 @@ pub struct ExtrasFile {
 }
 
 /// `POST /sdapi/v1/extra-batch-images`.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default)]
 pub struct ExtrasBatchImagesRequest {
     /// The options.
@@ -89,7 +89,7 @@ pub struct ExtrasBatchImagesRequest {
 }
 
 /// The answer to `/extra-single-image`.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ExtrasSingleImageResponse {
     /// A1111's "Postprocess …" parameters as text.
     pub html_info: String,
@@ -98,7 +98,7 @@ pub struct ExtrasSingleImageResponse {
 }
 
 /// The answer to `/extra-batch-images`.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ExtrasBatchImagesResponse {
     /// A1111's "Postprocess …" parameters as text.
     pub html_info: String,

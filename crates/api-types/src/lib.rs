@@ -11,6 +11,7 @@
 
 mod error;
 mod extras;
+mod jobs;
 mod names;
 mod request;
 mod response;
@@ -21,14 +22,15 @@ pub use extras::{
     ExtrasBatchImagesRequest, ExtrasBatchImagesResponse, ExtrasFile, ExtrasOptions, ExtrasSingleImageRequest,
     ExtrasSingleImageResponse,
 };
+pub use jobs::{JobAccepted, JobKind, JobState, JobStatus, JobSubmission};
 pub use names::{
     API_DEFAULT_SAMPLER, SAMPLERS, SCHEDULERS, SamplerChoice, SamplerFamily, SamplerInfo, SchedulerInfo,
     automatic_scheduler, find_sampler, find_scheduler, resolve_sampler_and_scheduler, sampler_names, scheduler_names,
 };
 pub use request::{ExtraFields, GenerationRequest, Img2ImgRequest, Txt2ImgRequest};
 pub use response::{
-    GenerationInfo, ImageResponse, LatentUpscaleModeItem, Options, PngInfoRequest, PngInfoResponse, ProgressRequest,
-    ProgressResponse, ProgressState, SamplerItem, SchedulerItem, SdModelItem, UpscalerItem, sampler_items,
-    scheduler_items,
+    ErrorResponse, GenerationInfo, ImageResponse, LatentUpscaleModeItem, Options, PngInfoRequest, PngInfoResponse,
+    ProgressRequest, ProgressResponse, ProgressState, SamplerItem, SchedulerItem, SdModelItem, UpscalerItem,
+    sampler_items, scheduler_items,
 };
 pub use validate::{MIN_SIDE, RequestLimits, ValidatedSampling};

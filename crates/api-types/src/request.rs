@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 pub type ExtraFields = BTreeMap<String, Value>;
 
 /// Fields shared by txt2img and img2img (A1111's `StableDiffusionProcessing` plus the API extras).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default)]
 pub struct GenerationRequest {
     /// Positive prompt.
@@ -156,8 +156,9 @@ impl GenerationRequest {
 }
 
 /// `POST /sdapi/v1/txt2img` body.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(remote = "Self", default)]
+#[schemars(transform = with_shared_fields)]
 pub struct Txt2ImgRequest {
     /// Shared generation fields.
     #[serde(skip_deserializing, flatten)]
@@ -219,8 +220,9 @@ impl Default for Txt2ImgRequest {
 }
 
 /// `POST /sdapi/v1/img2img` body.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(remote = "Self", default)]
+#[schemars(transform = with_shared_fields)]
 pub struct Img2ImgRequest {
     /// Shared generation fields.
     #[serde(skip_deserializing, flatten)]
@@ -308,6 +310,22 @@ impl Img2ImgRequest {
     /// The (x, y) mask blur in effect: `mask_blur` for both axes when set, else `mask_blur_x/y`.
     pub fn effective_mask_blur(&self) -> (i64, i64) {
         self.mask_blur.map_or((self.mask_blur_x, self.mask_blur_y), |blur| (blur, blur))
+    }
+}
+
+/// The schema of a request type with [`GenerationRequest`]'s fields added: its `base` is flattened by hand
+/// (`skip_deserializing`, see [`request_serde`]), which the derived schema cannot see.
+fn with_shared_fields(schema: &mut schemars::Schema) {
+    let mut settings = schemars::generate::SchemaSettings::openapi3().for_deserialize();
+    settings.inline_subschemas = true;
+    let shared = settings.into_generator().into_root_schema_for::<GenerationRequest>();
+    let Some(shared) = shared.get("properties").and_then(serde_json::Value::as_object) else { return };
+    if let Some(properties) =
+        schema.ensure_object().entry("properties").or_insert_with(|| Map::new().into()).as_object_mut()
+    {
+        for (name, property) in shared {
+            properties.entry(name.clone()).or_insert_with(|| property.clone());
+        }
     }
 }
 

@@ -7,7 +7,7 @@ use crate::names::{SAMPLERS, SCHEDULERS, SamplerInfo, SchedulerInfo};
 use crate::request::ExtraFields;
 
 /// `txt2img` / `img2img` response: `{images, parameters, info}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ImageResponse {
     /// Base64 PNGs (empty when `send_images` is false).
     pub images: Vec<String>,
@@ -18,7 +18,7 @@ pub struct ImageResponse {
 }
 
 /// What A1111's `Processed.js()` puts in `info`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(default)]
 pub struct GenerationInfo {
     /// First prompt.
@@ -95,7 +95,7 @@ impl GenerationInfo {
 }
 
 /// `GET /sdapi/v1/progress` query.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(default)]
 pub struct ProgressRequest {
     /// Do not encode the live preview.
@@ -103,7 +103,7 @@ pub struct ProgressRequest {
 }
 
 /// `state` inside [`ProgressResponse`] (A1111's `shared.state.dict()`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(default)]
 pub struct ProgressState {
     /// The current image was skipped.
@@ -127,7 +127,7 @@ pub struct ProgressState {
 }
 
 /// `GET /sdapi/v1/progress` response.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 pub struct ProgressResponse {
     /// Progress in [0, 1].
     pub progress: f64,
@@ -142,14 +142,14 @@ pub struct ProgressResponse {
 }
 
 /// `POST /sdapi/v1/png-info` body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PngInfoRequest {
     /// Base64 image (optionally with a `data:` prefix).
     pub image: String,
 }
 
 /// `POST /sdapi/v1/png-info` response.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 pub struct PngInfoResponse {
     /// The infotext (`parameters` chunk or EXIF UserComment); empty when none.
     pub info: String,
@@ -160,7 +160,7 @@ pub struct PngInfoResponse {
 }
 
 /// `GET /sdapi/v1/samplers` item.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SamplerItem {
     /// Sampler name.
     pub name: String,
@@ -195,7 +195,7 @@ impl From<&SamplerInfo> for SamplerItem {
 }
 
 /// `GET /sdapi/v1/schedulers` item.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SchedulerItem {
     /// API name.
     pub name: String,
@@ -232,7 +232,7 @@ pub fn scheduler_items() -> Vec<SchedulerItem> {
 }
 
 /// One `/upscalers` entry (A1111's `UpscalerItem`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct UpscalerItem {
     /// The `hr_upscaler` name.
     pub name: String,
@@ -247,14 +247,14 @@ pub struct UpscalerItem {
 }
 
 /// One `/latent-upscale-modes` entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct LatentUpscaleModeItem {
     /// The `hr_upscaler` name.
     pub name: String,
 }
 
 /// The subset of A1111 settings (`GET/POST /sdapi/v1/options`) that sdrt acts on; others are kept in `extra`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default)]
 pub struct Options {
     /// Loaded model's title.
@@ -284,7 +284,7 @@ impl Default for Options {
 }
 
 /// `GET /sdapi/v1/sd-models` item.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SdModelItem {
     /// "name [hash]".
     pub title: String,
@@ -338,5 +338,25 @@ mod tests {
         assert_eq!(options.clip_stop_at_last_layers, 2);
         assert_eq!(options.randn_source, "GPU");
         assert_eq!(options.extra["samples_format"], "jpg");
+    }
+}
+
+/// Every error answer (A1111's `HTTPException` body shape, which its clients read `detail` from).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ErrorResponse {
+    /// The kind of error (`ValidationError`, `QueueFull`, `NotFound`, …).
+    pub error: String,
+    /// What went wrong, naming the field and the fix.
+    pub detail: String,
+    /// Always empty (A1111 fills it with the request body on some errors).
+    pub body: String,
+    /// The same text as `detail`.
+    pub errors: String,
+}
+
+impl ErrorResponse {
+    /// An error of `kind` saying `message`.
+    pub fn new(kind: &str, message: &str) -> Self {
+        Self { error: kind.to_owned(), detail: message.to_owned(), body: String::new(), errors: message.to_owned() }
     }
 }

@@ -42,6 +42,7 @@ fn main() -> Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .init();
+    exit_cleanly_on_signals();
     let result = run(Cli::parse().command);
     // `sdrt models DIR | head` closes stdout early; that is not a failure.
     match result {
@@ -49,6 +50,35 @@ fn main() -> Result<()> {
             Ok(())
         }
         other => other,
+    }
+}
+
+/// Ctrl-C (and SIGTERM) end the process once the image being written is in place, so an interrupted save
+/// leaves neither a half-written image nor a temporary file.
+fn exit_cleanly_on_signals() {
+    let watcher = std::thread::Builder::new().name("sdrt-signals".into()).spawn(|| {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+        let signalled = runtime.block_on(async {
+            #[cfg(unix)]
+            {
+                use tokio::signal::unix::{SignalKind, signal};
+                let Ok(mut terminate) = signal(SignalKind::terminate()) else { return false };
+                tokio::select! {
+                    interrupted = tokio::signal::ctrl_c() => interrupted.is_ok(),
+                    _ = terminate.recv() => true,
+                }
+            }
+            #[cfg(not(unix))]
+            tokio::signal::ctrl_c().await.is_ok()
+        });
+        if !signalled {
+            return;
+        }
+        let _saves_finished = sdrt_io::pause_saves();
+        std::process::exit(130);
+    });
+    if let Err(error) = watcher {
+        tracing::warn!(%error, "no signal watcher: Ctrl-C during a save may leave a temporary file");
     }
 }
 

@@ -286,21 +286,33 @@ pub fn next_image_path(dir: &Path, pattern: Option<&str>, params: &NameParams, e
     })
 }
 
+/// Held shared by every write in progress, exclusively by a process about to exit on a signal.
+static SAVES: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Blocks new writes and waits for those in progress, so a process that exits while holding the guard (on
+/// Ctrl-C) leaves no temporary file behind.
+pub fn pause_saves() -> std::sync::RwLockWriteGuard<'static, ()> {
+    SAVES.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder, flushed, then renamed over
-/// `path` (A1111 replaces an existing file too). The folder is created when missing.
+/// `path` (A1111 replaces an existing file too). The folder is created when missing; the file's permissions
+/// follow the umask, as a plain `open` would give them.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let _span = tracing::info_span!("io::write_atomically", path = %path.display()).entered();
+    let _saving = SAVES.read().unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
     };
     std::fs::create_dir_all(dir).map_err(io_error("creating folder", dir))?;
-    let mut temp = tempfile::Builder::new()
-        .prefix(".sdrt-")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(io_error("creating a temporary file in", dir))?;
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".sdrt-").suffix(".tmp");
+    // tempfile's own default (0600) would make every saved image private to the server's user.
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    let mut temp = builder.tempfile_in(dir).map_err(io_error("creating a temporary file in", dir))?;
     temp.write_all(bytes).map_err(io_error("writing", temp.path()))?;
     temp.as_file().sync_all().map_err(io_error("syncing", temp.path()))?;
     temp.persist(path).map_err(|e| Error::Io {
@@ -375,5 +387,33 @@ mod tests {
         write_atomically(&path, b"two").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"two");
         assert_eq!(std::fs::read_dir(dir.path().join("sub")).unwrap().count(), 1);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn atomic_writes_get_the_permissions_a_plain_write_gets() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (atomic, plain) = (dir.path().join("a.png"), dir.path().join("b.png"));
+        write_atomically(&atomic, b"x").unwrap();
+        std::fs::write(&plain, b"x").unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&atomic), mode(&plain));
+    }
+
+    #[test]
+    fn paused_saves_wait_and_leave_nothing_half_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("late.png");
+        let guard = pause_saves();
+        let writer = std::thread::spawn({
+            let path = path.clone();
+            move || write_atomically(&path, b"done")
+        });
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "no file, not even a temporary one");
+        drop(guard);
+        writer.join().unwrap().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"done");
     }
 }

@@ -135,7 +135,7 @@ impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let message = self.to_string();
         tracing::warn!(status = %self.status(), "{message}");
-        let body = serde_json::json!({ "error": self.kind(), "detail": message, "body": "", "errors": message });
+        let body = sdrt_api_types::ErrorResponse::new(self.kind(), &message);
         let mut response = (self.status(), Json(body)).into_response();
         if matches!(self, Error::QueueFull { .. }) {
             response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("5"));

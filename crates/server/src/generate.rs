@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use sdrt_api_types::{GenerationInfo, GenerationRequest, ImageResponse, Img2ImgRequest, Txt2ImgRequest};
+use sdrt_api_types::{GenerationInfo, GenerationRequest, ImageResponse, Img2ImgRequest, JobKind, Txt2ImgRequest};
 use sdrt_runtime::{GenerationJob, GenerationOutput, JobControl, ProcessingRequest};
 
 use crate::error::{Error, Result};
@@ -24,7 +24,7 @@ pub(crate) fn prepare_txt2img(state: &ServerState, mut request: Txt2ImgRequest) 
     // A1111 reports the hires pass's denoising strength in `info` (its txt2img keeps it only with enable_hr).
     let denoising_strength = request.enable_hr.then_some(request.denoising_strength);
     Ok(PreparedJob {
-        kind: "txt2img",
+        kind: JobKind::Txt2img,
         request: ProcessingRequest::Txt2Img(request),
         base,
         parameters,
@@ -55,7 +55,7 @@ pub(crate) fn prepare_img2img(state: &ServerState, mut request: Img2ImgRequest) 
     let base = request.base.clone();
     let denoising_strength = Some(request.denoising_strength);
     let request = ProcessingRequest::Img2Img { request, init_images, mask };
-    Ok(PreparedJob { kind: "img2img", request, base, parameters, denoising_strength })
+    Ok(PreparedJob { kind: JobKind::Img2img, request, base, parameters, denoising_strength })
 }
 
 /// A1111's blocking endpoints: queue the job and wait for it.

@@ -11,9 +11,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use sdrt_api_types::{GenerationRequest, ImageResponse};
+use sdrt_api_types::{GenerationRequest, ImageResponse, JobKind, JobState, JobStatus};
 use sdrt_runtime::{JobControl, ProcessingRequest, ProgressEvent, ProgressSink};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::progress::ProgressTracker;
@@ -24,43 +24,15 @@ pub(crate) const RETAINED_FINISHED: usize = 256;
 
 /// A validated request ready to run.
 pub(crate) struct PreparedJob {
-    pub kind: &'static str,
+    pub kind: JobKind,
     pub request: ProcessingRequest,
     pub base: GenerationRequest,
     pub parameters: Value,
     pub denoising_strength: Option<f64>,
 }
 
-/// Where a job is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum JobState {
-    Queued,
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
-    TimedOut,
-}
-
-impl JobState {
-    fn name(self) -> &'static str {
-        match self {
-            Self::Queued => "queued",
-            Self::Running => "running",
-            Self::Succeeded => "succeeded",
-            Self::Failed => "failed",
-            Self::Cancelled => "cancelled",
-            Self::TimedOut => "timed_out",
-        }
-    }
-
-    pub(crate) fn is_finished(self) -> bool {
-        !matches!(self, Self::Queued | Self::Running)
-    }
-}
-
 struct Entry {
-    kind: &'static str,
+    kind: JobKind,
     state: JobState,
     created: SystemTime,
     started: Option<Instant>,
@@ -172,7 +144,7 @@ impl Jobs {
     }
 
     /// The job's state as `GET /sdrt/v1/jobs/{id}` shows it.
-    pub(crate) fn status(&self, id: u64) -> Result<Value> {
+    pub(crate) fn status(&self, id: u64) -> Result<JobStatus> {
         let inner = self.lock();
         let entry = inner.entries.get(&id).ok_or(Error::UnknownJob { id })?;
         let position = inner.queue.iter().position(|queued| *queued == id);
@@ -187,24 +159,24 @@ impl Jobs {
             _ => None,
         };
         let finished = entry.state == JobState::Succeeded;
-        Ok(json!({
-            "id": id.to_string(),
-            "kind": entry.kind,
-            "state": entry.state.name(),
-            "queue_position": position,
-            "created": created,
-            "progress": if finished { 1.0 } else { progress.progress },
-            "eta_relative": progress.eta_relative,
-            "sampling_step": progress.state.sampling_step,
-            "sampling_steps": progress.state.sampling_steps,
-            "job_no": progress.state.job_no,
-            "job_count": progress.state.job_count,
-            "error": error,
-        }))
+        Ok(JobStatus {
+            id: id.to_string(),
+            kind: entry.kind,
+            state: entry.state,
+            queue_position: position,
+            created,
+            progress: if finished { 1.0 } else { progress.progress },
+            eta_relative: progress.eta_relative,
+            sampling_step: progress.state.sampling_step,
+            sampling_steps: progress.state.sampling_steps,
+            job_no: progress.state.job_no,
+            job_count: progress.state.job_count,
+            error,
+        })
     }
 
     /// Cancels a queued job or interrupts a running one; returns the state afterwards.
-    pub(crate) fn cancel(&self, id: u64) -> Result<Value> {
+    pub(crate) fn cancel(&self, id: u64) -> Result<JobStatus> {
         {
             let mut inner = self.lock();
             let entry = inner.entries.get_mut(&id).ok_or(Error::UnknownJob { id })?;

@@ -18,6 +18,7 @@ mod extras;
 mod generate;
 mod images;
 mod jobs;
+mod openapi;
 mod progress;
 mod routes;
 mod security;

@@ -6,57 +6,118 @@ use std::sync::Arc;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, delete, get, post};
 use axum::{Json, Router};
 use sdrt_api_types::{
-    ExtrasBatchImagesResponse, ExtrasSingleImageResponse, ImageResponse, Img2ImgRequest, LatentUpscaleModeItem,
-    Options, PngInfoRequest, PngInfoResponse, ProgressResponse, SamplerItem, SchedulerItem, SdModelItem,
-    Txt2ImgRequest, UpscalerItem, sampler_items, scheduler_items,
+    ErrorResponse, ExtrasBatchImagesRequest, ExtrasBatchImagesResponse, ExtrasSingleImageRequest,
+    ExtrasSingleImageResponse, ImageResponse, Img2ImgRequest, JobAccepted, JobKind, JobState, JobStatus, JobSubmission,
+    LatentUpscaleModeItem, Options, PngInfoRequest, PngInfoResponse, ProgressResponse, SamplerItem, SchedulerItem,
+    SdModelItem, Txt2ImgRequest, UpscalerItem, sampler_items, scheduler_items,
 };
 
 use crate::error::{Error, Result};
+use crate::openapi::{SchemaFn, schema};
 use crate::state::ServerState;
 use crate::{extras, generate, images};
 
 type Shared = State<Arc<ServerState>>;
 
-/// Every `/sdapi/v1` endpoint over `state`.
+/// Every `/sdapi/v1` and `/sdrt/v1` endpoint over `state`, built from [`OPERATIONS`] (which `/openapi.json`
+/// documents, so the two cannot differ).
 pub fn router(state: Arc<ServerState>) -> Router {
     let access = axum::middleware::from_fn_with_state(Arc::clone(&state), crate::security::enforce);
-    Router::new()
-        .route("/sdapi/v1/txt2img", post(txt2img))
-        .route("/sdapi/v1/img2img", post(img2img))
-        .route("/sdapi/v1/progress", get(progress))
-        .route("/sdapi/v1/interrupt", post(interrupt))
-        .route("/sdapi/v1/skip", post(skip))
-        .route("/sdapi/v1/samplers", get(samplers))
-        .route("/sdapi/v1/schedulers", get(schedulers))
-        .route("/sdapi/v1/sd-models", get(sd_models))
-        .route("/sdapi/v1/options", get(options).post(set_options))
-        .route("/sdapi/v1/png-info", post(png_info))
-        .route("/sdapi/v1/upscalers", get(upscalers))
-        .route("/sdapi/v1/latent-upscale-modes", get(latent_upscale_modes))
-        .route("/sdapi/v1/sd-vae", get(empty_list))
-        .route("/sdapi/v1/face-restorers", get(empty_list))
-        .route("/sdapi/v1/realesrgan-models", get(empty_list))
-        .route("/sdapi/v1/hypernetworks", get(empty_list))
-        .route("/sdapi/v1/scripts", get(scripts))
-        .route("/sdapi/v1/memory", get(memory))
-        .route("/sdapi/v1/cmd-flags", get(cmd_flags))
-        .route("/sdapi/v1/refresh-checkpoints", post(refresh_checkpoints))
-        .route("/sdapi/v1/interrogate", post(interrogate))
-        .route("/sdapi/v1/extra-single-image", post(extra_single_image))
-        .route("/sdapi/v1/extra-batch-images", post(extra_batch_images))
-        .route("/sdrt/v1/jobs", post(submit_job))
-        .route("/sdrt/v1/jobs/{id}", get(job_status).delete(cancel_job))
-        .route("/sdrt/v1/jobs/{id}/result", get(job_result))
-        .route("/sdrt/v1/jobs/{id}/events", get(job_events))
+    OPERATIONS
+        .iter()
+        .fold(Router::new(), |router, operation| router.route(operation.path, (operation.handler)()))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
         .layer(axum::middleware::map_response_with_state(Arc::clone(&state), json_rejections))
         .layer(access)
         .with_state(state)
 }
+
+type Handler = fn() -> MethodRouter<Arc<ServerState>>;
+
+/// One route: what `/openapi.json` says of it, and its handler.
+pub(crate) struct Operation {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub summary: &'static str,
+    /// The JSON body's schema, for routes that take one.
+    pub request: Option<SchemaFn>,
+    /// The success status and its body's schema.
+    pub response: (u16, SchemaFn),
+    handler: Handler,
+}
+
+const fn op(
+    method: &'static str,
+    path: &'static str,
+    summary: &'static str,
+    request: Option<SchemaFn>,
+    response: (u16, SchemaFn),
+    handler: Handler,
+) -> Operation {
+    Operation { method, path, summary, request, response, handler }
+}
+
+type Value = serde_json::Value;
+
+/// The API, one entry per method and path.
+#[rustfmt::skip]
+pub(crate) const OPERATIONS: &[Operation] = &[
+    op("post", "/sdapi/v1/txt2img", "Generate images from a prompt (waits for the job)",
+        Some(schema::<Txt2ImgRequest>), (200, schema::<ImageResponse>), || post(txt2img)),
+    op("post", "/sdapi/v1/img2img", "Generate images from init images, with an optional inpainting mask (waits)",
+        Some(schema::<Img2ImgRequest>), (200, schema::<ImageResponse>), || post(img2img)),
+    op("get", "/sdapi/v1/progress", "Progress of the running job, with a live preview",
+        None, (200, schema::<ProgressResponse>), || get(progress)),
+    op("post", "/sdapi/v1/interrupt", "Interrupt the running job", None, (200, schema::<Value>), || post(interrupt)),
+    op("post", "/sdapi/v1/skip", "Skip the running job's current image",
+        None, (200, schema::<Value>), || post(skip)),
+    op("get", "/sdapi/v1/samplers", "Sampler names", None, (200, schema::<Vec<SamplerItem>>), || get(samplers)),
+    op("get", "/sdapi/v1/schedulers", "Scheduler names",
+        None, (200, schema::<Vec<SchedulerItem>>), || get(schedulers)),
+    op("get", "/sdapi/v1/sd-models", "Registered models with their hashes",
+        None, (200, schema::<Vec<SdModelItem>>), || get(sd_models)),
+    op("get", "/sdapi/v1/options", "The A1111 settings sdrt honours", None, (200, schema::<Options>), || get(options)),
+    op("post", "/sdapi/v1/options", "Change settings for later jobs; answers the keys that change nothing",
+        Some(schema::<serde_json::Map<String, Value>>), (200, schema::<Value>), || post(set_options)),
+    op("post", "/sdapi/v1/png-info", "The infotext and other text items of a PNG, JPEG or WebP",
+        Some(schema::<PngInfoRequest>), (200, schema::<PngInfoResponse>), || post(png_info)),
+    op("get", "/sdapi/v1/upscalers", "Image upscalers", None, (200, schema::<Vec<UpscalerItem>>), || get(upscalers)),
+    op("get", "/sdapi/v1/latent-upscale-modes", "Latent upscale modes for hires fix",
+        None, (200, schema::<Vec<LatentUpscaleModeItem>>), || get(latent_upscale_modes)),
+    op("get", "/sdapi/v1/sd-vae", "Separate VAEs (none)", None, (200, schema::<Vec<Value>>), || get(empty_list)),
+    op("get", "/sdapi/v1/face-restorers", "Face restorers (none)",
+        None, (200, schema::<Vec<Value>>), || get(empty_list)),
+    op("get", "/sdapi/v1/realesrgan-models", "Real-ESRGAN models (none)",
+        None, (200, schema::<Vec<Value>>), || get(empty_list)),
+    op("get", "/sdapi/v1/hypernetworks", "Hypernetworks (none)",
+        None, (200, schema::<Vec<Value>>), || get(empty_list)),
+    op("get", "/sdapi/v1/scripts", "Scripts (none)", None, (200, schema::<Value>), || get(scripts)),
+    op("get", "/sdapi/v1/memory", "System memory", None, (200, schema::<Value>), || get(memory)),
+    op("get", "/sdapi/v1/cmd-flags", "The A1111 flags this server corresponds to",
+        None, (200, schema::<Value>), || get(cmd_flags)),
+    op("post", "/sdapi/v1/refresh-checkpoints", "Models are fixed at start; answers null",
+        None, (200, schema::<Value>), || post(refresh_checkpoints)),
+    op("post", "/sdapi/v1/interrogate", "Not available: 501", None, (501, schema::<ErrorResponse>), || post(interrogate)),
+    op("post", "/sdapi/v1/extra-single-image", "Upscale one image",
+        Some(schema::<ExtrasSingleImageRequest>), (200, schema::<ExtrasSingleImageResponse>), || post(extra_single_image)),
+    op("post", "/sdapi/v1/extra-batch-images", "Upscale a list of images",
+        Some(schema::<ExtrasBatchImagesRequest>), (200, schema::<ExtrasBatchImagesResponse>), || post(extra_batch_images)),
+    op("post", "/sdrt/v1/jobs", "Queue a txt2img or img2img job; 202 at once",
+        Some(schema::<JobSubmission>), (202, schema::<JobAccepted>), || post(submit_job)),
+    op("get", "/sdrt/v1/jobs/{id}", "A job's state and progress",
+        None, (200, schema::<JobStatus>), || get(job_status)),
+    op("delete", "/sdrt/v1/jobs/{id}", "Cancel a queued job or interrupt a running one",
+        None, (200, schema::<JobStatus>), || delete(cancel_job)),
+    op("get", "/sdrt/v1/jobs/{id}/result", "A finished job's A1111 response; 409 until it finishes",
+        None, (200, schema::<ImageResponse>), || get(job_result)),
+    op("get", "/sdrt/v1/jobs/{id}/events", "Server-sent `status` events (JobStatus JSON) until the job finishes",
+        None, (200, schema::<JobStatus>), || get(job_events)),
+    op("get", "/openapi.json", "This document", None, (200, schema::<Value>), || get(openapi_document)),
+];
 
 /// axum answers some rejections (a body over the limit) in plain text; clients parse every body as JSON.
 async fn json_rejections(State(state): Shared, response: axum::response::Response) -> axum::response::Response {
@@ -66,7 +127,7 @@ async fn json_rejections(State(state): Shared, response: axum::response::Respons
     }
     let limit = state.limits.max_body_bytes;
     let detail = format!("the request body is larger than {limit} bytes (--max-body-mb); send smaller images");
-    let body = serde_json::json!({ "error": "PayloadTooLarge", "detail": detail, "body": "", "errors": detail });
+    let body = sdrt_api_types::ErrorResponse::new("PayloadTooLarge", &detail);
     (StatusCode::PAYLOAD_TOO_LARGE, Json(body)).into_response()
 }
 
@@ -95,36 +156,33 @@ async fn img2img(State(state): Shared, body: String) -> Result<Json<ImageRespons
 
 /// `POST /sdrt/v1/jobs` with `{"kind": "txt2img" | "img2img", "request": {…A1111 body…}}`: 202 at once with
 /// the job's id, its queue position and where to look.
-async fn submit_job(State(state): Shared, body: String) -> Result<(StatusCode, Json<serde_json::Value>)> {
-    let envelope: serde_json::Value = serde_json::from_str(&body).map_err(|e| bad_body("(body)", &e))?;
-    let request = envelope.get("request").map(serde_json::Value::to_string).unwrap_or_else(|| "{}".to_owned());
-    let job = match envelope.get("kind").and_then(serde_json::Value::as_str) {
-        Some("txt2img") => generate::prepare_txt2img(&state, Txt2ImgRequest::from_json(&request)?)?,
-        Some("img2img") => generate::prepare_img2img(&state, Img2ImgRequest::from_json(&request)?)?,
-        other => {
-            return Err(Error::Field {
-                field: "kind",
-                message: format!("{other:?} is not a job kind; use \"txt2img\" or \"img2img\""),
-            });
-        }
+async fn submit_job(State(state): Shared, body: String) -> Result<(StatusCode, Json<JobAccepted>)> {
+    let submission: JobSubmission = serde_json::from_str(&body).map_err(|e| {
+        let message = format!("{e}; send {{\"kind\": \"txt2img\" or \"img2img\", \"request\": {{…}}}}");
+        Error::Field { field: "kind", message }
+    })?;
+    let request = if submission.request.is_null() { "{}".to_owned() } else { submission.request.to_string() };
+    let job = match submission.kind {
+        JobKind::Txt2img => generate::prepare_txt2img(&state, Txt2ImgRequest::from_json(&request)?)?,
+        JobKind::Img2img => generate::prepare_img2img(&state, Img2ImgRequest::from_json(&request)?)?,
     };
     let (id, ahead) = state.jobs.submit(&state, job)?;
-    let body = serde_json::json!({
-        "id": id.to_string(),
-        "state": "queued",
-        "queue_position": ahead,
-        "status_url": format!("/sdrt/v1/jobs/{id}"),
-        "result_url": format!("/sdrt/v1/jobs/{id}/result"),
-        "events_url": format!("/sdrt/v1/jobs/{id}/events"),
-    });
-    Ok((StatusCode::ACCEPTED, Json(body)))
+    let accepted = JobAccepted {
+        id: id.to_string(),
+        state: JobState::Queued,
+        queue_position: ahead,
+        status_url: format!("/sdrt/v1/jobs/{id}"),
+        result_url: format!("/sdrt/v1/jobs/{id}/result"),
+        events_url: format!("/sdrt/v1/jobs/{id}/events"),
+    };
+    Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
 
 fn job_id(raw: &str) -> Result<u64> {
     raw.parse().map_err(|_| Error::Field { field: "id", message: format!("{raw:?} is not a job id (a number)") })
 }
 
-async fn job_status(State(state): Shared, Path(id): Path<String>) -> Result<Json<serde_json::Value>> {
+async fn job_status(State(state): Shared, Path(id): Path<String>) -> Result<Json<JobStatus>> {
     state.jobs.status(job_id(&id)?).map(Json)
 }
 
@@ -141,7 +199,7 @@ async fn job_result(State(state): Shared, Path(id): Path<String>) -> Result<Json
     }
 }
 
-async fn cancel_job(State(state): Shared, Path(id): Path<String>) -> Result<Json<serde_json::Value>> {
+async fn cancel_job(State(state): Shared, Path(id): Path<String>) -> Result<Json<JobStatus>> {
     state.jobs.cancel(job_id(&id)?).map(Json)
 }
 
@@ -162,8 +220,8 @@ async fn job_events(
             }
             loop {
                 let Ok(status) = state.jobs.status(id) else { return None };
-                let finished = status["state"].as_str().is_some_and(|s| !matches!(s, "queued" | "running"));
-                let text = status.to_string();
+                let finished = status.state.is_finished();
+                let text = serde_json::to_string(&status).unwrap_or_default();
                 if last.as_deref() != Some(text.as_str()) {
                     let event = Event::default().event("status").data(text.clone());
                     return Some((Ok(event), (state, changes, Some(text), finished)));
@@ -284,12 +342,22 @@ async fn refresh_checkpoints() -> Json<serde_json::Value> {
 }
 
 /// `POST /sdapi/v1/interrogate`: sdrt has no interrogator (CLIP / DeepBooru) model.
-async fn interrogate() -> (StatusCode, Json<serde_json::Value>) {
+async fn interrogate() -> (StatusCode, Json<sdrt_api_types::ErrorResponse>) {
     let detail = "interrogate is not available: sdrt has no CLIP or DeepBooru interrogator model";
-    (StatusCode::NOT_IMPLEMENTED, Json(serde_json::json!({ "error": "NotImplemented", "detail": detail })))
+    (StatusCode::NOT_IMPLEMENTED, Json(sdrt_api_types::ErrorResponse::new("NotImplemented", detail)))
 }
 
 /// Unknown routes answer JSON as A1111 (FastAPI) does; clients parse the body of every answer.
+/// `GET /openapi.json`: OpenAPI 3.0 for every route, its schemas generated from the api-types.
+async fn openapi_document() -> Json<Value> {
+    // Through a function pointer: naming `OPERATIONS` here would make the table's type depend on itself.
+    Json(crate::openapi::document(operations()))
+}
+
+fn operations() -> &'static [Operation] {
+    OPERATIONS
+}
+
 async fn not_found() -> (StatusCode, Json<serde_json::Value>) {
     (StatusCode::NOT_FOUND, Json(serde_json::json!({ "detail": "Not Found" })))
 }

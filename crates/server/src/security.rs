@@ -131,7 +131,7 @@ fn with_cors(mut response: Response, origin: Option<&str>, preflight: bool) -> R
 
 fn refuse(status: StatusCode, detail: String) -> Response {
     let kind = if status == StatusCode::UNAUTHORIZED { "Unauthorized" } else { "Forbidden" };
-    let body = serde_json::json!({ "error": kind, "detail": detail, "body": "", "errors": detail });
+    let body = sdrt_api_types::ErrorResponse::new(kind, &detail);
     (status, axum::Json(body)).into_response()
 }
 
