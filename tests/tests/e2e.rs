@@ -327,6 +327,35 @@ fn progress_reports_every_step_and_interrupt_stops_after_the_current_one() {
     assert_ne!(stopped.images[0].latents, complete.images[0].latents);
 }
 
+/// An interrupt that arrives after a batch's last step (while it decodes) keeps that batch whole, as A1111
+/// does, and runs no further batch; the runner is usable afterwards.
+#[test]
+fn an_interrupt_during_decode_keeps_the_batch_and_stops_the_job() {
+    sdrt_models::ensure_runtime().unwrap();
+    let cases = fixture_json("e2e/cases.json");
+    let mut case = cases["cases"][0].clone();
+    case["request"]["n_iter"] = serde_json::json!(2);
+    let steps = case["request"]["steps"].as_u64().unwrap() as usize;
+    let provider = Arc::new(ModelProvider::new(SessionConfig::default()));
+    let runner = ProcessingRunner::new();
+    let version = cases["a1111_version"].as_str().unwrap();
+    let run = |at: usize| {
+        let control = sdrt_runtime::JobControl::default();
+        let sink = Arc::new(InterruptAt { at, control: control.clone(), seen: Mutex::default() });
+        let job = GenerationJob::new(request(&case), settings(&case, version), provider.clone());
+        runner.run_with(job, sink, control).unwrap().0
+    };
+    let stopped = run(steps);
+    assert!(stopped.interrupted);
+    assert_eq!(stopped.unet_calls, steps, "the second batch never samples");
+    let complete = run(usize::MAX);
+    assert!(!complete.interrupted);
+    assert_eq!(complete.images.len(), 2);
+    assert_eq!(stopped.images.len(), 1);
+    assert_eq!(stopped.images[0].latents, complete.images[0].latents, "the decoding batch is whole");
+    assert_eq!(stopped.images[0].image, complete.images[0].image);
+}
+
 #[test]
 fn pad_cond_uncond_batches_prompts_of_different_lengths() {
     sdrt_models::ensure_runtime().unwrap();

@@ -421,6 +421,7 @@ async fn sd_models_carry_hashes_and_options_show_what_sdrt_honours() {
     assert_eq!(models[0]["hash"], expected.as_str());
     assert_eq!(models[0]["title"], format!("sd15-tiny [{expected}]"));
     assert_eq!(models[0]["sha256"].as_str().map(str::len), Some(64));
+    assert_eq!(models[0]["filename"], "sd15-tiny", "no server path in a response");
     let (_, options) = call(&app, "GET", "/sdapi/v1/options", None).await;
     assert_eq!((options["emphasis"].as_str(), options["ESRGAN_tile"].as_u64()), (Some("Original"), Some(192)));
     // Clients select models by the title /sd-models gives, or by hash; the server keeps the registered name.
@@ -430,6 +431,8 @@ async fn sd_models_carry_hashes_and_options_show_what_sdrt_honours() {
         assert_eq!(status, StatusCode::OK, "{selector}: {answer}");
         let (_, options) = call(&app, "GET", "/sdapi/v1/options", None).await;
         assert_eq!(options["sd_model_checkpoint"], "sd15-tiny");
+        let server_folder = sdrt_tests::fixtures_dir().display().to_string();
+        assert!(!options.to_string().contains(&server_folder), "{options}");
     }
     assert_eq!(options["inpainting_mask_weight"].as_f64(), Some(1.0));
 }

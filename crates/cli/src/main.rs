@@ -55,32 +55,32 @@ fn main() -> Result<()> {
 
 /// Ctrl-C (and SIGTERM) end the process once the image being written is in place, so an interrupted save
 /// leaves neither a half-written image nor a temporary file.
+#[cfg(unix)]
 fn exit_cleanly_on_signals() {
-    let watcher = std::thread::Builder::new().name("sdrt-signals".into()).spawn(|| {
-        let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
-        let signalled = runtime.block_on(async {
-            #[cfg(unix)]
-            {
-                use tokio::signal::unix::{SignalKind, signal};
-                let Ok(mut terminate) = signal(SignalKind::terminate()) else { return false };
-                tokio::select! {
-                    interrupted = tokio::signal::ctrl_c() => interrupted.is_ok(),
-                    _ = terminate.recv() => true,
-                }
-            }
-            #[cfg(not(unix))]
-            tokio::signal::ctrl_c().await.is_ok()
-        });
-        if !signalled {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
+        Ok(signals) => signals,
+        Err(error) => {
+            tracing::warn!(%error, "no signal watcher: Ctrl-C during a save may leave a temporary file");
             return;
         }
-        let _saves_finished = sdrt_io::pause_saves();
-        std::process::exit(130);
+    };
+    let watcher = std::thread::Builder::new().name("sdrt-signals".into()).spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            let _saves_finished = sdrt_io::pause_saves();
+            // Not `std::process::exit`: its at-exit hooks would tear ONNX Runtime down under running threads.
+            if signal_hook::low_level::emulate_default_handler(signal).is_err() {
+                signal_hook::low_level::exit(128 + signal);
+            }
+        }
     });
     if let Err(error) = watcher {
         tracing::warn!(%error, "no signal watcher: Ctrl-C during a save may leave a temporary file");
     }
 }
+
+#[cfg(not(unix))]
+fn exit_cleanly_on_signals() {}
 
 fn run(command: Command) -> Result<()> {
     match command {

@@ -375,7 +375,8 @@ async fn upscalers(State(state): Shared) -> Json<Vec<UpscalerItem>> {
     let models = models.into_iter().map(|(name, path)| UpscalerItem {
         model_name: Some(name.clone()),
         name,
-        model_path: Some(path.display().to_string()),
+        // The file's name only: the server's folders are not the client's business.
+        model_path: path.file_name().map(|file| file.to_string_lossy().into_owned()),
         model_url: None,
         scale: 4.0,
     });
@@ -416,7 +417,8 @@ async fn sd_models(State(state): Shared) -> Result<Json<Vec<SdModelItem>>> {
                     model_name: name.clone(),
                     hash,
                     sha256,
-                    filename: path.display().to_string(),
+                    // Relative to the models folder, as the name is: no server path leaves the server.
+                    filename: file_name.clone(),
                     config: None,
                 }
             })
