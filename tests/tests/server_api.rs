@@ -741,5 +741,40 @@ async fn openapi_describes_every_route_with_the_types_schemas() {
             operations += 1;
         }
     }
-    assert_eq!(operations, 30);
+    assert_eq!(operations, 31);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn styles_merge_into_the_prompts_as_a1111_merges_them() {
+    let styles = sdrt_io::StyleDatabase::parse(
+        "name,prompt,negative_prompt\nCinematic,\"cinematic still of {prompt}, film grain\",cartoon\nSharp,sharp focus,\n",
+    );
+    let settings = GenerationSettings { styles: Arc::new(styles), ..settings() };
+    let app = sdrt_server::router(Arc::new(ServerState::new(provider(), settings)));
+    let (status, listed) = call(&app, "GET", "/sdapi/v1/prompt-styles", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        listed[0],
+        json!({"name": "Cinematic", "prompt": "cinematic still of {prompt}, film grain",
+                                 "negative_prompt": "cartoon"})
+    );
+    let request = |prompt: &str, negative: &str, styles: Value| {
+        json!({"prompt": prompt, "negative_prompt": negative, "styles": styles, "seed": 3, "steps": 2,
+               "width": 64, "height": 64})
+    };
+    let styled = request(" a fox ", "blurry", json!(["Cinematic", "Sharp", "Unknown"]));
+    let (status, answer) = call(&app, "POST", "/sdapi/v1/txt2img", Some(styled)).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let info: GenerationInfo = serde_json::from_str(answer["info"].as_str().expect("info")).expect("info JSON");
+    assert!(
+        info.infotexts[0]
+            .starts_with("cinematic still of  a fox , film grain, sharp focus\nNegative prompt: blurry, cartoon\n"),
+        "{}",
+        info.infotexts[0]
+    );
+    assert_eq!(answer["parameters"]["prompt"], " a fox ", "the request is echoed as sent");
+    // Styling is the same as sending the merged prompts.
+    let merged = request("cinematic still of  a fox , film grain, sharp focus", "blurry, cartoon", json!([]));
+    let (_, plain) = call(&app, "POST", "/sdapi/v1/txt2img", Some(merged)).await;
+    assert_eq!(plain["images"], answer["images"]);
 }

@@ -360,3 +360,14 @@ impl ErrorResponse {
         Self { error: kind.to_owned(), detail: message.to_owned(), body: String::new(), errors: message.to_owned() }
     }
 }
+
+/// One entry of `GET /sdapi/v1/prompt-styles`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct PromptStyleItem {
+    /// The name the `styles` request field selects it by.
+    pub name: String,
+    /// Its prompt (`{prompt}` marks where the request's prompt goes).
+    pub prompt: String,
+    /// Its negative prompt.
+    pub negative_prompt: String,
+}

@@ -23,6 +23,12 @@ pub struct GenerateArgs {
     /// What to avoid.
     #[arg(long, default_value = "")]
     pub negative_prompt: String,
+    /// A saved style to apply (repeat for several; applied in order, as A1111 does).
+    #[arg(long = "style")]
+    pub styles: Vec<String>,
+    /// A1111's `styles.csv` (name, prompt, negative_prompt) the `--style` names come from.
+    #[arg(long)]
+    pub styles_file: Option<PathBuf>,
     /// Sampling steps.
     #[arg(long, default_value_t = 20)]
     pub steps: u32,
@@ -350,11 +356,19 @@ pub fn bundled_model() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/models/sd15-tiny")
 }
 
+/// The styles of `path` (none without one).
+pub fn load_styles(path: Option<&std::path::Path>) -> Result<Arc<sdrt_io::StyleDatabase>> {
+    let Some(path) = path else { return Ok(Arc::default()) };
+    let styles = sdrt_io::StyleDatabase::load(path).with_context(|| format!("--styles-file {}", path.display()))?;
+    Ok(Arc::new(styles))
+}
+
 impl GenerateArgs {
     pub fn base_request(&self) -> GenerationRequest {
         GenerationRequest {
             prompt: self.prompt.clone(),
             negative_prompt: self.negative_prompt.clone(),
+            styles: (!self.styles.is_empty()).then(|| self.styles.clone()),
             seed: self.seed,
             subseed: self.subseed,
             subseed_strength: self.subseed_strength,
@@ -391,6 +405,7 @@ impl GenerateArgs {
             pad_cond_uncond: self.pad_cond_uncond,
             outdir: save.then(|| self.outdir.clone()),
             save_latents: self.save_latents,
+            styles: load_styles(self.styles_file.as_deref())?,
             ..GenerationSettings::default()
         })
     }

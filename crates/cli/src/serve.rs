@@ -29,6 +29,9 @@ pub struct ServeArgs {
     /// Folder of upscaler models (`<name>.onnx`, ESRGAN family) that `hr_upscaler` may name.
     #[arg(long)]
     pub upscaler_dir: Option<PathBuf>,
+    /// A1111's saved styles (`styles.csv`: name, prompt, negative_prompt) that requests' `styles` name.
+    #[arg(long)]
+    pub styles_file: Option<PathBuf>,
     /// Jobs that may wait in the queue; more are answered 429 with `Retry-After`.
     #[arg(long, default_value_t = sdrt_server::DEFAULT_QUEUE_CAPACITY)]
     pub queue_capacity: usize,
@@ -133,6 +136,7 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
         model: Some(name),
         outdir: Some(args.outdir.clone()),
         upscaler_dir: args.upscaler_dir.clone(),
+        styles: crate::generate::load_styles(args.styles_file.as_deref())?,
         ..GenerationSettings::default()
     };
     let timeout = (args.job_timeout > 0).then(|| std::time::Duration::from_secs(args.job_timeout));

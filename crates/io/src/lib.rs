@@ -22,6 +22,7 @@ mod naming;
 mod pil_resize;
 mod png_meta;
 mod resize;
+mod styles;
 mod tiles;
 mod upscaler;
 
@@ -47,5 +48,6 @@ pub use png_meta::{
     read_png_texts,
 };
 pub use resize::{ResizeMode, resize_image};
+pub use styles::{PromptStyle, StyleDatabase, merge_prompts};
 pub use tiles::upscale_tiled;
 pub use upscaler::{ImageUpscaler, upscale_by, upscale_with};

@@ -11,8 +11,8 @@ use axum::{Json, Router};
 use sdrt_api_types::{
     ErrorResponse, ExtrasBatchImagesRequest, ExtrasBatchImagesResponse, ExtrasSingleImageRequest,
     ExtrasSingleImageResponse, ImageResponse, Img2ImgRequest, JobAccepted, JobKind, JobState, JobStatus, JobSubmission,
-    LatentUpscaleModeItem, Options, PngInfoRequest, PngInfoResponse, ProgressResponse, SamplerItem, SchedulerItem,
-    SdModelItem, Txt2ImgRequest, UpscalerItem, sampler_items, scheduler_items,
+    LatentUpscaleModeItem, Options, PngInfoRequest, PngInfoResponse, ProgressResponse, PromptStyleItem, SamplerItem,
+    SchedulerItem, SdModelItem, Txt2ImgRequest, UpscalerItem, sampler_items, scheduler_items,
 };
 
 use crate::error::{Error, Result};
@@ -85,6 +85,8 @@ pub(crate) const OPERATIONS: &[Operation] = &[
         Some(schema::<serde_json::Map<String, Value>>), (200, schema::<Value>), || post(set_options)),
     op("post", "/sdapi/v1/png-info", "The infotext and other text items of a PNG, JPEG or WebP",
         Some(schema::<PngInfoRequest>), (200, schema::<PngInfoResponse>), || post(png_info)),
+    op("get", "/sdapi/v1/prompt-styles", "The saved prompt styles (--styles-file)",
+        None, (200, schema::<Vec<PromptStyleItem>>), || get(prompt_styles)),
     op("get", "/sdapi/v1/upscalers", "Image upscalers", None, (200, schema::<Vec<UpscalerItem>>), || get(upscalers)),
     op("get", "/sdapi/v1/latent-upscale-modes", "Latent upscale modes for hires fix",
         None, (200, schema::<Vec<LatentUpscaleModeItem>>), || get(latent_upscale_modes)),
@@ -381,6 +383,16 @@ async fn upscalers(State(state): Shared) -> Json<Vec<UpscalerItem>> {
         scale: 4.0,
     });
     Json(builtin.chain(models).collect())
+}
+
+async fn prompt_styles(State(state): Shared) -> Json<Vec<PromptStyleItem>> {
+    let styles = state.settings().styles;
+    let item = |s: &sdrt_io::PromptStyle| PromptStyleItem {
+        name: s.name.clone(),
+        prompt: s.prompt.clone(),
+        negative_prompt: s.negative_prompt.clone(),
+    };
+    Json(styles.styles().iter().map(item).collect())
 }
 
 async fn latent_upscale_modes() -> Json<Vec<LatentUpscaleModeItem>> {

@@ -47,6 +47,13 @@ impl ProcessingRequest {
         }
     }
 
+    fn base_mut(&mut self) -> &mut GenerationRequest {
+        match self {
+            Self::Txt2Img(r) => &mut r.base,
+            Self::Img2Img { request, .. } => &mut request.base,
+        }
+    }
+
     fn kind(&self) -> &'static str {
         match self {
             Self::Txt2Img(_) => "txt2img",

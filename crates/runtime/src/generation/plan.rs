@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use sdrt_api_types::{GenerationRequest, MIN_SIDE, SamplerChoice, Txt2ImgRequest};
-use sdrt_io::{GenerationParams, HiresParams, ImageUpscaler, InfotextValue, ResizeMode};
+use sdrt_io::{GenerationParams, HiresParams, ImageUpscaler, InfotextValue, ResizeMode, StyleDatabase};
 use sdrt_models::{RgbPixels, SessionConfig, UpscaleModel};
 use sdrt_processing::{
     GenerationSpec, LATENT_FACTOR, LatentUpscaleMode, ModelFamily, NoiseParams, Pipeline, RgbImage, Sampler,
@@ -291,7 +291,8 @@ impl HiresPlan {
 }
 
 pub(crate) fn prepare(job: GenerationJob, context: &mut JobContext) -> crate::Result<PreparedGeneration> {
-    let GenerationJob { request, mut settings, provider } = job;
+    let GenerationJob { mut request, mut settings, provider } = job;
+    apply_styles(&mut request, &settings.styles);
     let base = request.base().clone();
     let sampling = match &request {
         ProcessingRequest::Txt2Img(r) => r.validate(&settings.limits)?,
@@ -385,6 +386,30 @@ fn check_runnable(spec: &GenerationSpec, field: &'static str) -> crate::Result<(
     spec.sampler.check_runnable(spec.steps, img2img).map_err(|e| crate::Error::Field { field, problem: e.to_string() })
 }
 
+/// A1111's `setup_prompts`: the named styles merged into every prompt (hires prompts too; an empty hires prompt
+/// follows the styled prompt), before anything reads them. The infotext shows the styled prompts.
+fn apply_styles(request: &mut ProcessingRequest, styles: &StyleDatabase) {
+    let names = request.base().styles.clone().unwrap_or_default();
+    if names.is_empty() {
+        return;
+    }
+    for unknown in names.iter().filter(|name| styles.get(name).is_none()) {
+        // A1111 applies an unknown style as an empty one and goes on.
+        tracing::warn!(style = %unknown, "no style of this name in the styles file; it adds nothing");
+    }
+    let base = request.base_mut();
+    base.prompt = styles.apply(&base.prompt, &names);
+    base.negative_prompt = styles.apply_negative(&base.negative_prompt, &names);
+    if let ProcessingRequest::Txt2Img(txt2img) = request {
+        if !txt2img.hr_prompt.is_empty() {
+            txt2img.hr_prompt = styles.apply(&txt2img.hr_prompt, &names);
+        }
+        if !txt2img.hr_negative_prompt.is_empty() {
+            txt2img.hr_negative_prompt = styles.apply_negative(&txt2img.hr_negative_prompt, &names);
+        }
+    }
+}
+
 fn apply_override_settings(settings: &mut GenerationSettings, base: &GenerationRequest) -> crate::Result<()> {
     settings
         .apply_settings(&base.override_settings)
@@ -399,9 +424,6 @@ fn reject_unimplemented(request: &ProcessingRequest) -> crate::Result<()> {
     let unsupported = |field: &'static str, feature: &'static str| crate::Error::Unsupported { field, feature };
     let base = request.base();
     let named = |value: &Option<String>| value.as_deref().is_some_and(|v| !v.is_empty() && v != "None");
-    if base.styles.as_ref().is_some_and(|s| !s.is_empty()) {
-        return Err(unsupported("styles", "prompt styles"));
-    }
     if base.restore_faces == Some(true) {
         return Err(unsupported("restore_faces", "face restoration"));
     }

@@ -2,8 +2,10 @@
 //! applying them by name from `override_settings` or `POST /sdapi/v1/options`.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use sdrt_api_types::RequestLimits;
+use sdrt_io::StyleDatabase;
 use sdrt_processing::{CpuKernel, Emphasis, RandomSource};
 use serde_json::{Map, Value};
 
@@ -44,6 +46,8 @@ pub struct GenerationSettings {
     pub version: String,
     /// What one request may ask for (sizes, steps, images, prompt length); `sdrt serve --max-*`.
     pub limits: RequestLimits,
+    /// A1111's saved prompt styles (`styles.csv`), which a request's `styles` names.
+    pub styles: Arc<StyleDatabase>,
 }
 
 impl Default for GenerationSettings {
@@ -65,6 +69,7 @@ impl Default for GenerationSettings {
             save_latents: false,
             version: format!("sdrt-{}", env!("CARGO_PKG_VERSION")),
             limits: RequestLimits::default(),
+            styles: Arc::default(),
         }
     }
 }
