@@ -5,7 +5,9 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence};
 use sdrt_api_types::{Img2ImgRequest, RequestLimits, Txt2ImgRequest};
 use sdrt_io::{DecodeLimits, ParsedInfotext};
-use sdrt_processing::{ScheduleSteps, multicond_prompt_list, parse_attention, prompt_schedules, split_and};
+use sdrt_processing::{
+    LoraCall, ScheduleSteps, multicond_prompt_list, parse_attention, parse_extra_networks, prompt_schedules, split_and,
+};
 
 /// Cases per parser: `SDRT_FUZZ_CASES` (set by `cargo xtask fuzz`), else a CI-sized count.
 fn config() -> Config {
@@ -110,6 +112,9 @@ proptest! {
         let _ = parse_attention(&prompt);
         prop_assert!(!split_and(&prompt).is_empty());
         let _ = multicond_prompt_list(&[prompt.as_str()]);
+        let (text, calls) = parse_extra_networks(&prompt);
+        prop_assert!(text.len() <= prompt.len());
+        calls.iter().filter_map(LoraCall::from_call).for_each(drop);
     }
 
     #[test]

@@ -32,8 +32,9 @@ pub use pipeline::{
     Pipeline, RgbImage, SampleOutput, approx_cheap_preview, images_to_tensor, latents_to_images, upscale_latents,
 };
 pub use prompt::{
-    BREAK_TEXT, BREAK_WEIGHT, MulticondList, ScheduleSteps, SubPrompt, WeightedText, multicond_prompt_list,
-    parse_attention, prompt_schedules, split_and,
+    BREAK_TEXT, BREAK_WEIGHT, ExtraNetworkCall, LoraCall, LoraCallError, MulticondList, ScheduleSteps, SubPrompt,
+    WeightedText, multicond_prompt_list, parse_attention, parse_extra_network_prompts, parse_extra_networks,
+    prompt_schedules, split_and,
 };
 pub use rng::{CpuKernel, NoiseGenerator, RandomSource, randn};
 pub use sampling::{
