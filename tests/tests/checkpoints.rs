@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use ndarray::{Array2, Array4, ArrayD, Axis, Ix2, Ix3, Ix4, s};
 use ndarray_npy::read_npy;
 use sdrt_models::{
-    AttentionKind, Checkpoint, CheckpointKind, CheckpointOptions, GraphOptions, GroupNormKind, LoadedModel,
-    ModelFamily, ModelFolder, PredictionType, SessionConfig, TextLayer, UnetInput,
+    AppliedLora, AttentionKind, Checkpoint, CheckpointKind, CheckpointOptions, GraphOptions, GroupNormKind,
+    LoadedModel, Lora, ModelFamily, ModelFolder, PredictionType, SessionConfig, TextLayer, UnetInput,
 };
 use sdrt_tests::{fixture, fixture_json};
 use serde_json::Value;
@@ -436,4 +436,55 @@ fn broken_files_are_errors_naming_the_file_and_tensor() {
     std::fs::write(&pickle, b"PK\x03\x04 not really").unwrap();
     let message = Checkpoint::open(&pickle, CheckpointOptions::default()).unwrap_err().to_string();
     assert!(message.contains("pickle") && message.contains(".safetensors"), "{message}");
+}
+
+// ------------------------------------------------------------------------------------------------- LoRA
+
+fn lora(name: &str, te_multiplier: f32, unet_multiplier: f32) -> AppliedLora {
+    let lora = Lora::open(&fixture(&format!("loras/{name}.safetensors"))).unwrap();
+    AppliedLora { lora: std::sync::Arc::new(lora), te_multiplier, unet_multiplier, dyn_dim: None }
+}
+
+#[test]
+fn lora_merges_match_torch_and_unmerge_restores_the_checkpoint() {
+    let mut model = load_path(&checkpoint("sd15-tiny.safetensors"), GraphOptions::default());
+    let skipped = model.apply_networks(&[lora("sd15-tiny-locon", 0.5, 0.75)]).unwrap();
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    assert!(skipped[0].contains("lora_unet_not_a_layer (matches no weight of the model)"), "{skipped:?}");
+    let merged = fixture_json("loras/references/sd15-tiny-locon.json");
+    check_text_encoder(&mut model, &merged["text_encoder"], false, "te 0.5");
+    check_unet(&mut model, &merged["unet"], "unet 0.75");
+    check_vae(&mut model, &merged, "vae (no LoRA)");
+
+    assert!(model.apply_networks(&[]).unwrap().is_empty());
+    let original = fixture_json("checkpoints/references/sd15-tiny.json");
+    check_text_encoder(&mut model, &original["text_encoder"], false, "unmerged");
+    check_unet(&mut model, &original["unet"], "unmerged");
+}
+
+#[test]
+fn lora_on_an_inpainting_conv_in_changes_only_the_latent_channels() {
+    let mut model = load_path(&checkpoint("sd15-inpaint-tiny.safetensors"), GraphOptions::default());
+    assert!(model.apply_networks(&[lora("sd15-inpaint-conv-in", 1.0, 1.0)]).unwrap().is_empty());
+    let merged = fixture_json("loras/references/sd15-inpaint-conv-in.json");
+    check_unet(&mut model, &merged["unet"], "inpainting conv_in");
+}
+
+#[test]
+fn loras_that_do_not_fit_are_reported_and_broken_ones_refused() {
+    // An SD 1.x LoRA on SD 2.x: its text-encoder modules have OpenCLIP names there, its UNet widths differ.
+    let mut model = load_path(&checkpoint("sd2-tiny-v.safetensors"), GraphOptions::default());
+    let skipped = model.apply_networks(&[lora("sd15-tiny-locon", 1.0, 1.0)]).unwrap();
+    assert!(skipped.len() > 10, "{skipped:?}");
+    assert!(skipped.iter().all(|s| s.contains("sd15-tiny-locon.safetensors: ")), "{skipped:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let broken = broken_copy(dir.path(), "sd15-tiny.safetensors", |bytes| bytes.truncate(bytes.len() / 2));
+    let error = Lora::open(&broken).unwrap_err().to_string();
+    assert!(error.contains("sd15-tiny.safetensors"), "{error}");
+
+    let export = fixture("models/sd15-tiny/model_index.json");
+    let mut model = load_path(export.parent().unwrap(), GraphOptions::default());
+    let error = model.apply_networks(&[lora("sd15-tiny-locon", 1.0, 1.0)]).unwrap_err().to_string();
+    assert!(error.contains("single-file checkpoints"), "{error}");
 }

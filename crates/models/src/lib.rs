@@ -9,6 +9,7 @@ mod checkpoint;
 mod error;
 mod folder;
 mod graph;
+mod lora;
 mod onnx_proto;
 mod options;
 mod pipeline;
@@ -25,6 +26,7 @@ pub use checkpoint::{Checkpoint, CheckpointKind, CheckpointOptions, is_checkpoin
 pub use error::{Error, Result};
 pub use folder::{ModelFamily, ModelFolder, PredictionType, SchedulerConfig, TokenizerFiles};
 pub use graph::{AttentionKind, GraphOptions, GroupNormKind};
+pub use lora::{AppliedLora, Lora};
 pub use options::{ExecutionProvider, OptimizationLevel, SessionConfig};
 pub use pipeline::LoadedModel;
 pub use runtime_library::{

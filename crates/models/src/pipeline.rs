@@ -3,6 +3,7 @@
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::folder::{ModelFamily, ModelFolder, PredictionType};
+use crate::lora::{AppliedLora, Component};
 use crate::options::{ExecutionProvider, SessionConfig};
 use crate::text_encoder::TextEncoder;
 use crate::tokenizer::ClipTokenizer;
@@ -31,6 +32,26 @@ pub struct LoadedModel {
     /// The execution provider every session runs on.
     pub provider: ExecutionProvider,
     config: SessionConfig,
+    /// The LoRA networks merged into the text encoders and UNet now.
+    networks: ActiveNetworks,
+}
+
+/// What each component's sessions were built with, to rebuild only those a new LoRA set changes.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct ActiveNetworks {
+    /// (file, multiplier, dyn) per network, for the text encoders and for the UNet.
+    text: Vec<(std::path::PathBuf, u32, Option<usize>)>,
+    unet: Vec<(std::path::PathBuf, u32, Option<usize>)>,
+}
+
+impl ActiveNetworks {
+    fn of(networks: &[AppliedLora]) -> Self {
+        let entry = |n: &AppliedLora, multiplier: f32| (n.lora.path().to_owned(), multiplier.to_bits(), n.dyn_dim);
+        Self {
+            text: networks.iter().map(|n| entry(n, n.te_multiplier)).collect(),
+            unet: networks.iter().map(|n| entry(n, n.unet_multiplier)).collect(),
+        }
+    }
 }
 
 impl LoadedModel {
@@ -69,7 +90,47 @@ impl LoadedModel {
             vae_decoder: parts.vae_decoder,
             provider: config.provider,
             config: config.clone(),
+            networks: ActiveNetworks::default(),
         })
+    }
+
+    /// Merges `networks` into the weights (A1111's `W += ΔW · scale · multiplier`), replacing the set merged
+    /// before: only the text encoders and UNet whose networks or multipliers changed are rebuilt (from the
+    /// checkpoint's weights plus the new ΔW; the VAE never). Returns the modules left out, `file: module (why)`,
+    /// which A1111 logs and goes on without.
+    pub fn apply_networks(&mut self, networks: &[AppliedLora]) -> Result<Vec<String>> {
+        let wanted = ActiveNetworks::of(networks);
+        if wanted == self.networks {
+            return Ok(Vec::new());
+        }
+        let Some(checkpoint) = self.folder.checkpoint.clone() else {
+            return Err(Error::Family {
+                folder: self.folder.root.clone(),
+                problem: "LoRA networks apply to single-file checkpoints (.safetensors); this is an ONNX export"
+                    .to_owned(),
+            });
+        };
+        let _span = tracing::info_span!("models::apply_networks", networks = networks.len()).entered();
+        let applied = crate::lora::apply(&checkpoint, networks)?;
+        let deltas = |component| applied.deltas.get(&component).filter(|d| !d.is_empty());
+        if wanted.text != self.networks.text {
+            if self.text_encoder.is_some() {
+                let encoder = checkpoint.load_text_encoder(0, &self.config, deltas(Component::TextEncoder(0)))?;
+                self.text_encoder = Some(encoder);
+            }
+            if self.text_encoder_2.is_some() {
+                let encoder = checkpoint.load_text_encoder(1, &self.config, deltas(Component::TextEncoder(1)))?;
+                self.text_encoder_2 = Some(encoder);
+            }
+        }
+        if wanted.unet != self.networks.unet {
+            self.unet = checkpoint.load_unet(&self.config, deltas(Component::Unet))?;
+        }
+        self.networks = wanted;
+        for skipped in &applied.skipped {
+            tracing::warn!("LoRA module left out: {skipped}");
+        }
+        Ok(applied.skipped)
     }
 
     /// Builds every component's graph from the checkpoint and loads it; decides an SD 2.x checkpoint's
@@ -77,12 +138,12 @@ impl LoadedModel {
     fn load_checkpoint(mut folder: ModelFolder, checkpoint: &Checkpoint, config: &SessionConfig) -> Result<Self> {
         let text_count = if folder.family == ModelFamily::Sdxl { 2 } else { 1 };
         let load_text =
-            |index: usize| (index < text_count).then(|| checkpoint.load_text_encoder(index, config)).transpose();
+            |index: usize| (index < text_count).then(|| checkpoint.load_text_encoder(index, config, None)).transpose();
         let mut parts = load_components(
             config.parallel_load,
             || load_text(0),
             || load_text(1),
-            || checkpoint.load_unet(config),
+            || checkpoint.load_unet(config, None),
             || checkpoint.load_vae_decoder(config),
         )?;
         if checkpoint.needs_prediction_test() {

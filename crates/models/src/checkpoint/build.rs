@@ -8,6 +8,7 @@ use super::{Checkpoint, CheckpointKind, PredictionSource, TensorFile, Weights};
 use crate::error::{Error, Result};
 use crate::folder::{ModelFamily, ModelFolder, PredictionType, SchedulerConfig, TokenizerFiles};
 use crate::graph::{self, BuiltGraph, GraphOptions};
+use crate::lora::WeightDeltas;
 use crate::onnx_proto::LayerNorm;
 use crate::options::SessionConfig;
 use crate::session::OnnxModel;
@@ -76,18 +77,25 @@ fn describe(checkpoint: &Checkpoint) -> Result<ModelFolder> {
 }
 
 impl Checkpoint {
-    /// The graph of text encoder `index` (0, or 1 for SDXL's second) and its final LayerNorm.
-    pub(crate) fn text_encoder_graph(&self, index: usize, options: GraphOptions) -> Result<(BuiltGraph, LayerNorm)> {
+    /// The graph of text encoder `index` (0, or 1 for SDXL's second) and its final LayerNorm, with `deltas`
+    /// (LoRA ΔW terms) added to the weights they name.
+    pub(crate) fn text_encoder_graph(
+        &self,
+        index: usize,
+        options: GraphOptions,
+        deltas: Option<&WeightDeltas>,
+    ) -> Result<(BuiltGraph, LayerNorm)> {
         let arch = self
             .arch
             .text_encoders
             .get(index)
             .ok_or_else(|| self.file.file_error(format!("has no text encoder {}", index + 1)))?;
-        graph::build_text_encoder(Weights::new(&self.file, &arch.prefix), &arch.spec, options)
+        graph::build_text_encoder(Weights::new(&self.file, &arch.prefix).with_deltas(deltas), &arch.spec, options)
     }
 
-    pub(crate) fn unet_graph(&self, options: GraphOptions) -> Result<BuiltGraph> {
-        graph::build_unet(Weights::new(&self.file, &self.arch.unet_prefix), &self.arch.unet, options)
+    pub(crate) fn unet_graph(&self, options: GraphOptions, deltas: Option<&WeightDeltas>) -> Result<BuiltGraph> {
+        let weights = Weights::new(&self.file, &self.arch.unet_prefix).with_deltas(deltas);
+        graph::build_unet(weights, &self.arch.unet, options)
     }
 
     pub(crate) fn vae_encoder_graph(&self, options: GraphOptions) -> Result<BuiltGraph> {
@@ -98,14 +106,20 @@ impl Checkpoint {
         graph::build_vae_decoder(Weights::new(&self.file, &self.arch.vae_prefix), self.arch.norm_groups, options)
     }
 
-    pub(crate) fn load_text_encoder(&self, index: usize, config: &SessionConfig) -> Result<TextEncoder> {
+    pub(crate) fn load_text_encoder(
+        &self,
+        index: usize,
+        config: &SessionConfig,
+        deltas: Option<&WeightDeltas>,
+    ) -> Result<TextEncoder> {
         let component = if index == 0 { "text_encoder" } else { "text_encoder_2" };
-        let (graph, norm) = self.text_encoder_graph(index, config.graph)?;
+        let (graph, norm) = self.text_encoder_graph(index, config.graph, deltas)?;
         TextEncoder::from_built(OnnxModel::from_graph(component, self.path(), graph, config)?, norm)
     }
 
-    pub(crate) fn load_unet(&self, config: &SessionConfig) -> Result<Unet> {
-        Unet::from_model(OnnxModel::from_graph("unet", self.path(), self.unet_graph(config.graph)?, config)?)
+    pub(crate) fn load_unet(&self, config: &SessionConfig, deltas: Option<&WeightDeltas>) -> Result<Unet> {
+        let graph = self.unet_graph(config.graph, deltas)?;
+        Unet::from_model(OnnxModel::from_graph("unet", self.path(), graph, config)?)
     }
 
     pub(crate) fn load_vae_encoder(&self, config: &SessionConfig) -> Result<VaeEncoder> {
@@ -129,17 +143,17 @@ impl Checkpoint {
         let _span = tracing::info_span!("models::convert", out = %out.display()).entered();
         let mut folder = describe(self)?;
         if self.needs_prediction_test() {
-            let v = self.load_unet(&SessionConfig::default())?.a1111_v_prediction_test()?;
+            let v = self.load_unet(&SessionConfig::default(), None)?.a1111_v_prediction_test()?;
             folder.scheduler.prediction_type = if v { PredictionType::VPrediction } else { PredictionType::Epsilon };
         }
         let xl = folder.family == ModelFamily::Sdxl;
         let write = |component: &str, graph: BuiltGraph| write_component(out, component, &graph, &self.file);
-        let (text, _) = self.text_encoder_graph(0, options)?;
+        let (text, _) = self.text_encoder_graph(0, options, None)?;
         write("text_encoder", text)?;
         if xl {
-            write("text_encoder_2", self.text_encoder_graph(1, options)?.0)?;
+            write("text_encoder_2", self.text_encoder_graph(1, options, None)?.0)?;
         }
-        write("unet", self.unet_graph(options)?)?;
+        write("unet", self.unet_graph(options, None)?)?;
         write("vae_encoder", self.vae_encoder_graph(options)?)?;
         write("vae_decoder", self.vae_decoder_graph(options)?)?;
         write_configs(out, &folder)

@@ -47,11 +47,23 @@ use crate::error::{Error, Result};
 pub(crate) struct Weights<'f> {
     file: &'f TensorFile,
     prefix: &'f str,
+    /// LoRA ΔW terms added to the weights they name.
+    deltas: Option<&'f crate::lora::WeightDeltas>,
 }
 
 impl<'f> Weights<'f> {
     pub(crate) fn new(file: &'f TensorFile, prefix: &'f str) -> Self {
-        Self { file, prefix }
+        Self { file, prefix, deltas: None }
+    }
+
+    /// The same view with `deltas` added to the weights they name.
+    pub(crate) fn with_deltas(self, deltas: Option<&'f crate::lora::WeightDeltas>) -> Self {
+        Self { deltas, ..self }
+    }
+
+    /// The ΔW terms to add to weight `key`.
+    pub(crate) fn deltas(&self, key: &str) -> &'f [crate::lora::Delta] {
+        self.deltas.map_or(&[], |d| d.get(&self.full_key(key)))
     }
 
     pub(crate) fn full_key(&self, key: &str) -> String {

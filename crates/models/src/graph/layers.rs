@@ -108,14 +108,45 @@ impl<'w> Net<'w> {
         Ok(shape)
     }
 
-    /// Weight `key` as an f32 graph value: the stored initializer, cast to f32 when stored narrower.
+    /// Weight `key` as an f32 graph value: the stored initializer, cast to f32 when stored narrower, plus any
+    /// LoRA ΔW terms (constants ONNX Runtime folds into the weight when it builds the session).
     pub(crate) fn param(&mut self, key: &str, expected: &[Option<usize>]) -> Result<String> {
         let shape = self.shape(key, expected)?;
         let entry = self.w.entry(key).ok_or_else(|| self.w.error(key, "is missing".to_owned()))?;
         let data_type = onnx_float_type(entry.dtype).unwrap_or(data_type::FLOAT);
         let (start, length) = (entry.start, entry.end - entry.start);
         let stored = self.g.stored(&self.w.full_key(key), &shape, data_type, start, length);
-        Ok(if data_type == data_type::FLOAT { stored } else { self.g.op("Cast", &[&stored], vec![attr_int("to", 1)]) })
+        let mut weight =
+            if data_type == data_type::FLOAT { stored } else { self.g.op("Cast", &[&stored], vec![attr_int("to", 1)]) };
+        for delta in self.w.deltas(key) {
+            let change = self.delta(delta, &shape);
+            weight = self.g.op("Add", &[&weight, &change], vec![]);
+        }
+        Ok(weight)
+    }
+
+    /// ΔW · scale shaped as the weight: A1111's `rebuild_conventional` (`up @ down`, reshaped) or a full `diff`,
+    /// zero-padded on the input channels for an inpainting `conv_in`.
+    fn delta(&mut self, delta: &crate::lora::Delta, weight_shape: &[usize]) -> String {
+        let shape = if delta.pad_in_channels > 0 { delta.shape() } else { weight_shape };
+        let target = self.g.const_i64(&shape.iter().map(|&d| d as i64).collect::<Vec<_>>());
+        let change = match &delta.factors {
+            crate::lora::Factors::LowRank { up, down, outputs, rank, inputs, .. } => {
+                let up = self.g.const_f32(&[*outputs, *rank], up);
+                let down = self.g.const_f32(&[*rank, *inputs], down);
+                self.g.op("MatMul", &[&up, &down], vec![])
+            }
+            crate::lora::Factors::Full { shape, values } => self.g.const_f32(shape, values),
+        };
+        let mut shaped = self.g.op("Reshape", &[&change, &target], vec![]);
+        if delta.pad_in_channels > 0 {
+            let mut pads = vec![0_i64; 2 * shape.len()];
+            pads[shape.len() + 1] = delta.pad_in_channels as i64;
+            let pads = self.g.const_i64(&pads);
+            shaped = self.g.op("Pad", &[&shaped, &pads], vec![]);
+        }
+        let scale = self.g.const_f32(&[], &[delta.scale]);
+        self.g.op("Mul", &[&shaped, &scale], vec![])
     }
 
     /// A per-channel vector `[C]` reshaped to `[C, 1, 1]` for NCHW broadcasting.
