@@ -397,3 +397,46 @@ fn img2img_fits_other_sizes_and_rejects_latent_upscale_by_name() {
     let err = ProcessingRunner::new().run(GenerationJob::new(job, settings(case, version), provider)).unwrap_err();
     assert!(err.to_string().contains("resize_mode"), "{err}");
 }
+
+/// `<lora:…>` tags through the runner on a checkpoint: the tag leaves the encoded text but stays in the
+/// infotext with A1111's `Lora hashes`, the network changes the image, a zero multiplier or an unknown name
+/// changes nothing, and a job without tags runs on the unmerged weights again.
+#[test]
+fn lora_tags_merge_networks_and_write_lora_hashes() {
+    sdrt_models::ensure_runtime().unwrap();
+    let provider =
+        Arc::new(ModelProvider::new(SessionConfig { intra_op_threads: Some(1), ..SessionConfig::default() }));
+    let runner = ProcessingRunner::new();
+    let loras = Arc::new(sdrt_runtime::LoraLibrary::new(vec![fixtures_dir().join("loras")]).unwrap());
+    let names: Vec<String> = loras.list().into_iter().map(|entry| entry.name).collect();
+    assert_eq!(names, ["sd15-inpaint-conv-in", "sd15-tiny-locon"]);
+    let settings = GenerationSettings {
+        model: Some(fixture("checkpoints/sd15-tiny.safetensors").display().to_string()),
+        randn_source: parse_randn_source("CPU").unwrap(),
+        loras,
+        ..GenerationSettings::default()
+    };
+    let run = |prompt: &str| {
+        let request = Txt2ImgRequest::from_json(
+            &serde_json::json!({"prompt": prompt, "seed": 5, "steps": 3, "width": 64, "height": 64}).to_string(),
+        )
+        .unwrap();
+        let job = GenerationJob::new(ProcessingRequest::Txt2Img(request), settings.clone(), provider.clone());
+        runner.run(job).unwrap().0.images.remove(0)
+    };
+    let plain = run("a cat ");
+    let merged = run("a cat <lora:sd15-tiny-locon:0.5:0.75>");
+    let hashes = fixture_json("loras/hashes.json");
+    let short = &hashes["sd15-tiny-locon.safetensors"].as_str().unwrap()[..12];
+    assert!(
+        merged.infotext.starts_with("a cat <lora:sd15-tiny-locon:0.5:0.75>\n"),
+        "the infotext keeps the tag: {}",
+        merged.infotext
+    );
+    assert!(merged.infotext.contains(&format!("Lora hashes: \"sd15-tiny-locon: {short}\"")), "{}", merged.infotext);
+    assert_ne!(merged.latents, plain.latents, "the network changes the image");
+    assert!(!plain.infotext.contains("Lora hashes"));
+    assert_eq!(run("a cat <lora:sd15-tiny-locon:0>").latents, plain.latents, "ΔW·0 changes nothing");
+    assert_eq!(run("a cat <lora:no-such-network:1>").latents, plain.latents, "unknown names are skipped");
+    assert_eq!(run("a cat ").latents, plain.latents, "a job without tags runs on the unmerged weights");
+}

@@ -741,7 +741,7 @@ async fn openapi_describes_every_route_with_the_types_schemas() {
             operations += 1;
         }
     }
-    assert_eq!(operations, 31);
+    assert_eq!(operations, 33);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -777,4 +777,26 @@ async fn styles_merge_into_the_prompts_as_a1111_merges_them() {
     let merged = request("cinematic still of  a fox , film grain, sharp focus", "blurry, cartoon", json!([]));
     let (_, plain) = call(&app, "POST", "/sdapi/v1/txt2img", Some(merged)).await;
     assert_eq!(plain["images"], answer["images"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loras_are_listed_and_merged_when_a_prompt_names_them() {
+    let loras = sdrt_runtime::LoraLibrary::new(vec![sdrt_tests::fixtures_dir().join("loras")]).expect("scan");
+    let checkpoint = sdrt_tests::fixture("checkpoints/sd15-tiny.safetensors").display().to_string();
+    let settings = GenerationSettings { model: Some(checkpoint), loras: Arc::new(loras), ..settings() };
+    let app = sdrt_server::router(Arc::new(ServerState::new(provider(), settings)));
+    let (status, listed) = call(&app, "GET", "/sdapi/v1/loras", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        listed[1],
+        json!({"name": "sd15-tiny-locon", "alias": "sd15-tiny-locon",
+                                 "path": "sd15-tiny-locon.safetensors", "metadata": {}})
+    );
+    let (status, _) = call(&app, "POST", "/sdapi/v1/refresh-loras", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let body = json!({"prompt": "a fox <lora:sd15-tiny-locon:0.8>", "seed": 1, "steps": 2, "width": 64, "height": 64});
+    let (status, answer) = call(&app, "POST", "/sdapi/v1/txt2img", Some(body)).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let info: GenerationInfo = serde_json::from_str(answer["info"].as_str().expect("info")).expect("info JSON");
+    assert!(info.infotexts[0].contains("Lora hashes: \"sd15-tiny-locon: "), "{}", info.infotexts[0]);
 }

@@ -371,3 +371,16 @@ pub struct PromptStyleItem {
     /// Its negative prompt.
     pub negative_prompt: String,
 }
+
+/// One entry of `GET /sdapi/v1/loras`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct LoraItem {
+    /// The name prompts use: `<lora:NAME:multiplier>`.
+    pub name: String,
+    /// The same name (sdrt reads no `ss_output_name` aliases).
+    pub alias: String,
+    /// The file's name inside the LoRA folder.
+    pub path: String,
+    /// The file's training metadata (not read by sdrt: empty).
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+}

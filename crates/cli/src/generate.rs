@@ -29,6 +29,9 @@ pub struct GenerateArgs {
     /// A1111's `styles.csv` (name, prompt, negative_prompt) the `--style` names come from.
     #[arg(long)]
     pub styles_file: Option<PathBuf>,
+    /// A1111's LoRA folder (`models/Lora`): `<lora:NAME:multiplier>` in the prompt names a file in it.
+    #[arg(long)]
+    pub lora_dir: Option<PathBuf>,
     /// Sampling steps.
     #[arg(long, default_value_t = 20)]
     pub steps: u32,
@@ -363,6 +366,14 @@ pub fn load_styles(path: Option<&std::path::Path>) -> Result<Arc<sdrt_io::StyleD
     Ok(Arc::new(styles))
 }
 
+/// The LoRA networks of `dir` (none without one).
+pub fn lora_library(dir: Option<&std::path::Path>) -> Result<Arc<sdrt_runtime::LoraLibrary>> {
+    let Some(dir) = dir else { return Ok(Arc::default()) };
+    let library = sdrt_runtime::LoraLibrary::new(vec![dir.to_owned()])
+        .with_context(|| format!("--lora-dir {}", dir.display()))?;
+    Ok(Arc::new(library))
+}
+
 impl GenerateArgs {
     pub fn base_request(&self) -> GenerationRequest {
         GenerationRequest {
@@ -406,6 +417,7 @@ impl GenerateArgs {
             outdir: save.then(|| self.outdir.clone()),
             save_latents: self.save_latents,
             styles: load_styles(self.styles_file.as_deref())?,
+            loras: lora_library(self.lora_dir.as_deref())?,
             ..GenerationSettings::default()
         })
     }

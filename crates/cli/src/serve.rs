@@ -29,6 +29,9 @@ pub struct ServeArgs {
     /// Folder of upscaler models (`<name>.onnx`, ESRGAN family) that `hr_upscaler` may name.
     #[arg(long)]
     pub upscaler_dir: Option<PathBuf>,
+    /// A1111's LoRA folder (`models/Lora`): `<lora:NAME:multiplier>` in a prompt names a file in it.
+    #[arg(long)]
+    pub lora_dir: Option<PathBuf>,
     /// A1111's saved styles (`styles.csv`: name, prompt, negative_prompt) that requests' `styles` name.
     #[arg(long)]
     pub styles_file: Option<PathBuf>,
@@ -137,6 +140,7 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
         outdir: Some(args.outdir.clone()),
         upscaler_dir: args.upscaler_dir.clone(),
         styles: crate::generate::load_styles(args.styles_file.as_deref())?,
+        loras: crate::generate::lora_library(args.lora_dir.as_deref())?,
         ..GenerationSettings::default()
     };
     let timeout = (args.job_timeout > 0).then(|| std::time::Duration::from_secs(args.job_timeout));

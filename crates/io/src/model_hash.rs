@@ -97,7 +97,27 @@ static HASH_CACHE: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMa
     std::sync::OnceLock::new();
 
 fn sha256_file(path: &Path) -> Result<String> {
+    sha256_from(path, 0)
+}
+
+/// A1111's "addnet" hash of a `.safetensors` network (`hashes.addnet_hash_safetensors`): the SHA-256 of the file
+/// after its header (the tensor data only), so editing the metadata keeps the hash. `Lora hashes` shows its
+/// first [`NETWORK_SHORT_HASH_LEN`] digits.
+pub fn addnet_hash(path: &Path) -> Result<String> {
+    let mut length = [0u8; 8];
     let mut file = std::fs::File::open(path).map_err(io_error("opening", path))?;
+    file.read_exact(&mut length).map_err(io_error("reading the header of", path))?;
+    let header = u64::from_le_bytes(length);
+    sha256_from(path, header.saturating_add(8))
+}
+
+/// Hex digits A1111 shows of a network's hash (`shorthash`).
+pub const NETWORK_SHORT_HASH_LEN: usize = 12;
+
+fn sha256_from(path: &Path, offset: u64) -> Result<String> {
+    use std::io::Seek;
+    let mut file = std::fs::File::open(path).map_err(io_error("opening", path))?;
+    file.seek(std::io::SeekFrom::Start(offset)).map_err(io_error("seeking in", path))?;
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 1 << 20];
     loop {

@@ -8,6 +8,7 @@ mod error;
 mod generation;
 mod lifecycle;
 mod metrics;
+mod networks;
 mod progress;
 mod provider;
 mod queue;
@@ -20,6 +21,7 @@ pub use generation::{
 };
 pub use lifecycle::{HookPoint, JobContext, JobInfo, ProcessingJob, ProcessingRunner, RunnerHook, Stage};
 pub use metrics::{JobMetrics, RuntimeMetrics, STAGE_NAMES};
+pub use networks::{LoraEntry, LoraLibrary};
 pub use progress::{JobControl, NoProgress, ProgressEvent, ProgressSink, eta};
 pub use provider::{ModelHandle, ModelProvider, SharedModel};
 pub use queue::ExecutionQueue;

@@ -11,8 +11,8 @@ use axum::{Json, Router};
 use sdrt_api_types::{
     ErrorResponse, ExtrasBatchImagesRequest, ExtrasBatchImagesResponse, ExtrasSingleImageRequest,
     ExtrasSingleImageResponse, ImageResponse, Img2ImgRequest, JobAccepted, JobKind, JobState, JobStatus, JobSubmission,
-    LatentUpscaleModeItem, Options, PngInfoRequest, PngInfoResponse, ProgressResponse, PromptStyleItem, SamplerItem,
-    SchedulerItem, SdModelItem, Txt2ImgRequest, UpscalerItem, sampler_items, scheduler_items,
+    LatentUpscaleModeItem, LoraItem, Options, PngInfoRequest, PngInfoResponse, ProgressResponse, PromptStyleItem,
+    SamplerItem, SchedulerItem, SdModelItem, Txt2ImgRequest, UpscalerItem, sampler_items, scheduler_items,
 };
 
 use crate::error::{Error, Result};
@@ -87,6 +87,9 @@ pub(crate) const OPERATIONS: &[Operation] = &[
         Some(schema::<PngInfoRequest>), (200, schema::<PngInfoResponse>), || post(png_info)),
     op("get", "/sdapi/v1/prompt-styles", "The saved prompt styles (--styles-file)",
         None, (200, schema::<Vec<PromptStyleItem>>), || get(prompt_styles)),
+    op("get", "/sdapi/v1/loras", "The LoRA networks prompts may name (--lora-dir)",
+        None, (200, schema::<Vec<LoraItem>>), || get(loras)),
+    op("post", "/sdapi/v1/refresh-loras", "Rescan the LoRA folder", None, (200, schema::<Value>), || post(refresh_loras)),
     op("get", "/sdapi/v1/upscalers", "Image upscalers", None, (200, schema::<Vec<UpscalerItem>>), || get(upscalers)),
     op("get", "/sdapi/v1/latent-upscale-modes", "Latent upscale modes for hires fix",
         None, (200, schema::<Vec<LatentUpscaleModeItem>>), || get(latent_upscale_modes)),
@@ -383,6 +386,26 @@ async fn upscalers(State(state): Shared) -> Json<Vec<UpscalerItem>> {
         scale: 4.0,
     });
     Json(builtin.chain(models).collect())
+}
+
+async fn loras(State(state): Shared) -> Json<Vec<LoraItem>> {
+    let library = state.settings().loras;
+    let item = |entry: sdrt_runtime::LoraEntry| LoraItem {
+        alias: entry.name.clone(),
+        path: entry.path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
+        name: entry.name,
+        metadata: serde_json::Map::new(),
+    };
+    Json(library.list().into_iter().map(item).collect())
+}
+
+async fn refresh_loras(State(state): Shared) -> Result<Json<Value>> {
+    let library = state.settings().loras;
+    tokio::task::spawn_blocking(move || library.refresh())
+        .await
+        .map_err(|e| Error::Worker(e.to_string()))?
+        .map_err(Error::Runtime)?;
+    Ok(Json(Value::Null))
 }
 
 async fn prompt_styles(State(state): Shared) -> Json<Vec<PromptStyleItem>> {

@@ -10,8 +10,8 @@ use sdrt_api_types::{GenerationRequest, MIN_SIDE, SamplerChoice, Txt2ImgRequest}
 use sdrt_io::{GenerationParams, HiresParams, ImageUpscaler, InfotextValue, ResizeMode, StyleDatabase};
 use sdrt_models::{RgbPixels, SessionConfig, UpscaleModel};
 use sdrt_processing::{
-    GenerationSpec, LATENT_FACTOR, LatentUpscaleMode, ModelFamily, NoiseParams, Pipeline, RgbImage, Sampler,
-    SamplerParams, ScheduleOptions, batch_seeds, fixed_seed,
+    ExtraNetworkCall, GenerationSpec, LATENT_FACTOR, LatentUpscaleMode, ModelFamily, NoiseParams, Pipeline, RgbImage,
+    Sampler, SamplerParams, ScheduleOptions, batch_seeds, fixed_seed, parse_extra_networks,
 };
 
 use super::inpaint::{InpaintPlan, PreparedInpaint, prepare_inpaint};
@@ -310,8 +310,19 @@ pub(crate) fn prepare(job: GenerationJob, context: &mut JobContext) -> crate::Re
     context.metrics.record("load_model", started.elapsed());
 
     let choice = sampling.first_pass;
+    // A1111's `parse_extra_network_prompts`: the tags leave the text the encoder sees (the infotext keeps
+    // them), and the networks they name are merged before anything is encoded.
+    let (prompt, calls) = parse_extra_networks(&base.prompt);
+    check_hires_networks(&request, &calls)?;
+    let networks = settings.loras.resolve(&calls)?;
     let (family, inpainting_model) = {
         let mut model = handle.model.lock().map_err(|_| poisoned())?;
+        let skipped = model
+            .apply_networks(&networks.applied)
+            .map_err(|source| crate::Error::Model { path: handle.path.clone(), source })?;
+        for problem in networks.warnings.iter().chain(&skipped) {
+            tracing::warn!("{problem}");
+        }
         let pipeline = Pipeline::new(&mut model)?;
         (pipeline.schedule_family(), pipeline.is_inpainting_model())
     };
@@ -333,7 +344,7 @@ pub(crate) fn prepare(job: GenerationJob, context: &mut JobContext) -> crate::Re
         ProcessingRequest::Img2Img { request, .. } => request.initial_noise_multiplier.unwrap_or(1.0),
         ProcessingRequest::Txt2Img(_) => 1.0,
     };
-    let batches = batch_specs(&base, &settings, &sampler, first_pass_strength, noise_multiplier)?;
+    let batches = batch_specs(&base, &prompt, &settings, &sampler, first_pass_strength, noise_multiplier)?;
     check_runnable(&batches[0], "steps")?;
     if let Some((hires, _)) = &hires {
         let (w, h) = hires.upscale_to;
@@ -352,6 +363,10 @@ pub(crate) fn prepare(job: GenerationJob, context: &mut JobContext) -> crate::Re
             }
         }
     };
+    if !networks.hashes.is_empty() {
+        let hashes: Vec<String> = networks.hashes.iter().map(|(name, hash)| format!("{name}: {hash}")).collect();
+        extra.push(("Lora hashes".to_owned(), InfotextValue::Text(hashes.join(", "))));
+    }
     if noise_multiplier != 1.0 {
         extra.push(("Noise multiplier".to_owned(), InfotextValue::Float(noise_multiplier)));
     }
@@ -408,6 +423,19 @@ fn apply_styles(request: &mut ProcessingRequest, styles: &StyleDatabase) {
             txt2img.hr_negative_prompt = styles.apply_negative(&txt2img.hr_negative_prompt, &names);
         }
     }
+}
+
+/// A1111 parses a hires prompt's tags on their own and switches networks between the passes; sdrt runs both
+/// passes with the first prompt's networks, so a hires prompt naming others is refused rather than ignored.
+fn check_hires_networks(request: &ProcessingRequest, first_pass: &[ExtraNetworkCall]) -> crate::Result<()> {
+    let ProcessingRequest::Txt2Img(txt2img) = request else { return Ok(()) };
+    if !txt2img.enable_hr || txt2img.hr_prompt.is_empty() || parse_extra_networks(&txt2img.hr_prompt).1 == first_pass {
+        return Ok(());
+    }
+    Err(crate::Error::Unsupported {
+        field: "hr_prompt",
+        feature: "extra networks (<lora:…>) in the hires prompt that differ from the prompt's",
+    })
 }
 
 fn apply_override_settings(settings: &mut GenerationSettings, base: &GenerationRequest) -> crate::Result<()> {
@@ -510,6 +538,8 @@ fn hires_plan(
         });
     }
     let prompt = if request.hr_prompt.is_empty() { &base.prompt } else { &request.hr_prompt };
+    let (prompt, _) = parse_extra_networks(prompt);
+    let prompt = &prompt;
     let negative =
         if request.hr_negative_prompt.is_empty() { &base.negative_prompt } else { &request.hr_negative_prompt };
     Ok(HiresPlan {
@@ -549,6 +579,7 @@ fn hires_infotext(request: &Txt2ImgRequest, first: &SamplerChoice, hires: &Sampl
 
 fn batch_specs(
     base: &GenerationRequest,
+    prompt: &str,
     settings: &GenerationSettings,
     sampler: &Sampler,
     denoising_strength: Option<f64>,
@@ -562,7 +593,7 @@ fn batch_specs(
         .map(|iteration| {
             let (seeds, subseeds) = batch_seeds(seed, subseed, strength, iteration * batch, batch)?;
             Ok(GenerationSpec {
-                prompts: vec![base.prompt.clone(); batch],
+                prompts: vec![prompt.to_owned(); batch],
                 negative_prompts: vec![base.negative_prompt.clone(); batch],
                 steps: base.steps as usize,
                 cfg_scale: base.cfg_scale,

@@ -48,6 +48,8 @@ pub struct GenerationSettings {
     pub limits: RequestLimits,
     /// A1111's saved prompt styles (`styles.csv`), which a request's `styles` names.
     pub styles: Arc<StyleDatabase>,
+    /// The LoRA networks prompts may name (`<lora:NAME:…>`).
+    pub loras: Arc<crate::LoraLibrary>,
 }
 
 impl Default for GenerationSettings {
@@ -70,6 +72,7 @@ impl Default for GenerationSettings {
             version: format!("sdrt-{}", env!("CARGO_PKG_VERSION")),
             limits: RequestLimits::default(),
             styles: Arc::default(),
+            loras: Arc::default(),
         }
     }
 }

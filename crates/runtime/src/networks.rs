@@ -1,0 +1,144 @@
+//! The LoRA networks a job may name (`--lora-dir`, A1111's `models/Lora`): found by file stem, opened once per
+//! file version, and resolved from a prompt's `<lora:…>` tags into what the model merges and the infotext's
+//! `Lora hashes`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use sdrt_models::{AppliedLora, Lora};
+use sdrt_processing::{ExtraNetworkCall, LoraCall};
+
+/// The LoRA files of one folder (subfolders included), by file stem as A1111 names them.
+#[derive(Debug, Default)]
+pub struct LoraLibrary {
+    folders: Vec<PathBuf>,
+    files: Mutex<BTreeMap<String, PathBuf>>,
+    opened: Mutex<HashMap<PathBuf, OpenedLora>>,
+}
+
+#[derive(Debug, Clone)]
+struct OpenedLora {
+    modified: Option<SystemTime>,
+    lora: Arc<Lora>,
+    short_hash: String,
+}
+
+/// One entry of [`LoraLibrary::list`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoraEntry {
+    /// The name prompts use (`<lora:NAME:…>`).
+    pub name: String,
+    /// The file.
+    pub path: PathBuf,
+}
+
+/// The networks a prompt's tags resolve to.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ResolvedNetworks {
+    pub applied: Vec<AppliedLora>,
+    /// `Lora hashes` entries: (name as written, without `:` and `,`; short hash).
+    pub hashes: Vec<(String, String)>,
+    /// Problems A1111 reports and goes on after (`Lora not found: …`, a bad tag).
+    pub warnings: Vec<String>,
+}
+
+impl LoraLibrary {
+    /// A library over `folders` (A1111's `--lora-dir` and `models/LyCORIS`), scanned now.
+    pub fn new(folders: Vec<PathBuf>) -> crate::Result<Self> {
+        let library = Self { folders, ..Self::default() };
+        library.refresh()?;
+        Ok(library)
+    }
+
+    /// Rescans the folders (A1111's `refresh-loras`).
+    pub fn refresh(&self) -> crate::Result<()> {
+        let mut files = BTreeMap::new();
+        for folder in &self.folders {
+            collect(folder, &mut files, 0)?;
+        }
+        *self.files.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = files;
+        Ok(())
+    }
+
+    /// Every network, by name.
+    pub fn list(&self) -> Vec<LoraEntry> {
+        let files = self.files.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        files.iter().map(|(name, path)| LoraEntry { name: name.clone(), path: path.clone() }).collect()
+    }
+
+    /// The networks of `calls` (a prompt's tags): `lora`/`lyco` tags resolved by name, opened (once per file
+    /// version) and hashed; names that match no file and tags that cannot be read become warnings, as A1111
+    /// logs them and generates without.
+    pub(crate) fn resolve(&self, calls: &[ExtraNetworkCall]) -> crate::Result<ResolvedNetworks> {
+        let mut resolved = ResolvedNetworks::default();
+        let mut missing = Vec::new();
+        for call in calls {
+            let Some(parsed) = LoraCall::from_call(call) else {
+                resolved.warnings.push(format!("skipping unknown extra network: {}", call.kind));
+                continue;
+            };
+            let lora = match parsed {
+                Ok(lora) => lora,
+                Err(error) => {
+                    resolved.warnings.push(error.to_string());
+                    continue;
+                }
+            };
+            let path = self.files.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&lora.name).cloned();
+            let Some(path) = path else {
+                missing.push(lora.name.clone());
+                continue;
+            };
+            let opened = self.open(&path)?;
+            resolved.applied.push(AppliedLora {
+                lora: opened.lora,
+                te_multiplier: lora.te_multiplier as f32,
+                unet_multiplier: lora.unet_multiplier as f32,
+                dyn_dim: lora.dyn_dim,
+            });
+            let key: String = lora.name.chars().filter(|c| !matches!(c, ':' | ',')).collect();
+            resolved.hashes.retain(|(name, _)| *name != key);
+            resolved.hashes.push((key, opened.short_hash));
+        }
+        if !missing.is_empty() {
+            resolved.warnings.push(format!("Lora not found: {}", missing.join(", ")));
+        }
+        Ok(resolved)
+    }
+
+    fn open(&self, path: &Path) -> crate::Result<OpenedLora> {
+        let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        let mut opened = self.opened.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(entry) = opened.get(path).filter(|e| e.modified == modified) {
+            return Ok(entry.clone());
+        }
+        let lora = Lora::open(path).map_err(|source| crate::Error::Model { path: path.to_owned(), source })?;
+        let mut short_hash =
+            sdrt_io::addnet_hash(path).map_err(|source| crate::Error::Io { path: path.to_owned(), source })?;
+        short_hash.truncate(sdrt_io::NETWORK_SHORT_HASH_LEN);
+        let entry = OpenedLora { modified, lora: Arc::new(lora), short_hash };
+        opened.insert(path.to_owned(), entry.clone());
+        Ok(entry)
+    }
+}
+
+/// `.safetensors` files under `folder` by file stem (A1111 names networks by basename; the first found wins).
+fn collect(folder: &Path, files: &mut BTreeMap<String, PathBuf>, depth: usize) -> crate::Result<()> {
+    const MAX_DEPTH: usize = 8;
+    let error = |source| crate::Error::ModelDirectory { path: folder.to_owned(), source };
+    let mut entries: Vec<PathBuf> =
+        std::fs::read_dir(folder).map_err(error)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    entries.sort();
+    for path in entries {
+        if path.is_dir() && depth < MAX_DEPTH {
+            collect(&path, files, depth + 1)?;
+        } else if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("safetensors"))
+            && let Some(stem) = path.file_stem()
+        {
+            files.entry(stem.to_string_lossy().into_owned()).or_insert(path);
+        }
+    }
+    Ok(())
+}
