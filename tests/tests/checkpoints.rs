@@ -460,6 +460,10 @@ fn lora_merges_match_torch_and_unmerge_restores_the_checkpoint() {
     let original = fixture_json("checkpoints/references/sd15-tiny.json");
     check_text_encoder(&mut model, &original["text_encoder"], false, "unmerged");
     check_unet(&mut model, &original["unet"], "unmerged");
+    // Back to the LoRA: the sessions kept for it (SessionConfig::network_cache) come back unchanged.
+    model.apply_networks(&[lora("sd15-tiny-locon", 0.5, 0.75)]).unwrap();
+    check_unet(&mut model, &merged["unet"], "re-merged from the cache");
+    check_text_encoder(&mut model, &merged["text_encoder"], false, "re-merged from the cache");
 }
 
 #[test]

@@ -90,6 +90,9 @@ pub struct SessionConfig {
     pub provider: ExecutionProvider,
     /// How graphs built from checkpoints are written (exported folders are run as they are).
     pub graph: crate::graph::GraphOptions,
+    /// Text-encoder and UNet sessions kept for LoRA sets used before, so switching back to one (or to none)
+    /// costs no rebuild; each kept UNet holds a copy of its weights (`--lora-cache`).
+    pub network_cache: usize,
 }
 
 impl Default for SessionConfig {
@@ -106,6 +109,7 @@ impl Default for SessionConfig {
             profiling: None,
             provider: ExecutionProvider::Cpu,
             graph: crate::graph::GraphOptions::default(),
+            network_cache: 1,
         }
     }
 }

@@ -34,14 +34,33 @@ pub struct LoadedModel {
     config: SessionConfig,
     /// The LoRA networks merged into the text encoders and UNet now.
     networks: ActiveNetworks,
+    /// Sessions of recent LoRA sets, most recent first (at most `config.network_cache`).
+    cached_text: Vec<(Vec<NetworkKey>, TextEncoders)>,
+    cached_unet: Vec<(Vec<NetworkKey>, Unet)>,
+}
+
+/// One network's identity in a component: (file, multiplier bits, dyn).
+type NetworkKey = (std::path::PathBuf, u32, Option<usize>);
+type TextEncoders = (Option<TextEncoder>, Option<TextEncoder>);
+
+/// The sessions kept for `key`, taken out of `cache`.
+fn take_cached<T>(cache: &mut Vec<(Vec<NetworkKey>, T)>, key: &[NetworkKey]) -> Option<T> {
+    let index = cache.iter().position(|(k, _)| k.as_slice() == key)?;
+    Some(cache.remove(index).1)
+}
+
+/// Keeps `sessions` for `key` as the most recent entry, dropping the oldest beyond `keep`.
+fn keep_cached<T>(cache: &mut Vec<(Vec<NetworkKey>, T)>, key: Vec<NetworkKey>, sessions: T, keep: usize) {
+    cache.insert(0, (key, sessions));
+    cache.truncate(keep);
 }
 
 /// What each component's sessions were built with, to rebuild only those a new LoRA set changes.
 #[derive(Debug, Clone, Default, PartialEq)]
 struct ActiveNetworks {
-    /// (file, multiplier, dyn) per network, for the text encoders and for the UNet.
-    text: Vec<(std::path::PathBuf, u32, Option<usize>)>,
-    unet: Vec<(std::path::PathBuf, u32, Option<usize>)>,
+    /// Each network's key, for the text encoders and for the UNet.
+    text: Vec<NetworkKey>,
+    unet: Vec<NetworkKey>,
 }
 
 impl ActiveNetworks {
@@ -91,13 +110,16 @@ impl LoadedModel {
             provider: config.provider,
             config: config.clone(),
             networks: ActiveNetworks::default(),
+            cached_text: Vec::new(),
+            cached_unet: Vec::new(),
         })
     }
 
     /// Merges `networks` into the weights (A1111's `W += ΔW · scale · multiplier`), replacing the set merged
     /// before: only the text encoders and UNet whose networks or multipliers changed are rebuilt (from the
-    /// checkpoint's weights plus the new ΔW; the VAE never). Returns the modules left out, `file: module (why)`,
-    /// which A1111 logs and goes on without.
+    /// checkpoint's weights plus the new ΔW; the VAE never), or taken back from the sessions kept for recent
+    /// sets (`SessionConfig::network_cache`). Returns the modules left out, `file: module (why)`, which A1111
+    /// logs and goes on without.
     pub fn apply_networks(&mut self, networks: &[AppliedLora]) -> Result<Vec<String>> {
         let wanted = ActiveNetworks::of(networks);
         if wanted == self.networks {
@@ -113,18 +135,35 @@ impl LoadedModel {
         let _span = tracing::info_span!("models::apply_networks", networks = networks.len()).entered();
         let applied = crate::lora::apply(&checkpoint, networks)?;
         let deltas = |component| applied.deltas.get(&component).filter(|d| !d.is_empty());
+        let keep = self.config.network_cache;
         if wanted.text != self.networks.text {
-            if self.text_encoder.is_some() {
-                let encoder = checkpoint.load_text_encoder(0, &self.config, deltas(Component::TextEncoder(0)))?;
-                self.text_encoder = Some(encoder);
-            }
-            if self.text_encoder_2.is_some() {
-                let encoder = checkpoint.load_text_encoder(1, &self.config, deltas(Component::TextEncoder(1)))?;
-                self.text_encoder_2 = Some(encoder);
-            }
+            let built = match take_cached(&mut self.cached_text, &wanted.text) {
+                Some(encoders) => encoders,
+                None => {
+                    let build = |index: usize, present: bool| {
+                        present
+                            .then(|| {
+                                let deltas = deltas(Component::TextEncoder(index));
+                                checkpoint.load_text_encoder(index, &self.config, deltas)
+                            })
+                            .transpose()
+                    };
+                    (build(0, self.text_encoder.is_some())?, build(1, self.text_encoder_2.is_some())?)
+                }
+            };
+            let previous = (
+                std::mem::replace(&mut self.text_encoder, built.0),
+                std::mem::replace(&mut self.text_encoder_2, built.1),
+            );
+            keep_cached(&mut self.cached_text, self.networks.text.clone(), previous, keep);
         }
         if wanted.unet != self.networks.unet {
-            self.unet = checkpoint.load_unet(&self.config, deltas(Component::Unet))?;
+            let built = match take_cached(&mut self.cached_unet, &wanted.unet) {
+                Some(unet) => unet,
+                None => checkpoint.load_unet(&self.config, deltas(Component::Unet))?,
+            };
+            let previous = std::mem::replace(&mut self.unet, built);
+            keep_cached(&mut self.cached_unet, self.networks.unet.clone(), previous, keep);
         }
         self.networks = wanted;
         for skipped in &applied.skipped {
