@@ -492,3 +492,28 @@ fn loras_that_do_not_fit_are_reported_and_broken_ones_refused() {
     let error = model.apply_networks(&[lora("sd15-tiny-locon", 1.0, 1.0)]).unwrap_err().to_string();
     assert!(error.contains("single-file checkpoints"), "{error}");
 }
+
+// -------------------------------------------------------------------------------------------------- VAE
+
+#[test]
+fn a_standalone_vae_replaces_the_models_own_and_goes_back() {
+    let alt = fixture("vaes/sd15-tiny-alt.vae.safetensors");
+    let alt_references = fixture_json("vaes/references/sd15-tiny-alt.json");
+    let own_references = fixture_json("checkpoints/references/sd15-tiny.json");
+    for base in [checkpoint("sd15-tiny.safetensors"), fixture("models/sd15-tiny/model_index.json")] {
+        let base = if base.ends_with("model_index.json") { base.parent().unwrap().to_owned() } else { base };
+        let mut model = load_path(&base, GraphOptions::default());
+        model.apply_vae(Some(&alt)).unwrap();
+        assert_eq!(model.vae_file(), Some(alt.as_path()));
+        check_vae(&mut model, &alt_references, "sd15-tiny-alt.vae");
+        model.apply_vae(None).unwrap();
+        assert_eq!(model.vae_file(), None);
+        let decoder = &own_references["vae_decoder"];
+        let latent: Array4<f32> = npy(decoder, "inputs", "latent_sample").into_dimensionality().unwrap();
+        let decoded = model.vae_decoder.decode(latent.view()).unwrap().into_dyn();
+        assert_close("the model's own VAE again", &decoded, &npy(decoder, "outputs", "sample"), TOLERANCE);
+    }
+    let mut model = load_path(&checkpoint("sd15-tiny.safetensors"), GraphOptions::default());
+    let error = model.apply_vae(Some(&checkpoint("sd2-tiny-v.safetensors"))).unwrap_err().to_string();
+    assert!(error.contains("sd2-tiny-v.safetensors") && error.contains("not a VAE"), "{error}");
+}

@@ -440,3 +440,45 @@ fn lora_tags_merge_networks_and_write_lora_hashes() {
     assert_eq!(run("a cat <lora:no-such-network:1>").latents, plain.latents, "unknown names are skipped");
     assert_eq!(run("a cat ").latents, plain.latents, "a job without tags runs on the unmerged weights");
 }
+
+/// A1111's `sd_vae` through the runner: `Automatic` takes the VAE whose file name starts with the checkpoint's
+/// (A1111's prefix rule) and writes `VAE hash`/`VAE`; `None` and unknown names decode with the model's own.
+#[test]
+fn sd_vae_selects_a_standalone_vae_and_names_it_in_the_infotext() {
+    sdrt_models::ensure_runtime().unwrap();
+    let provider =
+        Arc::new(ModelProvider::new(SessionConfig { intra_op_threads: Some(1), ..SessionConfig::default() }));
+    let runner = ProcessingRunner::new();
+    let vaes = sdrt_runtime::VaeLibrary::new(vec![], vec![fixtures_dir().join("vaes")], vec![]).unwrap();
+    let names: Vec<String> = vaes.list().into_iter().map(|entry| entry.name).collect();
+    assert_eq!(names, ["sd15-tiny-alt.vae.safetensors"]);
+    let settings = GenerationSettings {
+        model: Some(fixture("checkpoints/sd15-tiny.safetensors").display().to_string()),
+        randn_source: parse_randn_source("CPU").unwrap(),
+        vaes: Arc::new(vaes),
+        ..GenerationSettings::default()
+    };
+    let run = |sd_vae: &str| {
+        let request = serde_json::json!({"prompt": "a cat", "seed": 5, "steps": 2, "width": 64, "height": 64,
+                                         "override_settings": {"sd_vae": sd_vae}});
+        let request = Txt2ImgRequest::from_json(&request.to_string()).unwrap();
+        let job = GenerationJob::new(ProcessingRequest::Txt2Img(request), settings.clone(), provider.clone());
+        runner.run(job).unwrap().0.images.remove(0)
+    };
+    let own = run("None");
+    let automatic = run("Automatic");
+    let hashes = fixture_json("vaes/hashes.json");
+    let hash = &hashes["sd15-tiny-alt.vae.safetensors"].as_str().unwrap()[..10];
+    assert!(
+        automatic.infotext.contains(&format!("Model: sd15-tiny, VAE hash: {hash}, VAE: sd15-tiny-alt.vae.safetensors")),
+        "{}",
+        automatic.infotext
+    );
+    assert_eq!(automatic.latents, own.latents, "the VAE does not change the latents");
+    assert_ne!(automatic.image.pixels, own.image.pixels, "it changes the pixels");
+    assert!(!own.infotext.contains("VAE"), "{}", own.infotext);
+    let by_name = run("sd15-tiny-alt.vae.safetensors");
+    assert_eq!(by_name.image.pixels, automatic.image.pixels);
+    let unknown = run("no-such.vae.safetensors");
+    assert_eq!(unknown.image.pixels, own.image.pixels, "an unknown name falls back to the model's own");
+}

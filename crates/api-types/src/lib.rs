@@ -31,6 +31,6 @@ pub use request::{ExtraFields, GenerationRequest, Img2ImgRequest, Txt2ImgRequest
 pub use response::{
     ErrorResponse, GenerationInfo, ImageResponse, LatentUpscaleModeItem, LoraItem, Options, PngInfoRequest,
     PngInfoResponse, ProgressRequest, ProgressResponse, ProgressState, PromptStyleItem, SamplerItem, SchedulerItem,
-    SdModelItem, UpscalerItem, sampler_items, scheduler_items,
+    SdModelItem, SdVaeItem, UpscalerItem, sampler_items, scheduler_items,
 };
 pub use validate::{MIN_SIDE, RequestLimits, ValidatedSampling};

@@ -384,3 +384,12 @@ pub struct LoraItem {
     /// The file's training metadata (not read by sdrt: empty).
     pub metadata: serde_json::Map<String, serde_json::Value>,
 }
+
+/// One entry of `GET /sdapi/v1/sd-vae`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct SdVaeItem {
+    /// The file name, extension included: the value `sd_vae` takes.
+    pub model_name: String,
+    /// The same file name (A1111 gives the server's path; sdrt keeps its folders to itself).
+    pub filename: String,
+}

@@ -32,6 +32,9 @@ pub struct GenerateArgs {
     /// A1111's LoRA folder (`models/Lora`): `<lora:NAME:multiplier>` in the prompt names a file in it.
     #[arg(long)]
     pub lora_dir: Option<PathBuf>,
+    /// Which VAE decodes (and encodes).
+    #[command(flatten)]
+    pub vae: VaeArgs,
     /// Sampling steps.
     #[arg(long, default_value_t = 20)]
     pub steps: u32,
@@ -371,6 +374,48 @@ pub fn load_styles(path: Option<&std::path::Path>) -> Result<Arc<sdrt_io::StyleD
     Ok(Arc::new(styles))
 }
 
+/// A1111's VAE choice: a file, a folder of them, and `*.vae.safetensors` beside the checkpoints.
+#[derive(Args, Debug, Clone, Default)]
+pub struct VaeArgs {
+    /// A standalone VAE file (`*.vae.safetensors`, or one from A1111's `models/VAE`) to use instead of the
+    /// model's own (A1111's `--vae-path`).
+    #[arg(long)]
+    pub vae: Option<PathBuf>,
+    /// A1111's `models/VAE` folder: `sd_vae` names its files.
+    #[arg(long)]
+    pub vae_dir: Option<PathBuf>,
+    /// `Automatic` (a VAE whose file name starts with the checkpoint's), `None` (the model's own) or a VAE file
+    /// name; ignored with --vae.
+    #[arg(long, default_value = "Automatic")]
+    pub sd_vae: String,
+}
+
+impl VaeArgs {
+    /// The `sd_vae` setting: `--vae`'s file name, else `--sd-vae`.
+    pub fn setting(&self) -> String {
+        match self.vae.as_deref().and_then(Path::file_name) {
+            Some(name) => name.to_string_lossy().into_owned(),
+            None => self.sd_vae.clone(),
+        }
+    }
+
+    /// The VAE files: `*.vae.safetensors` in `models_dir`, every `.safetensors` of `--vae-dir`, and `--vae`.
+    pub fn library(&self, models_dir: Option<&Path>) -> Result<Arc<sdrt_runtime::VaeLibrary>> {
+        let library = sdrt_runtime::VaeLibrary::new(
+            models_dir.map(Path::to_owned).into_iter().collect(),
+            self.vae_dir.clone().into_iter().collect(),
+            self.vae.clone().into_iter().collect(),
+        )
+        .context("reading the VAE folders (--vae-dir, the model's folder)")?;
+        if let Some(file) = &self.vae
+            && !file.is_file()
+        {
+            bail!("--vae {}: no such file", file.display());
+        }
+        Ok(Arc::new(library))
+    }
+}
+
 /// The LoRA networks of `dir` (none without one).
 pub fn lora_library(dir: Option<&std::path::Path>) -> Result<Arc<sdrt_runtime::LoraLibrary>> {
     let Some(dir) = dir else { return Ok(Arc::default()) };
@@ -423,6 +468,8 @@ impl GenerateArgs {
             save_latents: self.save_latents,
             styles: load_styles(self.styles_file.as_deref())?,
             loras: lora_library(self.lora_dir.as_deref())?,
+            sd_vae: self.vae.setting(),
+            vaes: self.vae.library(self.model.as_deref().and_then(Path::parent))?,
             ..GenerationSettings::default()
         })
     }

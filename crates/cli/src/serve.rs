@@ -32,6 +32,9 @@ pub struct ServeArgs {
     /// A1111's LoRA folder (`models/Lora`): `<lora:NAME:multiplier>` in a prompt names a file in it.
     #[arg(long)]
     pub lora_dir: Option<PathBuf>,
+    /// Which VAE decodes (and encodes); `sd_vae` (options, override_settings) names a file of these.
+    #[command(flatten)]
+    pub vae: crate::generate::VaeArgs,
     /// A1111's saved styles (`styles.csv`: name, prompt, negative_prompt) that requests' `styles` name.
     #[arg(long)]
     pub styles_file: Option<PathBuf>,
@@ -141,6 +144,8 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
         upscaler_dir: args.upscaler_dir.clone(),
         styles: crate::generate::load_styles(args.styles_file.as_deref())?,
         loras: crate::generate::lora_library(args.lora_dir.as_deref())?,
+        sd_vae: args.vae.setting(),
+        vaes: args.vae.library(args.models_dir.as_deref().or_else(|| model.parent().filter(|_| model.is_file())))?,
         ..GenerationSettings::default()
     };
     let timeout = (args.job_timeout > 0).then(|| std::time::Duration::from_secs(args.job_timeout));

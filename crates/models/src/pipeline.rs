@@ -34,6 +34,8 @@ pub struct LoadedModel {
     config: SessionConfig,
     /// The LoRA networks merged into the text encoders and UNet now.
     networks: ActiveNetworks,
+    /// A standalone VAE file used instead of the model's own (A1111's `sd_vae`).
+    external_vae: Option<std::sync::Arc<Checkpoint>>,
     /// Sessions of recent LoRA sets, most recent first (at most `config.network_cache`).
     cached_text: Vec<(Vec<NetworkKey>, TextEncoders)>,
     cached_unet: Vec<(Vec<NetworkKey>, Unet)>,
@@ -107,6 +109,7 @@ impl LoadedModel {
             unet: parts.unet,
             vae_encoder: None,
             vae_decoder: parts.vae_decoder,
+            external_vae: None,
             provider: config.provider,
             config: config.clone(),
             networks: ActiveNetworks::default(),
@@ -196,9 +199,44 @@ impl LoadedModel {
         Self::assemble(folder, parts, config)
     }
 
+    /// Decodes and encodes with the standalone VAE file `vae` (`*.vae.safetensors` or a `models/VAE` file, with or
+    /// without `first_stage_model.`) instead of the model's own, or with the model's own again for `None`
+    /// (A1111's `sd_vae`). Only the VAE sessions are rebuilt; the same file again changes nothing.
+    pub fn apply_vae(&mut self, vae: Option<&std::path::Path>) -> Result<()> {
+        if self.external_vae.as_deref().map(Checkpoint::path) == vae {
+            return Ok(());
+        }
+        let _span = tracing::info_span!("models::apply_vae", vae = ?vae).entered();
+        let external = match vae {
+            Some(path) => {
+                let file = Checkpoint::open(path, crate::CheckpointOptions::default())?;
+                if file.kind() != crate::CheckpointKind::Vae {
+                    return Err(file.file.file_error(
+                        "is a whole model, not a VAE: select a *.vae.safetensors or a file from models/VAE".to_owned(),
+                    ));
+                }
+                Some(std::sync::Arc::new(file))
+            }
+            None => None,
+        };
+        self.vae_decoder = match (&external, &self.folder.checkpoint) {
+            (Some(vae), _) => vae.load_vae_decoder(&self.config)?,
+            (None, Some(checkpoint)) => checkpoint.load_vae_decoder(&self.config)?,
+            (None, None) => VaeDecoder::load(&self.folder.vae_decoder, &self.config)?,
+        };
+        self.vae_encoder = None;
+        self.external_vae = external;
+        Ok(())
+    }
+
+    /// The standalone VAE file in use, if any.
+    pub fn vae_file(&self) -> Option<&std::path::Path> {
+        self.external_vae.as_deref().map(Checkpoint::path)
+    }
+
     /// Whether the folder has a VAE encoder (img2img and inpainting need one).
     pub fn has_vae_encoder(&self) -> bool {
-        self.folder.vae_encoder.is_some()
+        self.folder.vae_encoder.is_some() || self.external_vae.is_some()
     }
 
     /// Whether the VAE encoder session exists yet.
@@ -210,6 +248,13 @@ impl LoadedModel {
     pub fn vae_encoder(&mut self) -> Result<&mut VaeEncoder> {
         let encoder = match self.vae_encoder.take() {
             Some(encoder) => encoder,
+            None if self.external_vae.is_some() => {
+                let vae = self.external_vae.clone();
+                vae.as_deref().map(|v| v.load_vae_encoder(&self.config)).transpose()?.ok_or_else(|| Error::Family {
+                    folder: self.folder.root.clone(),
+                    problem: "no VAE file".to_owned(),
+                })?
+            }
             None if self.folder.checkpoint.is_some() => {
                 let checkpoint = self.folder.checkpoint.clone();
                 checkpoint.as_deref().map(|c| c.load_vae_encoder(&self.config)).transpose()?.ok_or_else(|| {

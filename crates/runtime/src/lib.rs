@@ -12,6 +12,7 @@ mod networks;
 mod progress;
 mod provider;
 mod queue;
+mod vaes;
 
 pub use error::{Error, Result};
 pub use generation::{
@@ -25,3 +26,4 @@ pub use networks::{LoraEntry, LoraLibrary};
 pub use progress::{JobControl, NoProgress, ProgressEvent, ProgressSink, eta};
 pub use provider::{ModelHandle, ModelProvider, SharedModel};
 pub use queue::ExecutionQueue;
+pub use vaes::{VaeEntry, VaeLibrary};

@@ -12,7 +12,7 @@ use sdrt_api_types::{
     ErrorResponse, ExtrasBatchImagesRequest, ExtrasBatchImagesResponse, ExtrasSingleImageRequest,
     ExtrasSingleImageResponse, ImageResponse, Img2ImgRequest, JobAccepted, JobKind, JobState, JobStatus, JobSubmission,
     LatentUpscaleModeItem, LoraItem, Options, PngInfoRequest, PngInfoResponse, ProgressResponse, PromptStyleItem,
-    SamplerItem, SchedulerItem, SdModelItem, Txt2ImgRequest, UpscalerItem, sampler_items, scheduler_items,
+    SamplerItem, SchedulerItem, SdModelItem, SdVaeItem, Txt2ImgRequest, UpscalerItem, sampler_items, scheduler_items,
 };
 
 use crate::error::{Error, Result};
@@ -93,7 +93,9 @@ pub(crate) const OPERATIONS: &[Operation] = &[
     op("get", "/sdapi/v1/upscalers", "Image upscalers", None, (200, schema::<Vec<UpscalerItem>>), || get(upscalers)),
     op("get", "/sdapi/v1/latent-upscale-modes", "Latent upscale modes for hires fix",
         None, (200, schema::<Vec<LatentUpscaleModeItem>>), || get(latent_upscale_modes)),
-    op("get", "/sdapi/v1/sd-vae", "Separate VAEs (none)", None, (200, schema::<Vec<Value>>), || get(empty_list)),
+    op("get", "/sdapi/v1/sd-vae", "Standalone VAE files sd_vae may name", None, (200, schema::<Vec<SdVaeItem>>),
+        || get(sd_vae)),
+    op("post", "/sdapi/v1/refresh-vae", "Rescan the VAE folders", None, (200, schema::<Value>), || post(refresh_vae)),
     op("get", "/sdapi/v1/face-restorers", "Face restorers (none)",
         None, (200, schema::<Vec<Value>>), || get(empty_list)),
     op("get", "/sdapi/v1/realesrgan-models", "Real-ESRGAN models (none)",
@@ -408,6 +410,20 @@ async fn refresh_loras(State(state): Shared) -> Result<Json<Value>> {
     Ok(Json(Value::Null))
 }
 
+async fn sd_vae(State(state): Shared) -> Json<Vec<SdVaeItem>> {
+    let item = |entry: sdrt_runtime::VaeEntry| SdVaeItem { model_name: entry.name.clone(), filename: entry.name };
+    Json(state.settings().vaes.list().into_iter().map(item).collect())
+}
+
+async fn refresh_vae(State(state): Shared) -> Result<Json<Value>> {
+    let library = state.settings().vaes;
+    tokio::task::spawn_blocking(move || library.refresh())
+        .await
+        .map_err(|e| Error::Worker(e.to_string()))?
+        .map_err(Error::Runtime)?;
+    Ok(Json(Value::Null))
+}
+
 async fn prompt_styles(State(state): Shared) -> Json<Vec<PromptStyleItem>> {
     let styles = state.settings().styles;
     let item = |s: &sdrt_io::PromptStyle| PromptStyleItem {
@@ -476,6 +492,7 @@ async fn options(State(state): Shared) -> Json<Options> {
             ("pad_cond_uncond", serde_json::json!(settings.pad_cond_uncond)),
             ("inpainting_mask_weight", serde_json::json!(settings.inpainting_mask_weight)),
             ("ESRGAN_tile", serde_json::json!(settings.esrgan_tile)),
+            ("sd_vae", serde_json::json!(settings.sd_vae)),
             ("ESRGAN_tile_overlap", serde_json::json!(settings.esrgan_tile_overlap)),
         ]
         .into_iter()

@@ -310,6 +310,7 @@ pub(crate) fn prepare(job: GenerationJob, context: &mut JobContext) -> crate::Re
     context.metrics.record("load_model", started.elapsed());
 
     let choice = sampling.first_pass;
+    let vae_infotext;
     // A1111's `parse_extra_network_prompts`: the tags leave the text the encoder sees (the infotext keeps
     // them), and the networks they name are merged before anything is encoded.
     let (prompt, calls) = parse_extra_networks(&base.prompt);
@@ -320,9 +321,14 @@ pub(crate) fn prepare(job: GenerationJob, context: &mut JobContext) -> crate::Re
         let skipped = model
             .apply_networks(&networks.applied)
             .map_err(|source| crate::Error::Model { path: handle.path.clone(), source })?;
-        for problem in networks.warnings.iter().chain(&skipped) {
+        let (vae, vae_warning) = settings.vaes.resolve(&settings.sd_vae, &handle.path);
+        model
+            .apply_vae(vae.as_ref().map(|entry| entry.path.as_path()))
+            .map_err(|source| crate::Error::Model { path: handle.path.clone(), source })?;
+        for problem in networks.warnings.iter().chain(&skipped).chain(&vae_warning) {
             tracing::warn!("{problem}");
         }
+        vae_infotext = vae.map(|entry| entry.name).zip(model.vae_file().map(sdrt_io::model_hash));
         let pipeline = Pipeline::new(&mut model)?;
         (pipeline.schedule_family(), pipeline.is_inpainting_model())
     };
@@ -376,7 +382,16 @@ pub(crate) fn prepare(job: GenerationJob, context: &mut JobContext) -> crate::Re
     let conditional_mask_weight =
         (inpainting_model && (is_img2img || family != ModelFamily::Sdxl)).then_some(settings.inpainting_mask_weight);
     let (hires, hires_infotext) = hires.unzip();
+    let (vae, vae_hash) = match vae_infotext {
+        Some((name, hash)) => {
+            let hash = hash.map_err(|source| crate::Error::Io { path: handle.path.clone(), source })?;
+            (Some(name), Some(hash))
+        }
+        None => (None, None),
+    };
     let template = GenerationParams {
+        vae,
+        vae_hash,
         hires: hires_infotext,
         conditional_mask_weight,
         extra,

@@ -50,6 +50,10 @@ pub struct GenerationSettings {
     pub styles: Arc<StyleDatabase>,
     /// The LoRA networks prompts may name (`<lora:NAME:…>`).
     pub loras: Arc<crate::LoraLibrary>,
+    /// A1111's "SD VAE" (`sd_vae`): `Automatic`, `None` or a file name from `vaes`.
+    pub sd_vae: String,
+    /// The standalone VAE files `sd_vae` may name.
+    pub vaes: Arc<crate::VaeLibrary>,
 }
 
 impl Default for GenerationSettings {
@@ -73,6 +77,8 @@ impl Default for GenerationSettings {
             limits: RequestLimits::default(),
             styles: Arc::default(),
             loras: Arc::default(),
+            sd_vae: "Automatic".to_owned(),
+            vaes: Arc::default(),
         }
     }
 }
@@ -109,7 +115,7 @@ impl GenerationSettings {
     /// Applies A1111 settings by name (`override_settings`, `POST /sdapi/v1/options`): `randn_source`,
     /// `CLIP_stop_at_last_layers`, `eta_noise_seed_delta`, `emphasis`, `pad_cond_uncond`,
     /// `inpainting_mask_weight`, `ESRGAN_tile`, `ESRGAN_tile_overlap`, `show_progress_every_n_steps`,
-    /// `live_previews_enable`, `sd_model_checkpoint`. Returns the names it does not implement (they change nothing, as unknown
+    /// `live_previews_enable`, `sd_model_checkpoint`, `sd_vae`. Returns the names it does not implement (they change nothing, as unknown
     /// settings do in A1111).
     pub fn apply_settings(&mut self, entries: &Map<String, Value>) -> std::result::Result<Vec<String>, SettingProblem> {
         let bad = |key: &'static str, problem: String| SettingProblem { key, problem };
@@ -159,6 +165,16 @@ impl GenerationSettings {
                     } else {
                         self.esrgan_tile_overlap = pixels;
                     }
+                }
+                "sd_vae" => {
+                    // A1111 takes any name and falls back to the model's own VAE when no file has it (with a
+                    // warning at generation); only names of listed files are ever opened.
+                    self.sd_vae = value
+                        .as_str()
+                        .ok_or_else(|| {
+                            bad("sd_vae", format!("{value} is not a VAE name; use Automatic, None or a file name"))
+                        })?
+                        .to_owned();
                 }
                 "show_progress_every_n_steps" => {
                     self.show_progress_every_n_steps = value.as_i64().ok_or_else(|| {
