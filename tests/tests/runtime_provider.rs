@@ -44,3 +44,53 @@ fn unknown_models_name_the_registered_ones() {
     let err = provider.get("no-such-model").unwrap_err().to_string();
     assert!(err.contains("no-such-model") && err.contains("sd15-tiny"), "{err}");
 }
+
+/// An A1111 data folder as it is: its models, LoRAs, VAEs, styles and the `config.json` settings sdrt honours.
+#[test]
+fn an_a1111_data_folder_is_read_as_a1111_lays_it_out() {
+    let data = tempfile::tempdir().unwrap();
+    let root = data.path();
+    let copy = |from: &str, to: &str| {
+        let target = root.join(to);
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::copy(sdrt_tests::fixture(from), target).unwrap();
+    };
+    copy("checkpoints/sd15-tiny.safetensors", "models/Stable-diffusion/sub/sd15-tiny.safetensors");
+    copy("checkpoints/sd15-tiny.yaml", "models/Stable-diffusion/sub/sd15-tiny.yaml");
+    copy("loras/sd15-tiny-locon.safetensors", "models/Lora/sd15-tiny-locon.safetensors");
+    copy("loras/sd15-inpaint-conv-in.safetensors", "models/LyCORIS/old/sd15-inpaint-conv-in.safetensors");
+    copy("vaes/sd15-tiny-alt.vae.safetensors", "models/VAE/sd15-tiny-alt.vae.safetensors");
+    std::fs::write(root.join("styles.csv"), "name,prompt,negative_prompt\nSharp,sharp focus,blurry\n").unwrap();
+    let config = serde_json::json!({
+        "sd_model_checkpoint": "sub/sd15-tiny.safetensors [0123456789]",
+        "CLIP_stop_at_last_layers": 2, "eta_noise_seed_delta": 31337, "randn_source": "CPU",
+        "emphasis": "No norm", "sd_vae": "None", "outdir_samples": "", "quicksettings_list": ["sd_model_checkpoint"],
+    });
+    std::fs::write(root.join("config.json"), config.to_string()).unwrap();
+
+    let mut provider = ModelProvider::new(SessionConfig::default());
+    let mut settings = sdrt_runtime::GenerationSettings::default();
+    let summary = sdrt_runtime::DataDir::open(root).unwrap().apply(&mut settings, &mut provider).unwrap();
+    assert_eq!(summary.models, ["sub/sd15-tiny"]);
+    assert_eq!(summary.selected_model.as_deref(), Some("sub/sd15-tiny"));
+    assert_eq!(settings.model.as_deref(), Some("sub/sd15-tiny"));
+    assert_eq!(
+        summary.settings,
+        ["CLIP_stop_at_last_layers", "emphasis", "eta_noise_seed_delta", "randn_source", "sd_vae"]
+    );
+    assert_eq!((settings.clip_skip, settings.eta_noise_seed_delta), (2, 31337));
+    assert_eq!(sdrt_runtime::randn_source_name(settings.randn_source), "CPU");
+    assert_eq!(settings.emphasis.label(), "No norm");
+    assert_eq!(settings.sd_vae, "None");
+    let loras: Vec<String> = settings.loras.list().into_iter().map(|e| e.name).collect();
+    assert_eq!(loras, ["sd15-inpaint-conv-in", "sd15-tiny-locon"], "models/Lora and models/LyCORIS");
+    let vaes: Vec<String> = settings.vaes.list().into_iter().map(|e| e.name).collect();
+    assert_eq!(vaes, ["sd15-tiny-alt.vae.safetensors"]);
+    assert_eq!(settings.styles.apply("a fox", &["Sharp".to_owned()]), "a fox, sharp focus");
+
+    let missing = sdrt_runtime::DataDir::open(&root.join("nope")).unwrap_err().to_string();
+    assert!(missing.contains("nope"), "{missing}");
+    std::fs::write(root.join("config.json"), "{\"CLIP_stop_at_last_layers\": 99}").unwrap();
+    let error = sdrt_runtime::DataDir::open(root).unwrap().apply(&mut settings, &mut provider).unwrap_err();
+    assert!(error.to_string().contains("config.json: CLIP_stop_at_last_layers"), "{error}");
+}

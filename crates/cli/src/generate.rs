@@ -384,19 +384,31 @@ pub struct VaeArgs {
     /// A1111's `models/VAE` folder: `sd_vae` names its files.
     #[arg(long)]
     pub vae_dir: Option<PathBuf>,
-    /// `Automatic` (a VAE whose file name starts with the checkpoint's), `None` (the model's own) or a VAE file
-    /// name; ignored with --vae.
-    #[arg(long, default_value = "Automatic")]
-    pub sd_vae: String,
+    /// `Automatic` (a VAE whose file name starts with the checkpoint's; the default), `None` (the model's own) or
+    /// a VAE file name; ignored with --vae.
+    #[arg(long)]
+    pub sd_vae: Option<String>,
 }
 
 impl VaeArgs {
-    /// The `sd_vae` setting: `--vae`'s file name, else `--sd-vae`.
-    pub fn setting(&self) -> String {
+    /// The `sd_vae` setting these flags ask for: `--vae`'s file name, else `--sd-vae`.
+    pub fn setting(&self) -> Option<String> {
         match self.vae.as_deref().and_then(Path::file_name) {
-            Some(name) => name.to_string_lossy().into_owned(),
+            Some(name) => Some(name.to_string_lossy().into_owned()),
             None => self.sd_vae.clone(),
         }
+    }
+
+    /// Sets `settings`' VAE choice and files from these flags; without any, what `settings` has (from
+    /// `--data-dir`) stays, or the VAEs beside the model in `models_dir` are offered.
+    pub fn apply(&self, settings: &mut GenerationSettings, models_dir: Option<&Path>) -> Result<()> {
+        if let Some(setting) = self.setting() {
+            settings.sd_vae = setting;
+        }
+        if self.vae.is_some() || self.vae_dir.is_some() || settings.vaes.list().is_empty() {
+            settings.vaes = self.library(models_dir)?;
+        }
+        Ok(())
     }
 
     /// The VAE files: `*.vae.safetensors` in `models_dir`, every `.safetensors` of `--vae-dir`, and `--vae`.
@@ -414,6 +426,23 @@ impl VaeArgs {
         }
         Ok(Arc::new(library))
     }
+}
+
+/// Reads an A1111 data folder into `settings` and `provider` (`--data-dir`), saying what it found.
+pub fn apply_data_dir(dir: &Path, settings: &mut GenerationSettings, provider: &mut ModelProvider) -> Result<()> {
+    let data = sdrt_runtime::DataDir::open(dir).with_context(|| format!("--data-dir {}", dir.display()))?;
+    let summary = data.apply(settings, provider).with_context(|| format!("--data-dir {}", dir.display()))?;
+    eprintln!(
+        "A1111 data folder {}: {} models{}, {} LoRAs, {} VAEs, {} styles, settings from config.json: {}",
+        dir.display(),
+        summary.models.len(),
+        summary.selected_model.as_ref().map_or(String::new(), |m| format!(" (selected: {m})")),
+        settings.loras.list().len(),
+        settings.vaes.list().len(),
+        settings.styles.styles().len(),
+        if summary.settings.is_empty() { "none".to_owned() } else { summary.settings.join(", ") },
+    );
+    Ok(())
 }
 
 /// The LoRA networks of `dir` (none without one).
@@ -468,7 +497,7 @@ impl GenerateArgs {
             save_latents: self.save_latents,
             styles: load_styles(self.styles_file.as_deref())?,
             loras: lora_library(self.lora_dir.as_deref())?,
-            sd_vae: self.vae.setting(),
+            sd_vae: self.vae.setting().unwrap_or_else(|| "Automatic".to_owned()),
             vaes: self.vae.library(self.model.as_deref().and_then(Path::parent))?,
             ..GenerationSettings::default()
         })

@@ -19,6 +19,11 @@ pub struct ServeArgs {
     /// the bundled tiny random-weight pipeline.
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// An AUTOMATIC1111 data folder as it is (A1111's flag): its `models/Stable-diffusion`, `models/Lora`,
+    /// `models/LyCORIS`, `models/VAE`, `styles.csv` and `config.json` settings (checkpoint, clip skip, ENSD, RNG,
+    /// emphasis, VAE). Other flags override what it gives.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
     /// A folder laid out like A1111's `models/Stable-diffusion` (subfolders included): ONNX model folders and
     /// `.safetensors` checkpoints, offered by their names (`GET /sdapi/v1/sd-models`).
     #[arg(long)]
@@ -128,26 +133,39 @@ impl LimitArgs {
 pub fn serve(args: &ServeArgs) -> Result<()> {
     sdrt_models::ensure_runtime()?;
     let mut provider = args.session.model_provider()?;
+    let mut settings = GenerationSettings {
+        outdir: Some(args.outdir.clone()),
+        upscaler_dir: args.upscaler_dir.clone(),
+        ..GenerationSettings::default()
+    };
+    if let Some(dir) = &args.data_dir {
+        crate::generate::apply_data_dir(dir, &mut settings, &mut provider)?;
+    }
     if let Some(dir) = &args.models_dir {
         let names =
             provider.register_folder_of_models(dir).with_context(|| format!("--models-dir {}", dir.display()))?;
         eprintln!("models: {}", names.join(", "));
     }
-    let model = args.model.clone().unwrap_or_else(bundled_model);
-    // Offered by its folder name (a checkpoint by its file stem, A1111's model name), like the --models-dir ones.
-    let file_name = if model.is_file() { model.file_stem() } else { model.file_name() };
-    let name = file_name.map_or_else(|| model.display().to_string(), |n| n.to_string_lossy().into_owned());
-    provider.register(name.clone(), &model);
-    let settings = GenerationSettings {
-        model: Some(name),
-        outdir: Some(args.outdir.clone()),
-        upscaler_dir: args.upscaler_dir.clone(),
-        styles: crate::generate::load_styles(args.styles_file.as_deref())?,
-        loras: crate::generate::lora_library(args.lora_dir.as_deref())?,
-        sd_vae: args.vae.setting(),
-        vaes: args.vae.library(args.models_dir.as_deref().or_else(|| model.parent().filter(|_| model.is_file())))?,
-        ..GenerationSettings::default()
+    // --model wins; else the checkpoint --data-dir's config.json selects; else the bundled tiny pipeline.
+    let model = match (&args.model, &settings.model) {
+        (None, Some(name)) => provider.registered().get(name).cloned().unwrap_or_else(bundled_model),
+        (model, _) => model.clone().unwrap_or_else(bundled_model),
     };
+    if args.model.is_some() || settings.model.is_none() {
+        // Offered by its folder name (a checkpoint by its file stem, A1111's model name), like the --models-dir
+        // ones.
+        let file_name = if model.is_file() { model.file_stem() } else { model.file_name() };
+        let name = file_name.map_or_else(|| model.display().to_string(), |n| n.to_string_lossy().into_owned());
+        provider.register(name.clone(), &model);
+        settings.model = Some(name);
+    }
+    if args.styles_file.is_some() {
+        settings.styles = crate::generate::load_styles(args.styles_file.as_deref())?;
+    }
+    if args.lora_dir.is_some() {
+        settings.loras = crate::generate::lora_library(args.lora_dir.as_deref())?;
+    }
+    args.vae.apply(&mut settings, args.models_dir.as_deref().or_else(|| model.parent().filter(|_| model.is_file())))?;
     let timeout = (args.job_timeout > 0).then(|| std::time::Duration::from_secs(args.job_timeout));
     let access = sdrt_server::AccessPolicy {
         credentials: match &args.api_auth {

@@ -4,6 +4,7 @@
 //! Every generation (CLI, HTTP API, tests) runs through [`ProcessingRunner`], so stage order, hooks and
 //! metrics are the same for all callers.
 
+mod data_dir;
 mod error;
 mod generation;
 mod lifecycle;
@@ -14,6 +15,7 @@ mod provider;
 mod queue;
 mod vaes;
 
+pub use data_dir::{DataDir, DataDirSummary};
 pub use error::{Error, Result};
 pub use generation::{
     ExtrasTarget, GeneratedImage, GenerationJob, GenerationOutput, GenerationSettings, ProcessingRequest,
