@@ -14,6 +14,7 @@ mod progress;
 mod provider;
 mod queue;
 mod vaes;
+mod walk;
 
 pub use data_dir::{DataDir, DataDirSummary};
 pub use error::{Error, Result};

@@ -56,7 +56,12 @@ impl LoraLibrary {
     pub fn refresh(&self) -> crate::Result<()> {
         let mut files = BTreeMap::new();
         for folder in &self.folders {
-            collect(folder, &mut files, 0)?;
+            // A1111 names networks by file stem; the first file found keeps a name.
+            for path in crate::walk::files_under(folder, &|name| name.to_ascii_lowercase().ends_with(".safetensors"))? {
+                if let Some(stem) = path.file_stem().map(|s| s.to_string_lossy().into_owned()) {
+                    files.entry(stem).or_insert(path);
+                }
+            }
         }
         *self.files.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = files;
         Ok(())
@@ -122,23 +127,4 @@ impl LoraLibrary {
         opened.insert(path.to_owned(), entry.clone());
         Ok(entry)
     }
-}
-
-/// `.safetensors` files under `folder` by file stem (A1111 names networks by basename; the first found wins).
-fn collect(folder: &Path, files: &mut BTreeMap<String, PathBuf>, depth: usize) -> crate::Result<()> {
-    const MAX_DEPTH: usize = 8;
-    let error = |source| crate::Error::ModelDirectory { path: folder.to_owned(), source };
-    let mut entries: Vec<PathBuf> =
-        std::fs::read_dir(folder).map_err(error)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    entries.sort();
-    for path in entries {
-        if path.is_dir() && depth < MAX_DEPTH {
-            collect(&path, files, depth + 1)?;
-        } else if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("safetensors"))
-            && let Some(stem) = path.file_stem()
-        {
-            files.entry(stem.to_string_lossy().into_owned()).or_insert(path);
-        }
-    }
-    Ok(())
 }

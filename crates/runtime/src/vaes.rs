@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use crate::walk::files_under;
+
 /// One selectable VAE file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VaeEntry {
@@ -41,10 +43,10 @@ impl VaeLibrary {
     pub fn refresh(&self) -> crate::Result<()> {
         let mut found = Vec::new();
         for dir in &self.model_dirs {
-            walk(dir, &|name| name.ends_with(".vae.safetensors"), &mut found, 0)?;
+            found.extend(files_under(dir, &|name| name.ends_with(".vae.safetensors"))?);
         }
         for dir in &self.vae_dirs {
-            walk(dir, &|name| name.ends_with(".safetensors"), &mut found, 0)?;
+            found.extend(files_under(dir, &|name| name.ends_with(".safetensors"))?);
         }
         found.extend(self.extra_files.iter().cloned());
         let mut files: Vec<VaeEntry> = Vec::new();
@@ -88,21 +90,4 @@ impl VaeLibrary {
             None => (None, Some(format!("Couldn't find VAE named {setting}; using None instead"))),
         }
     }
-}
-
-fn walk(dir: &Path, wanted: &dyn Fn(&str) -> bool, found: &mut Vec<PathBuf>, depth: usize) -> crate::Result<()> {
-    const MAX_DEPTH: usize = 8;
-    let error = |source| crate::Error::ModelDirectory { path: dir.to_owned(), source };
-    let mut entries: Vec<PathBuf> =
-        std::fs::read_dir(dir).map_err(error)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    entries.sort();
-    for path in entries {
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        if path.is_dir() && depth < MAX_DEPTH {
-            walk(&path, wanted, found, depth + 1)?;
-        } else if wanted(&name) {
-            found.push(path);
-        }
-    }
-    Ok(())
 }

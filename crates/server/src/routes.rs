@@ -403,10 +403,12 @@ async fn loras(State(state): Shared) -> Json<Vec<LoraItem>> {
 
 async fn refresh_loras(State(state): Shared) -> Result<Json<Value>> {
     let library = state.settings().loras;
-    tokio::task::spawn_blocking(move || library.refresh())
-        .await
-        .map_err(|e| Error::Worker(e.to_string()))?
-        .map_err(Error::Runtime)?;
+    rescan(move || library.refresh()).await
+}
+
+/// A folder rescan off the async threads; answers as A1111 does (`null`).
+async fn rescan(refresh: impl FnOnce() -> sdrt_runtime::Result<()> + Send + 'static) -> Result<Json<Value>> {
+    tokio::task::spawn_blocking(refresh).await.map_err(|e| Error::Worker(e.to_string()))?.map_err(Error::Runtime)?;
     Ok(Json(Value::Null))
 }
 
@@ -417,11 +419,7 @@ async fn sd_vae(State(state): Shared) -> Json<Vec<SdVaeItem>> {
 
 async fn refresh_vae(State(state): Shared) -> Result<Json<Value>> {
     let library = state.settings().vaes;
-    tokio::task::spawn_blocking(move || library.refresh())
-        .await
-        .map_err(|e| Error::Worker(e.to_string()))?
-        .map_err(Error::Runtime)?;
-    Ok(Json(Value::Null))
+    rescan(move || library.refresh()).await
 }
 
 async fn prompt_styles(State(state): Shared) -> Json<Vec<PromptStyleItem>> {
