@@ -467,6 +467,17 @@ fn lora_merges_match_torch_and_unmerge_restores_the_checkpoint() {
 }
 
 #[test]
+fn lycoris_kinds_merge_as_a1111_merges_them() {
+    let mut model = load_path(&checkpoint("sd15-tiny.safetensors"), GraphOptions::default());
+    let skipped = model.apply_networks(&[lora("sd15-tiny-lycoris", 0.5, 0.75)]).unwrap();
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    assert!(skipped[0].contains("lora_unet_input_blocks_1_0_out_layers_3 (CP-decomposed LoCon"), "{skipped:?}");
+    let merged = fixture_json("loras/references/sd15-tiny-lycoris.json");
+    check_text_encoder(&mut model, &merged["text_encoder"], false, "LoKr, full diff + diff_b (te 0.5)");
+    check_unet(&mut model, &merged["unet"], "LoHa, LoKr, norm (unet 0.75)");
+}
+
+#[test]
 fn lora_on_an_inpainting_conv_in_changes_only_the_latent_channels() {
     let mut model = load_path(&checkpoint("sd15-inpaint-tiny.safetensors"), GraphOptions::default());
     assert!(model.apply_networks(&[lora("sd15-inpaint-conv-in", 1.0, 1.0)]).unwrap().is_empty());

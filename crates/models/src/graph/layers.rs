@@ -125,20 +125,22 @@ impl<'w> Net<'w> {
         Ok(weight)
     }
 
-    /// ΔW · scale shaped as the weight: A1111's `rebuild_conventional` (`up @ down`, reshaped) or a full `diff`,
-    /// zero-padded on the input channels for an inpainting `conv_in`.
+    /// ΔW · scale shaped as the weight (A1111's `finalize_updown` reshape), zero-padded on the input channels for
+    /// an inpainting `conv_in`.
     fn delta(&mut self, delta: &crate::lora::Delta, weight_shape: &[usize]) -> String {
-        let shape = if delta.pad_in_channels > 0 { delta.shape() } else { weight_shape };
-        let target = self.g.const_i64(&shape.iter().map(|&d| d as i64).collect::<Vec<_>>());
+        use crate::lora::Factors;
         let change = match &delta.factors {
-            crate::lora::Factors::LowRank { up, down, outputs, rank, inputs, .. } => {
-                let up = self.g.const_f32(&[*outputs, *rank], up);
-                let down = self.g.const_f32(&[*rank, *inputs], down);
-                self.g.op("MatMul", &[&up, &down], vec![])
+            Factors::LowRank(product) => self.product(product),
+            Factors::Hadamard(first, second) => {
+                let (first, second) = (self.product(first), self.product(second));
+                self.g.op("Mul", &[&first, &second], vec![])
             }
-            crate::lora::Factors::Full { shape, values } => self.g.const_f32(shape, values),
+            Factors::Kronecker(w1, w2) => self.kronecker(w1, w2),
+            Factors::Full { shape, values } => self.g.const_f32(shape, values),
         };
-        let mut shaped = self.g.op("Reshape", &[&change, &target], vec![]);
+        let own_shape = delta.shape();
+        let shape = if delta.pad_in_channels > 0 { own_shape.as_slice() } else { weight_shape };
+        let mut shaped = self.reshape(&change, shape);
         if delta.pad_in_channels > 0 {
             let mut pads = vec![0_i64; 2 * shape.len()];
             pads[shape.len() + 1] = delta.pad_in_channels as i64;
@@ -147,6 +149,44 @@ impl<'w> Net<'w> {
         }
         let scale = self.g.const_f32(&[], &[delta.scale]);
         self.g.op("Mul", &[&shaped, &scale], vec![])
+    }
+
+    fn reshape(&mut self, value: &str, shape: &[usize]) -> String {
+        let shape = self.g.const_i64(&shape.iter().map(|&d| d as i64).collect::<Vec<_>>());
+        self.g.op("Reshape", &[value, &shape], vec![])
+    }
+
+    /// `up @ down` of a LoRA product, `[outputs, inputs]`.
+    fn product(&mut self, product: &crate::lora::Product) -> String {
+        let up = self.g.const_f32(&[product.outputs, product.rank], &product.up);
+        let down = self.g.const_f32(&[product.rank, product.inputs], &product.down);
+        self.g.op("MatMul", &[&up, &down], vec![])
+    }
+
+    /// torch's `kron(w1, w2)` for LoKr: `w1 [m, n]` against `w2 [p, q]` or `[p, q, kh, kw]` (then `w1` counts as
+    /// `[m, n, 1, 1]`), as broadcasting `[m, 1, n, 1, …] * [1, p, 1, q, …]` reshaped to `[m·p, n·q, …]`.
+    fn kronecker(&mut self, w1: &crate::lora::Matrix, w2: &crate::lora::Matrix) -> String {
+        let (a, b) = (w1.shape(), w2.shape());
+        let kernel = b.get(2..).unwrap_or(&[]).to_vec();
+        let first = self.matrix(w1);
+        let second = self.matrix(w2);
+        let mut first_shape = vec![a[0], 1, a[1], 1];
+        first_shape.extend(kernel.iter().map(|_| 1));
+        let mut second_shape = vec![1, b[0], 1, b[1]];
+        second_shape.extend_from_slice(&kernel);
+        let first = self.reshape(&first, &first_shape);
+        let second = self.reshape(&second, &second_shape);
+        let product = self.g.op("Mul", &[&first, &second], vec![]);
+        let mut shape = vec![a[0] * b[0], a[1] * b[1]];
+        shape.extend_from_slice(&kernel);
+        self.reshape(&product, &shape)
+    }
+
+    fn matrix(&mut self, matrix: &crate::lora::Matrix) -> String {
+        match matrix {
+            crate::lora::Matrix::Dense { shape, values } => self.g.const_f32(shape, values),
+            crate::lora::Matrix::Product(product) => self.product(product),
+        }
     }
 
     /// A per-channel vector `[C]` reshaped to `[C, 1, 1]` for NCHW broadcasting.

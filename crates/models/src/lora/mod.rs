@@ -4,8 +4,10 @@
 //! into one weight when the session is built: the checkpoint file is never copied or rewritten.
 //!
 //! Module kinds (A1111's `network_*.py`, tried in this order): LoRA/LoCon (`lora_up`/`lora_down`, PEFT
-//! `lora_B`/`lora_A`; conv kernels; `alpha`, `scale`), and full (`diff`) deltas. Scale: `scale` when stored,
-//! else `alpha / rank` (rank = `lora_down`'s first dimension), else 1.
+//! `lora_B`/`lora_A` whose alpha A1111 drops; conv kernels; `dyn`), LoHa (`hada_w{1,2}_{a,b}`), LoKr (`lokr_w1`
+//! or `lokr_w1_a/b`, `lokr_w2` or `lokr_w2_a/b`), full (`diff`, `diff_b`) and norm (`w_norm`, `b_norm`). Scale:
+//! `scale` when stored, else `alpha / rank`, else 1; bias deltas take the multiplier only. CP-decomposed
+//! (`lora_mid`, `hada_t1`, `lokr_t2`), DoRA, IA3, GLoRA and OFT modules are reported and left out.
 
 mod names;
 
@@ -20,7 +22,9 @@ pub(crate) use names::Component;
 /// A LoRA file, its modules grouped by network key.
 pub struct Lora {
     file: TensorFile,
-    modules: BTreeMap<String, ModuleTensors>,
+    /// Network key (a tensor name before its first `.`, as A1111 splits it) → part (`lora_up.weight`, `alpha`)
+    /// → tensor name.
+    modules: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 impl std::fmt::Debug for Lora {
@@ -29,67 +33,30 @@ impl std::fmt::Debug for Lora {
     }
 }
 
-/// The tensor names of one module, by role.
-#[derive(Debug, Clone, Default)]
-struct ModuleTensors {
-    up: Option<String>,
-    down: Option<String>,
-    mid: Option<String>,
-    alpha: Option<String>,
-    scale: Option<String>,
-    diff: Option<String>,
-    other: Vec<String>,
-    /// Named `lora_A`/`lora_B` (PEFT): A1111 then reads only the two matrices, so `alpha` and `scale` are unused.
-    peft: bool,
-}
+/// A module's tensors by part name.
+type Parts = BTreeMap<String, String>;
 
-/// Module-name suffixes and the role each tensor plays.
-const SUFFIXES: &[(&str, Role)] = &[
-    (".lora_up.weight", Role::Up),
-    (".lora_down.weight", Role::Down),
-    (".lora_mid.weight", Role::Mid),
-    (".lora_B.weight", Role::Up),
-    (".lora_A.weight", Role::Down),
-    (".alpha", Role::Alpha),
-    (".scale", Role::Scale),
-    (".diff", Role::Diff),
+/// Parts of kinds sdrt does not apply, for the report.
+const UNSUPPORTED_PARTS: &[(&str, &str)] = &[
+    ("lora_mid.weight", "CP-decomposed LoCon (lora_mid)"),
+    ("hada_t1", "CP-decomposed LoHa (hada_t1)"),
+    ("lokr_t2", "CP-decomposed LoKr (lokr_t2)"),
+    ("dora_scale", "DoRA"),
+    ("on_input", "IA3"),
+    ("a1.weight", "GLoRA"),
+    ("oft_blocks", "OFT"),
+    ("oft_diag", "OFT"),
 ];
-
-#[derive(Debug, Clone, Copy)]
-enum Role {
-    Up,
-    Down,
-    Mid,
-    Alpha,
-    Scale,
-    Diff,
-}
 
 impl Lora {
     /// Opens a LoRA `.safetensors` file and groups its tensors into modules.
     pub fn open(path: &Path) -> Result<Self> {
         let _span = tracing::info_span!("models::open_lora", path = %path.display()).entered();
         let file = TensorFile::open(path)?;
-        let mut modules: BTreeMap<String, ModuleTensors> = BTreeMap::new();
+        let mut modules: BTreeMap<String, Parts> = BTreeMap::new();
         for name in file.names() {
-            let found = SUFFIXES.iter().find_map(|(suffix, role)| name.strip_suffix(suffix).map(|key| (key, *role)));
-            let Some((key, role)) = found else {
-                // Keys of kinds sdrt does not read (LoHa, LoKr, norm, …) keep their module name for the report.
-                let key = name.rsplit_once('.').map_or(name, |(key, _)| key);
-                modules.entry(key.to_owned()).or_default().other.push(name.to_owned());
-                continue;
-            };
-            let module = modules.entry(key.to_owned()).or_default();
-            module.peft |= name.ends_with(".lora_A.weight") || name.ends_with(".lora_B.weight");
-            let slot = match role {
-                Role::Up => &mut module.up,
-                Role::Down => &mut module.down,
-                Role::Mid => &mut module.mid,
-                Role::Alpha => &mut module.alpha,
-                Role::Scale => &mut module.scale,
-                Role::Diff => &mut module.diff,
-            };
-            *slot = Some(name.to_owned());
+            let (key, part) = name.split_once('.').unwrap_or((name, ""));
+            modules.entry(key.to_owned()).or_default().insert(part.to_owned(), name.to_owned());
         }
         if modules.is_empty() {
             return Err(file.file_error("holds no tensors".to_owned()));
@@ -102,8 +69,8 @@ impl Lora {
         self.file.path()
     }
 
-    fn scalar(&self, name: &Option<String>) -> Result<Option<f32>> {
-        let Some(name) = name else { return Ok(None) };
+    fn scalar(&self, parts: &Parts, part: &str) -> Result<Option<f32>> {
+        let Some(name) = parts.get(part) else { return Ok(None) };
         let (_, values) = self.file.f32(name)?;
         match values.as_slice() {
             [value] => Ok(Some(*value)),
@@ -111,63 +78,171 @@ impl Lora {
         }
     }
 
-    /// The ΔW of one module with its scale (before the multiplier), shaped as its stored factors allow;
-    /// `dyn_dim` keeps only the first ranks (DyLoRA), without changing the scale, as A1111 does.
-    fn delta(&self, key: &str, module: &ModuleTensors, dyn_dim: Option<usize>) -> Result<Option<Delta>> {
-        if let Some(diff) = &module.diff {
-            let (shape, values) = self.file.f32(diff)?;
-            let scale = self.scalar(&module.scale)?.unwrap_or(1.0);
-            return Ok(Some(Delta { factors: Factors::Full { shape, values }, scale, pad_in_channels: 0 }));
-        }
-        let (Some(up), Some(down)) = (&module.up, &module.down) else { return Ok(None) };
-        if module.mid.is_some() {
+    fn tensor(&self, parts: &Parts, part: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>> {
+        parts.get(part).map(|name| self.file.f32(name)).transpose()
+    }
+
+    /// `up @ down` of two stored factors, flattened to 2-D as A1111's `rebuild_conventional` does.
+    fn product(&self, parts: &Parts, up: &str, down: &str, dyn_dim: Option<usize>) -> Result<Option<Product>> {
+        let (Some((up_shape, up_values)), Some((down_shape, down_values))) =
+            (self.tensor(parts, up)?, self.tensor(parts, down)?)
+        else {
+            return Ok(None);
+        };
+        let rank = down_shape.first().copied().unwrap_or(0);
+        if rank == 0 || up_values.len() % rank != 0 || up_values.len() / rank != up_shape[0] {
             return Err(self.file.tensor_error(
-                &format!("{key}.lora_mid.weight"),
-                "is a CP-decomposed (lora_mid) LoCon module, which sdrt does not apply yet".to_owned(),
+                &parts[up],
+                format!("has shape {up_shape:?}, which does not multiply {}'s {down_shape:?}", parts[down]),
             ));
         }
-        let (up_shape, up_values) = self.file.f32(up)?;
-        let (down_shape, down_values) = self.file.f32(down)?;
-        let rank = down_shape.first().copied().unwrap_or(0);
-        if rank == 0 || up_shape.len() < 2 || up_shape[1] != rank {
-            return Err(self
-                .file
-                .tensor_error(up, format!("has shape {up_shape:?}, which does not multiply {down}'s {down_shape:?}")));
-        }
-        let (alpha, stored_scale) =
-            if module.peft { (None, None) } else { (self.scalar(&module.alpha)?, self.scalar(&module.scale)?) };
-        let scale = match (stored_scale, alpha) {
-            (Some(scale), _) => scale,
-            (None, Some(alpha)) => alpha / rank as f32,
-            (None, None) => 1.0,
-        };
-        let outputs = up_shape[0];
-        let inputs = down_values.len() / rank;
-        // Conv kernels: ΔW has `lora_down`'s kernel size (A1111's `rebuild_conventional`).
-        let mut shape = vec![outputs, down_shape.get(1).copied().unwrap_or(inputs)];
-        shape.extend_from_slice(down_shape.get(2..).unwrap_or(&[]));
+        let (outputs, inputs) = (up_shape[0], down_values.len() / rank);
         let kept = dyn_dim.map_or(rank, |d| d.clamp(1, rank));
-        let up: Vec<f32> = up_values.chunks_exact(rank).flat_map(|row| row[..kept].to_vec()).collect();
+        let up = up_values.chunks_exact(rank).flat_map(|row| row[..kept].to_vec()).collect();
         let down = down_values[..kept * inputs].to_vec();
-        let factors = Factors::LowRank { up, down, outputs, rank: kept, inputs, shape };
-        Ok(Some(Delta { factors, scale, pad_in_channels: 0 }))
+        Ok(Some(Product { up, down, outputs, rank: kept, inputs, down_shape }))
+    }
+
+    /// A matrix stored whole (`name`) or as two factors (`a @ b`).
+    fn matrix(&self, parts: &Parts, whole: &str, a: &str, b: &str) -> Result<Option<Matrix>> {
+        if let Some((shape, values)) = self.tensor(parts, whole)? {
+            return Ok(Some(Matrix::Dense { shape, values }));
+        }
+        Ok(self.product(parts, a, b, None)?.map(Matrix::Product))
+    }
+
+    /// `scale` when stored, else `alpha / dim` when both exist, else 1 (A1111's `calc_scale`).
+    fn scale(&self, parts: &Parts, dim: Option<usize>) -> Result<f32> {
+        Ok(match (self.scalar(parts, "scale")?, self.scalar(parts, "alpha")?, dim) {
+            (Some(scale), _, _) => scale,
+            (None, Some(alpha), Some(dim)) => alpha / dim as f32,
+            _ => 1.0,
+        })
+    }
+
+    /// What one module changes (before multipliers), by A1111's module kinds in its order (LoRA, LoHa, LoKr, full,
+    /// norm); `Err(why)` for a kind sdrt does not apply.
+    fn updates(&self, parts: &Parts, dyn_dim: Option<usize>) -> Result<std::result::Result<Vec<Update>, String>> {
+        if let Some((_, kind)) = UNSUPPORTED_PARTS.iter().find(|(part, _)| parts.keys().any(|p| p.starts_with(part)))
+        {
+            return Ok(Err(format!("{kind} modules are not applied by sdrt yet")));
+        }
+        let has = |part: &str| parts.contains_key(part);
+        let weight = |factors: Factors, scale: f32| Update { bias: false, delta: Delta::new(factors, scale) };
+        if has("lora_up.weight") && has("lora_down.weight") {
+            let product = self.product(parts, "lora_up.weight", "lora_down.weight", dyn_dim)?.unwrap_or_default();
+            let scale = self.scale(parts, Some(product.down_shape[0]))?;
+            return Ok(Ok(vec![weight(Factors::LowRank(product), scale)]));
+        }
+        if has("lora_A.weight") && has("lora_B.weight") {
+            // A1111 keeps only the two matrices of a PEFT-named module: its alpha and scale are never read.
+            let product = self.product(parts, "lora_B.weight", "lora_A.weight", dyn_dim)?.unwrap_or_default();
+            return Ok(Ok(vec![weight(Factors::LowRank(product), 1.0)]));
+        }
+        if ["hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"].iter().all(|p| has(p)) {
+            let first = self.product(parts, "hada_w1_a", "hada_w1_b", None)?.unwrap_or_default();
+            let second = self.product(parts, "hada_w2_a", "hada_w2_b", None)?.unwrap_or_default();
+            let scale = self.scale(parts, Some(first.down_shape[0]))?;
+            return Ok(Ok(vec![weight(Factors::Hadamard(first, second), scale)]));
+        }
+        let has_w1 = has("lokr_w1") || (has("lokr_w1_a") && has("lokr_w1_b"));
+        let has_w2 = has("lokr_w2") || (has("lokr_w2_a") && has("lokr_w2_b"));
+        if has_w1 && has_w2 {
+            let w1 = self.matrix(parts, "lokr_w1", "lokr_w1_a", "lokr_w1_b")?;
+            let w2 = self.matrix(parts, "lokr_w2", "lokr_w2_a", "lokr_w2_b")?;
+            let (Some(w1), Some(w2)) = (w1, w2) else { return Ok(Err("incomplete LoKr module".to_owned())) };
+            // A1111 takes the rank from lokr_w1_b, then from lokr_w2_b when that exists.
+            let rank = |m: &Matrix| match m {
+                Matrix::Product(p) => Some(p.rank),
+                Matrix::Dense { .. } => None,
+            };
+            let dim = rank(&w2).or(rank(&w1));
+            let scale = self.scale(parts, dim)?;
+            return Ok(Ok(vec![weight(Factors::Kronecker(w1, w2), scale)]));
+        }
+        if let Some((shape, values)) = self.tensor(parts, "diff")? {
+            let mut updates = vec![weight(Factors::Full { shape, values }, self.scale(parts, None)?)];
+            if let Some((shape, values)) = self.tensor(parts, "diff_b")? {
+                updates.push(Update { bias: true, delta: Delta::new(Factors::Full { shape, values }, 1.0) });
+            }
+            return Ok(Ok(updates));
+        }
+        if let (Some((w_shape, w)), Some((b_shape, b))) = (self.tensor(parts, "w_norm")?, self.tensor(parts, "b_norm")?) {
+            let scale = self.scale(parts, None)?;
+            return Ok(Ok(vec![
+                weight(Factors::Full { shape: w_shape, values: w }, scale),
+                Update { bias: true, delta: Delta::new(Factors::Full { shape: b_shape, values: b }, 1.0) },
+            ]));
+        }
+        Ok(Err("not a module kind A1111 knows: needs lora_up/lora_down, lora_A/lora_B, hada_*, lokr_*, diff or \
+                w_norm/b_norm"
+            .to_owned()))
+    }
+}
+
+/// `up [outputs, rank] @ down [rank, inputs]` (conv kernels flattened into `inputs`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub(crate) struct Product {
+    pub up: Vec<f32>,
+    pub down: Vec<f32>,
+    pub outputs: usize,
+    pub rank: usize,
+    pub inputs: usize,
+    /// The stored `down` factor's shape (its kernel size shapes a conv ΔW).
+    pub down_shape: Vec<usize>,
+}
+
+impl Product {
+    /// A1111's `output_shape`: `[outputs, down.shape[1]] + down.shape[2:]`.
+    fn shape(&self) -> Vec<usize> {
+        let mut shape = vec![self.outputs, self.down_shape.get(1).copied().unwrap_or(self.inputs)];
+        shape.extend_from_slice(self.down_shape.get(2..).unwrap_or(&[]));
+        shape
+    }
+}
+
+/// A LoKr factor: stored whole or as a product.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Matrix {
+    Dense { shape: Vec<usize>, values: Vec<f32> },
+    Product(Product),
+}
+
+impl Matrix {
+    /// Its 2-D (or, stored whole, 4-D) shape.
+    pub(crate) fn shape(&self) -> Vec<usize> {
+        match self {
+            Matrix::Dense { shape, .. } => shape.clone(),
+            Matrix::Product(p) => vec![p.outputs, p.inputs],
+        }
     }
 }
 
 /// How a ΔW is stored.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Factors {
-    /// `up [outputs, rank] @ down [rank, inputs]`, reshaped to `shape`.
-    LowRank { up: Vec<f32>, down: Vec<f32>, outputs: usize, rank: usize, inputs: usize, shape: Vec<usize> },
-    /// The whole ΔW.
+    /// LoRA/LoCon: `up @ down`.
+    LowRank(Product),
+    /// LoHa: `(w1a @ w1b) ⊙ (w2a @ w2b)`.
+    Hadamard(Product, Product),
+    /// LoKr: `kron(w1, w2)` (a 4-D `w2` keeps its kernel).
+    Kronecker(Matrix, Matrix),
+    /// The whole ΔW (`diff`, `w_norm`, bias deltas).
     Full { shape: Vec<usize>, values: Vec<f32> },
 }
 
-/// One module's ΔW, to be added to a weight as `ΔW · factor`.
+/// What a module adds to a weight (or to its bias).
+#[derive(Debug, Clone, PartialEq)]
+struct Update {
+    bias: bool,
+    delta: Delta,
+}
+
+/// One module's ΔW, to be added to a weight as `ΔW · scale`.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Delta {
     pub factors: Factors,
-    /// The module's scale (`scale`, `alpha / rank` or 1) times the network's multiplier.
+    /// The module's scale (`scale`, `alpha / rank` or 1; 1 for bias deltas) times the network's multiplier.
     pub scale: f32,
     /// Zero input channels appended to ΔW: a 4-channel ΔW on an inpainting UNet's 9-channel `conv_in` changes
     /// only the latent channels (A1111 pads it with 5 zeros after them).
@@ -175,19 +250,29 @@ pub(crate) struct Delta {
 }
 
 impl Delta {
-    /// The number of values ΔW has.
-    pub(crate) fn len(&self) -> usize {
+    fn new(factors: Factors, scale: f32) -> Self {
+        Self { factors, scale, pad_in_channels: 0 }
+    }
+
+    /// ΔW's own shape (before it takes the weight's shape, as A1111's `finalize_updown` reshapes it).
+    pub(crate) fn shape(&self) -> Vec<usize> {
         match &self.factors {
-            Factors::LowRank { outputs, inputs, .. } => outputs * inputs,
-            Factors::Full { values, .. } => values.len(),
+            Factors::LowRank(p) | Factors::Hadamard(p, _) => p.shape(),
+            Factors::Kronecker(w1, w2) => {
+                let (a, b) = (w1.shape(), w2.shape());
+                let mut shape = vec![a[0] * b[0], a[1] * b[1]];
+                shape.extend_from_slice(b.get(2..).unwrap_or(&[]));
+                shape
+            }
+            Factors::Full { shape, .. } => shape.clone(),
         }
     }
 
-    /// ΔW's shape before padding (the weight's shape when their sizes agree, as A1111 reshapes it).
-    pub(crate) fn shape(&self) -> &[usize] {
-        match &self.factors {
-            Factors::LowRank { shape, .. } | Factors::Full { shape, .. } => shape,
-        }
+    /// The number of values ΔW has once padded.
+    fn padded_len(&self) -> usize {
+        let shape = self.shape();
+        let inputs = shape.get(1).copied().unwrap_or(1).max(1);
+        shape.iter().product::<usize>() / inputs * (inputs + self.pad_in_channels)
     }
 }
 
@@ -236,36 +321,40 @@ pub(crate) fn apply(checkpoint: &Checkpoint, networks: &[AppliedLora]) -> Result
     let mut applied = AppliedNetworks::default();
     for network in networks {
         let lora = &network.lora;
-        for (key, module) in &lora.modules {
+        for (key, parts) in &lora.modules {
             let mut skip = |why: &str| applied.skipped.push(format!("{}: {key} ({why})", lora.path().display()));
-            let Some((component, target)) = targets.resolve(key) else {
+            let Some((component, weight_key)) = targets.resolve(key) else {
                 skip("matches no weight of the model");
                 continue;
             };
-            let Some(mut delta) = lora.delta(key, module, network.dyn_dim)? else {
-                skip("not a kind sdrt applies: needs lora_up/lora_down, lora_A/lora_B or diff");
-                continue;
+            let updates = match lora.updates(parts, network.dyn_dim)? {
+                Ok(updates) => updates,
+                Err(why) => {
+                    skip(&why);
+                    continue;
+                }
             };
-            let Some(entry) = checkpoint.file.entry(&target) else {
-                skip("its weight is missing");
-                continue;
-            };
-            let weight = &entry.shape;
-            if weight.len() == 4 && weight[1] == 9 && delta.shape().get(1) == Some(&4) {
-                delta.pad_in_channels = 5;
-            }
-            let weight_len: usize = weight.iter().product();
-            let padded_len = delta.len() / delta.shape().get(1).copied().unwrap_or(1).max(1)
-                * (delta.shape().get(1).copied().unwrap_or(1) + delta.pad_in_channels);
-            if padded_len != weight_len {
-                skip(&format!("ΔW {:?} does not fit {target} {weight:?}; a LoRA for another model?", delta.shape()));
-                continue;
-            }
-            delta.scale *= match component {
+            let multiplier = match component {
                 Component::Unet => network.unet_multiplier,
                 Component::TextEncoder(_) => network.te_multiplier,
             };
-            applied.deltas.entry(component).or_default().terms.entry(target).or_default().push(delta);
+            for Update { bias, mut delta } in updates {
+                let target = if bias { weight_key.replace(".weight", ".bias") } else { weight_key.clone() };
+                let Some(entry) = checkpoint.file.entry(&target) else {
+                    skip(&format!("{target} is missing"));
+                    continue;
+                };
+                let shape = &entry.shape;
+                if shape.len() == 4 && shape[1] == 9 && delta.shape().get(1) == Some(&4) {
+                    delta.pad_in_channels = 5;
+                }
+                if delta.padded_len() != shape.iter().product::<usize>() {
+                    skip(&format!("ΔW {:?} does not fit {target} {shape:?}; a LoRA for another model?", delta.shape()));
+                    continue;
+                }
+                delta.scale *= multiplier;
+                applied.deltas.entry(component).or_default().terms.entry(target).or_default().push(delta);
+            }
         }
     }
     Ok(applied)
