@@ -478,6 +478,23 @@ fn lycoris_kinds_merge_as_a1111_merges_them() {
 }
 
 #[test]
+fn sd2_and_sdxl_loras_reach_openclip_attention_and_both_encoders() {
+    for (model, network) in [("sd2-tiny-v", "sd2-tiny-v-lora"), ("sdxl-tiny", "sdxl-tiny-lora")] {
+        let mut model = load_path(&checkpoint(&format!("{model}.safetensors")), GraphOptions::default());
+        let skipped = model.apply_networks(&[lora(network, 0.5, 0.75)]).unwrap();
+        // The first OpenCLIP layer has q, k and out modules but no v: A1111 changes none of them.
+        assert_eq!(skipped.len(), 3, "{skipped:?}");
+        assert!(skipped.iter().all(|s| s.contains("all of its q, k, v and out modules")), "{skipped:?}");
+        let merged = fixture_json(&format!("loras/references/{network}.json"));
+        check_text_encoder(&mut model, &merged["text_encoder"], false, network);
+        if merged.get("text_encoder_2").is_some() {
+            check_text_encoder(&mut model, &merged["text_encoder_2"], true, network);
+        }
+        check_unet(&mut model, &merged["unet"], network);
+    }
+}
+
+#[test]
 fn lora_on_an_inpainting_conv_in_changes_only_the_latent_channels() {
     let mut model = load_path(&checkpoint("sd15-inpaint-tiny.safetensors"), GraphOptions::default());
     assert!(model.apply_networks(&[lora("sd15-inpaint-conv-in", 1.0, 1.0)]).unwrap().is_empty());
@@ -487,11 +504,13 @@ fn lora_on_an_inpainting_conv_in_changes_only_the_latent_channels() {
 
 #[test]
 fn loras_that_do_not_fit_are_reported_and_broken_ones_refused() {
-    // An SD 1.x LoRA on SD 2.x: its text-encoder modules have OpenCLIP names there, its UNet widths differ.
-    let mut model = load_path(&checkpoint("sd2-tiny-v.safetensors"), GraphOptions::default());
-    let skipped = model.apply_networks(&[lora("sd15-tiny-locon", 1.0, 1.0)]).unwrap();
+    // An SDXL LoRA on SD 1.x: its second encoder has nothing to change there, its UNet layers have other widths.
+    let mut model = load_path(&checkpoint("sd15-tiny.safetensors"), GraphOptions::default());
+    let skipped = model.apply_networks(&[lora("sdxl-tiny-lora", 1.0, 1.0)]).unwrap();
     assert!(skipped.len() > 10, "{skipped:?}");
-    assert!(skipped.iter().all(|s| s.contains("sd15-tiny-locon.safetensors: ")), "{skipped:?}");
+    assert!(skipped.iter().all(|s| s.contains("sdxl-tiny-lora.safetensors: ")), "{skipped:?}");
+    assert!(skipped.iter().any(|s| s.contains("lora_te2_") && s.contains("matches no weight")), "{skipped:?}");
+    assert!(skipped.iter().any(|s| s.contains("does not fit")), "{skipped:?}");
 
     let dir = tempfile::tempdir().unwrap();
     let broken = broken_copy(dir.path(), "sd15-tiny.safetensors", |bytes| bytes.truncate(bytes.len() / 2));

@@ -409,7 +409,10 @@ fn lora_tags_merge_networks_and_write_lora_hashes() {
     let runner = ProcessingRunner::new();
     let loras = Arc::new(sdrt_runtime::LoraLibrary::new(vec![fixtures_dir().join("loras")]).unwrap());
     let names: Vec<String> = loras.list().into_iter().map(|entry| entry.name).collect();
-    assert_eq!(names, ["sd15-inpaint-conv-in", "sd15-tiny-locon", "sd15-tiny-lycoris"]);
+    assert_eq!(
+        names,
+        ["sd15-inpaint-conv-in", "sd15-tiny-locon", "sd15-tiny-lycoris", "sd2-tiny-v-lora", "sdxl-tiny-lora"]
+    );
     let settings = GenerationSettings {
         model: Some(fixture("checkpoints/sd15-tiny.safetensors").display().to_string()),
         randn_source: parse_randn_source("CPU").unwrap(),

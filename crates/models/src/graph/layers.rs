@@ -138,15 +138,22 @@ impl<'w> Net<'w> {
             Factors::Kronecker(w1, w2) => self.kronecker(w1, w2),
             Factors::Full { shape, values } => self.g.const_f32(shape, values),
         };
-        let own_shape = delta.shape();
-        let shape = if delta.pad_in_channels > 0 { own_shape.as_slice() } else { weight_shape };
-        let mut shaped = self.reshape(&change, shape);
-        if delta.pad_in_channels > 0 {
-            let mut pads = vec![0_i64; 2 * shape.len()];
-            pads[shape.len() + 1] = delta.pad_in_channels as i64;
-            let pads = self.g.const_i64(&pads);
-            shaped = self.g.op("Pad", &[&shaped, &pads], vec![]);
+        if delta.padding.is_empty() {
+            let shaped = self.reshape(&change, weight_shape);
+            let scale = self.g.const_f32(&[], &[delta.scale]);
+            return self.g.op("Mul", &[&shaped, &scale], vec![]);
         }
+        let own_shape = delta.shape();
+        let shaped = self.reshape(&change, &own_shape);
+        // ONNX Pad: every axis's leading zeros, then every axis's trailing zeros.
+        let mut pads = vec![0_i64; 2 * own_shape.len()];
+        for (axis, (before, after)) in delta.padding.iter().enumerate().take(own_shape.len()) {
+            pads[axis] = *before as i64;
+            pads[own_shape.len() + axis] = *after as i64;
+        }
+        let pads = self.g.const_i64(&pads);
+        let padded = self.g.op("Pad", &[&shaped, &pads], vec![]);
+        let shaped = self.reshape(&padded, weight_shape);
         let scale = self.g.const_f32(&[], &[delta.scale]);
         self.g.op("Mul", &[&shaped, &scale], vec![])
     }

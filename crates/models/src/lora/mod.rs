@@ -123,8 +123,7 @@ impl Lora {
     /// What one module changes (before multipliers), by A1111's module kinds in its order (LoRA, LoHa, LoKr, full,
     /// norm); `Err(why)` for a kind sdrt does not apply.
     fn updates(&self, parts: &Parts, dyn_dim: Option<usize>) -> Result<std::result::Result<Vec<Update>, String>> {
-        if let Some((_, kind)) = UNSUPPORTED_PARTS.iter().find(|(part, _)| parts.keys().any(|p| p.starts_with(part)))
-        {
+        if let Some((_, kind)) = UNSUPPORTED_PARTS.iter().find(|(part, _)| parts.keys().any(|p| p.starts_with(part))) {
             return Ok(Err(format!("{kind} modules are not applied by sdrt yet")));
         }
         let has = |part: &str| parts.contains_key(part);
@@ -167,7 +166,8 @@ impl Lora {
             }
             return Ok(Ok(updates));
         }
-        if let (Some((w_shape, w)), Some((b_shape, b))) = (self.tensor(parts, "w_norm")?, self.tensor(parts, "b_norm")?) {
+        if let (Some((w_shape, w)), Some((b_shape, b))) = (self.tensor(parts, "w_norm")?, self.tensor(parts, "b_norm")?)
+        {
             let scale = self.scale(parts, None)?;
             return Ok(Ok(vec![
                 weight(Factors::Full { shape: w_shape, values: w }, scale),
@@ -244,14 +244,15 @@ pub(crate) struct Delta {
     pub factors: Factors,
     /// The module's scale (`scale`, `alpha / rank` or 1; 1 for bias deltas) times the network's multiplier.
     pub scale: f32,
-    /// Zero input channels appended to ΔW: a 4-channel ΔW on an inpainting UNet's 9-channel `conv_in` changes
-    /// only the latent channels (A1111 pads it with 5 zeros after them).
-    pub pad_in_channels: usize,
+    /// Zeros around ΔW, `(before, after)` per axis from the first (empty: none): a 4-channel ΔW on an inpainting
+    /// UNet's 9-channel `conv_in` gets 5 input channels after it; OpenCLIP's q, k and v deltas take their rows
+    /// of the fused `in_proj_weight`.
+    pub padding: Vec<(usize, usize)>,
 }
 
 impl Delta {
     fn new(factors: Factors, scale: f32) -> Self {
-        Self { factors, scale, pad_in_channels: 0 }
+        Self { factors, scale, padding: Vec::new() }
     }
 
     /// ΔW's own shape (before it takes the weight's shape, as A1111's `finalize_updown` reshapes it).
@@ -268,11 +269,15 @@ impl Delta {
         }
     }
 
-    /// The number of values ΔW has once padded.
-    fn padded_len(&self) -> usize {
-        let shape = self.shape();
-        let inputs = shape.get(1).copied().unwrap_or(1).max(1);
-        shape.iter().product::<usize>() / inputs * (inputs + self.pad_in_channels)
+    /// ΔW's shape once padded.
+    pub(crate) fn padded_shape(&self) -> Vec<usize> {
+        let mut shape = self.shape();
+        for (axis, (before, after)) in self.padding.iter().enumerate() {
+            if let Some(size) = shape.get_mut(axis) {
+                *size += before + after;
+            }
+        }
+        shape
     }
 }
 
@@ -321,9 +326,12 @@ pub(crate) fn apply(checkpoint: &Checkpoint, networks: &[AppliedLora]) -> Result
     let mut applied = AppliedNetworks::default();
     for network in networks {
         let lora = &network.lora;
+        // OpenCLIP attention: A1111 changes in_proj_weight (q, k, v rows) and out_proj together, and only when a
+        // network has all four modules for that attention.
+        let mut attentions: BTreeMap<String, AttentionModules> = BTreeMap::new();
         for (key, parts) in &lora.modules {
             let mut skip = |why: &str| applied.skipped.push(format!("{}: {key} ({why})", lora.path().display()));
-            let Some((component, weight_key)) = targets.resolve(key) else {
+            let Some(target) = targets.resolve(key) else {
                 skip("matches no weight of the model");
                 continue;
             };
@@ -334,28 +342,98 @@ pub(crate) fn apply(checkpoint: &Checkpoint, networks: &[AppliedLora]) -> Result
                     continue;
                 }
             };
-            let multiplier = match component {
-                Component::Unet => network.unet_multiplier,
-                Component::TextEncoder(_) => network.te_multiplier,
+            let (component, weight_key) = match target {
+                names::Target::InProjection(component, in_proj, slot) => {
+                    let attention = attentions.entry(in_proj).or_insert_with(|| AttentionModules::new(component));
+                    attention.projections[slot] = Some((key.clone(), updates));
+                    continue;
+                }
+                names::Target::Weight(component, weight_key) => (component, weight_key),
             };
-            for Update { bias, mut delta } in updates {
-                let target = if bias { weight_key.replace(".weight", ".bias") } else { weight_key.clone() };
-                let Some(entry) = checkpoint.file.entry(&target) else {
-                    skip(&format!("{target} is missing"));
-                    continue;
-                };
-                let shape = &entry.shape;
-                if shape.len() == 4 && shape[1] == 9 && delta.shape().get(1) == Some(&4) {
-                    delta.pad_in_channels = 5;
+            if let Some(in_proj) = targets.attention_of_out_projection(&weight_key) {
+                let attention = attentions.entry(in_proj).or_insert_with(|| AttentionModules::new(component));
+                attention.out = Some((key.clone(), weight_key, updates));
+                continue;
+            }
+            for update in updates {
+                place(checkpoint, &mut applied, network, key, component, &weight_key, update);
+            }
+        }
+        for (in_proj, attention) in attentions {
+            let AttentionModules { component, projections: [Some(q), Some(k), Some(v)], out: Some(out) } = attention
+            else {
+                let keys = attention.keys();
+                for key in keys {
+                    applied.skipped.push(format!(
+                        "{}: {key} (A1111 changes an OpenCLIP attention only with all of its q, k, v and out modules)",
+                        lora.path().display()
+                    ));
                 }
-                if delta.padded_len() != shape.iter().product::<usize>() {
-                    skip(&format!("ΔW {:?} does not fit {target} {shape:?}; a LoRA for another model?", delta.shape()));
-                    continue;
+                continue;
+            };
+            let rows = checkpoint.file.entry(&in_proj).map_or(0, |e| e.shape[0] / 3);
+            for (slot, (key, updates)) in [q, k, v].into_iter().enumerate() {
+                for mut update in updates.into_iter().filter(|u| !u.bias) {
+                    update.delta.padding = vec![(slot * rows, (2 - slot) * rows)];
+                    place(checkpoint, &mut applied, network, &key, component, &in_proj, update);
                 }
-                delta.scale *= multiplier;
-                applied.deltas.entry(component).or_default().terms.entry(target).or_default().push(delta);
+            }
+            let (key, weight_key, updates) = out;
+            for update in updates {
+                place(checkpoint, &mut applied, network, &key, component, &weight_key, update);
             }
         }
     }
     Ok(applied)
+}
+
+/// The modules of one network for one OpenCLIP attention.
+struct AttentionModules {
+    component: Component,
+    projections: [Option<(String, Vec<Update>)>; 3],
+    out: Option<(String, String, Vec<Update>)>,
+}
+
+impl AttentionModules {
+    fn new(component: Component) -> Self {
+        Self { component, projections: [None, None, None], out: None }
+    }
+
+    fn keys(&self) -> Vec<String> {
+        let projections = self.projections.iter().flatten().map(|(key, _)| key.clone());
+        projections.chain(self.out.iter().map(|(key, _, _)| key.clone())).collect()
+    }
+}
+
+/// Adds one update to the weight (or bias) of `weight_key` when it fits, else reports it.
+fn place(
+    checkpoint: &Checkpoint,
+    applied: &mut AppliedNetworks,
+    network: &AppliedLora,
+    key: &str,
+    component: Component,
+    weight_key: &str,
+    update: Update,
+) {
+    let Update { bias, mut delta } = update;
+    let target = if bias { weight_key.replace(".weight", ".bias") } else { weight_key.to_owned() };
+    let skip = |why: String| format!("{}: {key} ({why})", network.lora.path().display());
+    let Some(entry) = checkpoint.file.entry(&target) else {
+        applied.skipped.push(skip(format!("{target} is missing")));
+        return;
+    };
+    let shape = &entry.shape;
+    if shape.len() == 4 && shape[1] == 9 && delta.shape().get(1) == Some(&4) {
+        delta.padding = vec![(0, 0), (0, 5)];
+    }
+    if delta.padded_shape().iter().product::<usize>() != shape.iter().product::<usize>() {
+        let why = format!("ΔW {:?} does not fit {target} {shape:?}; a LoRA for another model?", delta.shape());
+        applied.skipped.push(skip(why));
+        return;
+    }
+    delta.scale *= match component {
+        Component::Unet => network.unet_multiplier,
+        Component::TextEncoder(_) => network.te_multiplier,
+    };
+    applied.deltas.entry(component).or_default().terms.entry(target).or_default().push(delta);
 }

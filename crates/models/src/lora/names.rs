@@ -25,7 +25,18 @@ pub(crate) enum Component {
 /// A1111's compvis module names of a checkpoint, each with the weight it owns.
 pub(crate) struct Targets {
     by_name: HashMap<String, (Component, String)>,
+    /// OpenCLIP attention modules (`…_attn`), each with its fused `in_proj_weight` key.
+    attention: HashMap<String, (Component, String)>,
     sd2: bool,
+}
+
+/// Where a LoRA module lands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// A weight of its own (`…weight` key).
+    Weight(Component, String),
+    /// Rows of an OpenCLIP attention's fused `in_proj_weight`: q (0), k (1) or v (2).
+    InProjection(Component, String, usize),
 }
 
 /// The compvis module-name prefix A1111 gives a text encoder's weights (`cond_stage_model.wrapped.…`, or
@@ -50,24 +61,51 @@ impl Targets {
             ));
         }
         let mut by_name = HashMap::new();
+        let mut attention = HashMap::new();
         for key in checkpoint.file.names() {
-            let Some(module) = key.strip_suffix(".weight") else { continue };
+            let (module, table) = match (key.strip_suffix(".in_proj_weight"), key.strip_suffix(".weight")) {
+                (Some(module), _) => (module, &mut attention),
+                (None, Some(module)) => (module, &mut by_name),
+                (None, None) => continue,
+            };
             for (key_prefix, name_prefix, component) in &scopes {
                 if let Some(rest) = module.strip_prefix(key_prefix.as_str()) {
                     let name = format!("{name_prefix}{}", rest.replace('.', "_"));
-                    by_name.insert(name, (*component, key.to_owned()));
+                    table.insert(name, (*component, key.to_owned()));
                 }
             }
         }
-        Self { by_name, sd2: arch.family == ModelFamily::Sd2 }
+        Self { by_name, attention, sd2: arch.family == ModelFamily::Sd2 }
     }
 
-    /// The component and checkpoint weight key of LoRA module `key` (the part before the first `.`).
-    pub(crate) fn resolve(&self, key: &str) -> Option<(Component, String)> {
+    /// The key of the OpenCLIP attention whose `out_proj` is `weight_key`, if it is one.
+    pub(crate) fn attention_of_out_projection(&self, weight_key: &str) -> Option<String> {
+        let in_proj = weight_key.strip_suffix(".out_proj.weight")?.to_owned() + ".in_proj_weight";
+        self.attention.values().any(|(_, key)| *key == in_proj).then_some(in_proj)
+    }
+
+    /// Where LoRA module `key` (the part before the first `.`) lands, in A1111's order: the converted name, then
+    /// OpenCLIP's `…_{q,k,v}_proj` as rows of the attention's `in_proj_weight`, then compvis-named keys.
+    pub(crate) fn resolve(&self, key: &str) -> Option<Target> {
         let converted = convert_diffusers_name_to_compvis(key, self.sd2);
-        if let Some(found) = self.by_name.get(&converted) {
-            return Some(found.clone());
+        if let Some((component, weight)) = self.by_name.get(&converted) {
+            return Some(Target::Weight(*component, weight.clone()));
         }
+        if let Some(captures) = X_PROJ.captures(&converted)
+            && let Some((component, in_proj)) = captures.get(1).and_then(|m| self.attention.get(m.as_str()))
+        {
+            let slot = match captures.get(2).map(|m| m.as_str()) {
+                Some("q_proj") => 0,
+                Some("k_proj") => 1,
+                _ => 2,
+            };
+            return Some(Target::InProjection(*component, in_proj.clone(), slot));
+        }
+        self.resolve_compvis(key).map(|(component, weight)| Target::Weight(component, weight))
+    }
+
+    /// A1111's fallbacks for keys already in compvis form.
+    fn resolve_compvis(&self, key: &str) -> Option<(Component, String)> {
         let fallbacks: Vec<String> = if key.contains("lora_unet") {
             vec![key.replace("lora_unet", "diffusion_model")]
         } else if key.contains("lora_te1_text_model") {
@@ -81,6 +119,9 @@ impl Targets {
         fallbacks.iter().find_map(|name| self.by_name.get(name).cloned())
     }
 }
+
+/// A1111's `re_x_proj`: an OpenCLIP attention's q, k or v projection.
+static X_PROJ: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^(.*)_([qkv]_proj)$").expect("a valid pattern"));
 
 static RULES: LazyLock<Vec<(Regex, Rule)>> = LazyLock::new(|| {
     [
