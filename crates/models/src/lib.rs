@@ -34,7 +34,7 @@ pub use runtime_library::{
     ort_cache_dir, provisioned_library_path,
 };
 pub use session::{OnnxModel, TensorInfo};
-pub use text_encoder::{TextEncoder, TextEncoding, TextLayer};
+pub use text_encoder::{TextEncoder, TextEncoding, TextLayer, TokenReplacement};
 pub use tokenizer::{BOS_TOKEN_ID, CLIP_SEQUENCE_LENGTH, ClipTokenizer, EOS_TOKEN_ID};
 pub use unet::{Unet, UnetInput};
 pub use upscaler::{RgbPixels, UpscaleModel};

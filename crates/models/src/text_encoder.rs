@@ -30,6 +30,17 @@ pub struct TextEncoding {
     pub pooled: Option<Array2<f32>>,
 }
 
+/// One token position whose embedding a vector replaces (textual inversion).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TokenReplacement<'a> {
+    /// Row of the batch.
+    pub row: usize,
+    /// Token position in the row (0 is BOS).
+    pub position: usize,
+    /// The embedding, as wide as the encoder.
+    pub vector: &'a [f32],
+}
+
 /// A loaded CLIP text encoder.
 #[derive(Debug)]
 pub struct TextEncoder {
@@ -110,11 +121,38 @@ impl TextEncoder {
 
     /// Encodes `input_ids` `[B, S]` and returns the hidden states of `layer` and the pooled embedding.
     pub fn encode(&mut self, input_ids: &Array2<i64>, layer: TextLayer) -> Result<TextEncoding> {
+        self.encode_with_embeddings(input_ids, layer, &[])
+    }
+
+    /// Whether token embeddings can be replaced (textual inversion): encoders built from checkpoints can.
+    pub fn supports_embeddings(&self) -> bool {
+        self.model.input(crate::graph::TOKEN_EMBEDDINGS).is_some()
+    }
+
+    /// The width of a token embedding.
+    pub fn embedding_width(&self) -> Option<usize> {
+        let output = self.model.output("last_hidden_state")?;
+        output.shape.last().and_then(|&w| usize::try_from(w).ok())
+    }
+
+    /// [`TextEncoder::encode`] with `replacements` put in place of the token table's rows (A1111's
+    /// `EmbeddingsWithFixes`: after the lookup, before the position embeddings).
+    pub fn encode_with_embeddings(
+        &mut self,
+        input_ids: &Array2<i64>,
+        layer: TextLayer,
+        replacements: &[TokenReplacement<'_>],
+    ) -> Result<TextEncoding> {
         let _span = tracing::info_span!("models::text_encoder", component = self.model.component()).entered();
         let (hidden_name, needs_norm) = self.hidden_output(layer)?;
         let mut wanted = vec![hidden_name.clone()];
         wanted.extend(self.pooled_output.clone());
-        let inputs = vec![("input_ids".to_owned(), Input::I64(input_ids.view().into_dyn()))];
+        let (vectors, mask) = self.replacement_inputs(input_ids, replacements)?;
+        let mut inputs = vec![("input_ids".to_owned(), Input::I64(input_ids.view().into_dyn()))];
+        if let (Some(vectors), Some(mask)) = (&vectors, &mask) {
+            inputs.push((crate::graph::TOKEN_EMBEDDINGS.to_owned(), Input::F32(vectors.view().into_dyn())));
+            inputs.push((crate::graph::TOKEN_EMBEDDING_MASK.to_owned(), Input::F32(mask.view().into_dyn())));
+        }
         let mut outputs = self.model.run(inputs, &wanted)?.into_iter();
         let mut hidden = self.to_rank::<Ix3>(&hidden_name, outputs.next())?;
         if needs_norm {
@@ -127,6 +165,43 @@ impl TextEncoder {
             None => None,
         };
         Ok(TextEncoding { hidden, pooled })
+    }
+
+    /// The replacement inputs of an encoder that has them (zeros where nothing is replaced).
+    fn replacement_inputs(
+        &self,
+        input_ids: &Array2<i64>,
+        replacements: &[TokenReplacement<'_>],
+    ) -> Result<(Option<Array3<f32>>, Option<Array3<f32>>)> {
+        if !self.supports_embeddings() {
+            return match replacements {
+                [] => Ok((None, None)),
+                _ => Err(self.tensor_error(
+                    crate::graph::TOKEN_EMBEDDINGS,
+                    "missing: textual-inversion embeddings need a model loaded from a .safetensors checkpoint"
+                        .to_owned(),
+                )),
+            };
+        }
+        let (batch, sequence) = input_ids.dim();
+        let width = self.embedding_width().unwrap_or(0);
+        let mut vectors = Array3::<f32>::zeros((batch, sequence, width));
+        let mut mask = Array3::<f32>::zeros((batch, sequence, 1));
+        for replacement in replacements {
+            let TokenReplacement { row, position, vector } = *replacement;
+            if row >= batch || position >= sequence || vector.len() != width {
+                return Err(self.tensor_error(
+                    crate::graph::TOKEN_EMBEDDINGS,
+                    format!(
+                        "a {}-wide vector for row {row}, position {position} does not fit [{batch}, {sequence}, {width}]",
+                        vector.len()
+                    ),
+                ));
+            }
+            vectors.slice_mut(ndarray::s![row, position, ..]).assign(&ndarray::ArrayView1::from(vector));
+            mask[[row, position, 0]] = 1.0;
+        }
+        Ok((Some(vectors), Some(mask)))
     }
 
     fn hidden_output(&self, layer: TextLayer) -> Result<(String, bool)> {

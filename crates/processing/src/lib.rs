@@ -20,7 +20,8 @@ mod seeds;
 pub use brownian::BrownianNoise;
 pub use conditioning::{
     CHUNK_TOKENS, COMMA_PADDING_BACKTRACK, ClipTextEncoder, Cond, Conditioner, Embedder, Emphasis, EncodedText,
-    PromptChunk, PromptSchedule, PromptTokenizer, TextEncoder, TokenizedPrompt, tokenize_prompt,
+    PromptChunk, PromptSchedule, PromptTokenizer, TextEncoder, TokenEmbedding, TokenVectors, TokenizedPrompt,
+    tokenize_prompt, tokenize_prompt_with_embeddings,
 };
 pub use denoiser::{Denoiser, DiscreteDenoiser, Prediction, Tensor, UNetModel};
 pub use error::{Error, Result};

@@ -84,13 +84,15 @@ impl Checkpoint {
         index: usize,
         options: GraphOptions,
         deltas: Option<&WeightDeltas>,
+        embedding_inputs: bool,
     ) -> Result<(BuiltGraph, LayerNorm)> {
         let arch = self
             .arch
             .text_encoders
             .get(index)
             .ok_or_else(|| self.file.file_error(format!("has no text encoder {}", index + 1)))?;
-        graph::build_text_encoder(Weights::new(&self.file, &arch.prefix).with_deltas(deltas), &arch.spec, options)
+        let weights = Weights::new(&self.file, &arch.prefix).with_deltas(deltas);
+        graph::build_text_encoder(weights, &arch.spec, options, embedding_inputs)
     }
 
     pub(crate) fn unet_graph(&self, options: GraphOptions, deltas: Option<&WeightDeltas>) -> Result<BuiltGraph> {
@@ -113,7 +115,7 @@ impl Checkpoint {
         deltas: Option<&WeightDeltas>,
     ) -> Result<TextEncoder> {
         let component = if index == 0 { "text_encoder" } else { "text_encoder_2" };
-        let (graph, norm) = self.text_encoder_graph(index, config.graph, deltas)?;
+        let (graph, norm) = self.text_encoder_graph(index, config.graph, deltas, true)?;
         TextEncoder::from_built(OnnxModel::from_graph(component, self.path(), graph, config)?, norm)
     }
 
@@ -148,10 +150,11 @@ impl Checkpoint {
         }
         let xl = folder.family == ModelFamily::Sdxl;
         let write = |component: &str, graph: BuiltGraph| write_component(out, component, &graph, &self.file);
-        let (text, _) = self.text_encoder_graph(0, options, None)?;
+        // Converted folders keep optimum's inputs, for other ONNX tools.
+        let (text, _) = self.text_encoder_graph(0, options, None, false)?;
         write("text_encoder", text)?;
         if xl {
-            write("text_encoder_2", self.text_encoder_graph(1, options, None)?.0)?;
+            write("text_encoder_2", self.text_encoder_graph(1, options, None, false)?.0)?;
         }
         write("unet", self.unet_graph(options, None)?)?;
         write("vae_encoder", self.vae_encoder_graph(options)?)?;

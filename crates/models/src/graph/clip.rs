@@ -42,8 +42,20 @@ pub(crate) struct ClipSpec {
 const MASKED: f32 = f32::MIN;
 const LAYER_NORM_EPS: f32 = 1e-5;
 
-/// Builds the encoder; also returns its final LayerNorm, which clip skip applies to earlier hidden states.
-pub(crate) fn build(weights: Weights<'_>, spec: &ClipSpec, options: GraphOptions) -> Result<(BuiltGraph, LayerNorm)> {
+/// Inputs that replace token embeddings (textual inversion): `[batch, sequence, width]` vectors, and a
+/// `[batch, sequence, 1]` mask that is 1 where they replace the token table's row (A1111's `EmbeddingsWithFixes`:
+/// after the lookup, before the position embeddings).
+pub(crate) const TOKEN_EMBEDDINGS: &str = "token_embeddings";
+pub(crate) const TOKEN_EMBEDDING_MASK: &str = "token_embedding_mask";
+
+/// Builds the encoder (with the [`TOKEN_EMBEDDINGS`] inputs when `embedding_inputs`); also returns its final
+/// LayerNorm, which clip skip applies to earlier hidden states.
+pub(crate) fn build(
+    weights: Weights<'_>,
+    spec: &ClipSpec,
+    options: GraphOptions,
+    embedding_inputs: bool,
+) -> Result<(BuiltGraph, LayerNorm)> {
     let mut net = Net::new("text_encoder", weights, options);
     let names = KeyNames::new(spec.naming);
     let ids = net.g.input("input_ids", ElementType::I64, &[Dim::Named("batch"), Dim::Named("sequence")]);
@@ -51,7 +63,18 @@ pub(crate) fn build(weights: Weights<'_>, spec: &ClipSpec, options: GraphOptions
 
     let vocab_shape = net.shape(names.token_embedding, &[None, Some(width)])?;
     let token_table = net.param(names.token_embedding, &[Some(vocab_shape[0]), Some(width)])?;
-    let tokens = net.g.op("Gather", &[&token_table, &ids], vec![attr_int("axis", 0)]);
+    let mut tokens = net.g.op("Gather", &[&token_table, &ids], vec![attr_int("axis", 0)]);
+    if embedding_inputs {
+        let batch_seq = |last: i64| [Dim::Named("batch"), Dim::Named("sequence"), Dim::Fixed(last)];
+        let vectors = net.g.input(TOKEN_EMBEDDINGS, ElementType::F32, &batch_seq(width as i64));
+        let mask = net.g.input(TOKEN_EMBEDDING_MASK, ElementType::F32, &batch_seq(1));
+        // tokens · (1 − mask) + vectors · mask: exact for a 0/1 mask.
+        let one = net.g.const_f32(&[], &[1.0]);
+        let keep = net.g.op("Sub", &[&one, &mask], vec![]);
+        let kept = net.g.op("Mul", &[&tokens, &keep], vec![]);
+        let replaced = net.g.op("Mul", &[&vectors, &mask], vec![]);
+        tokens = net.g.op("Add", &[&kept, &replaced], vec![]);
+    }
     let position_shape = net.shape(names.position_embedding, &[None, Some(width)])?;
     let positions = net.param(names.position_embedding, &[Some(position_shape[0]), Some(width)])?;
     let ids_shape = net.g.op("Shape", &[&ids], vec![]);

@@ -10,7 +10,9 @@ mod unet;
 mod vae;
 
 pub(crate) use builder::BuiltGraph;
-pub(crate) use clip::{ClipNaming, ClipSpec, Pooled, build as build_text_encoder};
+pub(crate) use clip::{
+    ClipNaming, ClipSpec, Pooled, TOKEN_EMBEDDING_MASK, TOKEN_EMBEDDINGS, build as build_text_encoder,
+};
 pub(crate) use layers::Activation;
 pub use layers::{AttentionKind, GraphOptions, GroupNormKind};
 pub(crate) use unet::{Heads, UnetSpec, build as build_unet};

@@ -46,6 +46,18 @@ impl PromptTokenizer for sdrt_models::ClipTokenizer {
     }
 }
 
+/// A textual-inversion embedding as one text encoder sees it: the token ids its name tokenizes to (how A1111
+/// finds it in a prompt) and the vectors that replace them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenEmbedding {
+    /// The name as written in prompts (the file stem).
+    pub name: String,
+    /// Its name's token ids, without BOS/EOS.
+    pub ids: Vec<u32>,
+    /// `[vectors, width]`: one row per token position it fills.
+    pub vectors: std::sync::Arc<ndarray::Array2<f32>>,
+}
+
 /// One CLIP input of 77 positions and the emphasis weight of each (1 for BOS, EOS and padding).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PromptChunk {
@@ -53,6 +65,9 @@ pub struct PromptChunk {
     pub tokens: Vec<u32>,
     /// One weight per position.
     pub multipliers: Vec<f32>,
+    /// A1111's `PromptChunkFix`es: (offset after BOS, index of the embedding) whose vectors replace the token
+    /// embeddings from `offset + 1` on.
+    pub fixes: Vec<(usize, usize)>,
 }
 
 impl PromptChunk {
@@ -61,7 +76,7 @@ impl PromptChunk {
         let mut tokens = vec![tokenizer.eos_id(); CHUNK_TOKENS + 2];
         tokens[0] = tokenizer.bos_id();
         pad_after_first_eos(&mut tokens, tokenizer);
-        Self { tokens, multipliers: vec![1.0; CHUNK_TOKENS + 2] }
+        Self { tokens, multipliers: vec![1.0; CHUNK_TOKENS + 2], fixes: Vec::new() }
     }
 }
 
@@ -78,6 +93,19 @@ pub struct TokenizedPrompt {
 /// `emphasis` is [`Emphasis::None`]), 75 tokens per chunk with comma backtracking, `BREAK` closing a chunk,
 /// padding with EOS, BOS/EOS around each chunk, and every position after the first EOS set to the pad id.
 pub fn tokenize_prompt(tokenizer: &dyn PromptTokenizer, text: &str, emphasis: Emphasis) -> Result<TokenizedPrompt> {
+    tokenize_prompt_with_embeddings(tokenizer, text, emphasis, &[])
+}
+
+/// [`tokenize_prompt`] that also finds `embeddings` by their names' tokens, A1111's
+/// `find_embedding_at_position` (the longest name starting with the token wins, within one emphasis
+/// fragment): each fills as many positions as it has vectors, moving whole to the next chunk when it does not
+/// fit, and is recorded as a fix of its chunk.
+pub fn tokenize_prompt_with_embeddings(
+    tokenizer: &dyn PromptTokenizer,
+    text: &str,
+    emphasis: Emphasis,
+    embeddings: &[TokenEmbedding],
+) -> Result<TokenizedPrompt> {
     let fragments = if emphasis.parses_attention() {
         parse_attention(text)?
     } else {
@@ -97,11 +125,31 @@ pub fn tokenize_prompt(tokenizer: &dyn PromptTokenizer, text: &str, emphasis: Em
             builder.close_chunk(false);
             continue;
         }
-        for &id in ids {
-            builder.push(id, fragment.weight);
+        let mut position = 0;
+        while position < ids.len() {
+            match find_embedding(embeddings, &ids[position..]) {
+                Some(index) => {
+                    builder.push_embedding(ids[position], index, embeddings[index].vectors.nrows(), fragment.weight);
+                    position += embeddings[index].ids.len();
+                }
+                None => {
+                    builder.push(ids[position], fragment.weight);
+                    position += 1;
+                }
+            }
         }
     }
     Ok(builder.finish())
+}
+
+/// The embedding whose name's ids start `ids`, the longest first (A1111's `ids_lookup` order).
+fn find_embedding(embeddings: &[TokenEmbedding], ids: &[u32]) -> Option<usize> {
+    embeddings
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| !e.ids.is_empty() && ids.starts_with(&e.ids))
+        .max_by_key(|(index, e)| (e.ids.len(), std::cmp::Reverse(*index)))
+        .map(|(index, _)| index)
 }
 
 /// The state of `tokenize_line`'s loop.
@@ -110,6 +158,7 @@ struct ChunkBuilder<'t> {
     chunks: Vec<PromptChunk>,
     tokens: Vec<u32>,
     weights: Vec<f64>,
+    fixes: Vec<(usize, usize)>,
     last_comma: Option<usize>,
     token_count: usize,
 }
@@ -121,12 +170,33 @@ impl<'t> ChunkBuilder<'t> {
             chunks: Vec::new(),
             tokens: Vec::with_capacity(CHUNK_TOKENS),
             weights: Vec::with_capacity(CHUNK_TOKENS),
+            fixes: Vec::new(),
             last_comma: None,
             token_count: 0,
         }
     }
 
     fn push(&mut self, id: u32, weight: f64) {
+        self.make_room(id);
+        self.tokens.push(id);
+        self.weights.push(weight);
+    }
+
+    /// An embedding at a token whose id is `first_id`: placeholder ids 0, one per vector, moved whole to the
+    /// next chunk when they do not fit in this one.
+    fn push_embedding(&mut self, first_id: u32, index: usize, vectors: usize, weight: f64) {
+        self.make_room(first_id);
+        if self.tokens.len() + vectors > CHUNK_TOKENS {
+            self.close_chunk(false);
+        }
+        self.fixes.push((self.tokens.len(), index));
+        self.tokens.extend(std::iter::repeat_n(0, vectors));
+        self.weights.extend(std::iter::repeat_n(weight, vectors));
+    }
+
+    /// The comma backtrack and full-chunk rules that run before every token; moved tokens leave their fixes
+    /// behind, as A1111's do.
+    fn make_room(&mut self, id: u32) {
         if id == self.tokenizer.comma_id() {
             self.last_comma = Some(self.tokens.len());
         } else if let Some(comma) = self
@@ -144,8 +214,6 @@ impl<'t> ChunkBuilder<'t> {
         if self.tokens.len() == CHUNK_TOKENS {
             self.close_chunk(false);
         }
-        self.tokens.push(id);
-        self.weights.push(weight);
     }
 
     /// A1111's `next_chunk`: the last chunk counts its used tokens, every other one a full 75.
@@ -162,7 +230,8 @@ impl<'t> ChunkBuilder<'t> {
         multipliers.push(1.0);
         multipliers.extend(self.weights.drain(..).map(|w| w as f32));
         multipliers.resize(CHUNK_TOKENS + 2, 1.0);
-        self.chunks.push(PromptChunk { tokens, multipliers });
+        let fixes = std::mem::take(&mut self.fixes);
+        self.chunks.push(PromptChunk { tokens, multipliers, fixes });
         self.last_comma = None;
     }
 

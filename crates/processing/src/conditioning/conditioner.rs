@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use ndarray::{Array1, Array2, Array3, Axis, concatenate};
 
-use super::chunks::{CHUNK_TOKENS, PromptChunk, TokenizedPrompt, tokenize_prompt};
-use super::encoder::Embedder;
+use super::chunks::{CHUNK_TOKENS, PromptChunk, TokenizedPrompt, tokenize_prompt_with_embeddings};
+use super::encoder::{Embedder, TokenVectors};
 use crate::prompt::{ScheduleSteps, multicond_prompt_list, prompt_schedules};
 use crate::{Emphasis, Error, Result};
 
@@ -151,8 +151,10 @@ impl<'a> Conditioner<'a> {
     fn encode_with(&mut self, index: usize, texts: &[&str]) -> Result<EmbedderOutput> {
         let emphasis = self.emphasis;
         let embedder = &mut self.embedders[index];
-        let tokenized: Vec<TokenizedPrompt> =
-            texts.iter().map(|text| tokenize_prompt(embedder.tokenizer, text, emphasis)).collect::<Result<_>>()?;
+        let tokenized: Vec<TokenizedPrompt> = texts
+            .iter()
+            .map(|text| tokenize_prompt_with_embeddings(embedder.tokenizer, text, emphasis, &embedder.embeddings))
+            .collect::<Result<_>>()?;
         let chunk_count = tokenized.iter().map(|t| t.chunks.len()).max().unwrap_or(1);
         let empty = PromptChunk::empty(embedder.tokenizer);
         let mut per_chunk: Vec<Array3<f32>> = Vec::with_capacity(chunk_count);
@@ -163,7 +165,17 @@ impl<'a> Conditioner<'a> {
             let ids = Array2::from_shape_fn((texts.len(), POSITIONS), |(row, pos)| i64::from(chunks[row].tokens[pos]));
             let multipliers =
                 Array2::from_shape_fn((texts.len(), POSITIONS), |(row, pos)| chunks[row].multipliers[pos]);
-            let encoded = embedder.encoder.encode(ids.view())?;
+            let replacements: Vec<TokenVectors<'_>> = chunks
+                .iter()
+                .enumerate()
+                .flat_map(|(row, chunk)| chunk.fixes.iter().map(move |&(offset, index)| (row, offset, index)))
+                .map(|(row, offset, index)| TokenVectors {
+                    row,
+                    position: offset + 1,
+                    vectors: embedder.embeddings[index].vectors.view(),
+                })
+                .collect();
+            let encoded = embedder.encoder.encode_with_embeddings(ids.view(), &replacements)?;
             self.encoder_calls += 1;
             let mut hidden = checked_hidden(encoded.hidden, texts.len(), per_chunk.first())?;
             if chunk_index == 0 {

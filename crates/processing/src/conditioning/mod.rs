@@ -8,11 +8,12 @@ mod emphasis;
 mod encoder;
 
 pub use chunks::{
-    CHUNK_TOKENS, COMMA_PADDING_BACKTRACK, PromptChunk, PromptTokenizer, TokenizedPrompt, tokenize_prompt,
+    CHUNK_TOKENS, COMMA_PADDING_BACKTRACK, PromptChunk, PromptTokenizer, TokenEmbedding, TokenizedPrompt,
+    tokenize_prompt, tokenize_prompt_with_embeddings,
 };
 pub use conditioner::{Cond, Conditioner, PromptSchedule};
 pub use emphasis::Emphasis;
-pub use encoder::{ClipTextEncoder, Embedder, EncodedText, TextEncoder};
+pub use encoder::{ClipTextEncoder, Embedder, EncodedText, TextEncoder, TokenVectors};
 
 #[cfg(test)]
 mod tests;

@@ -288,3 +288,34 @@ fn bad_encoder_shapes_and_missing_embedders_are_errors() {
     let mut empty = Conditioner::new(Vec::new(), Emphasis::Original, false);
     assert!(matches!(empty.encode_texts(&["a"]), Err(Error::InvalidParameter { .. })));
 }
+
+fn embedding(name: &str, vectors: usize) -> TokenEmbedding {
+    TokenEmbedding {
+        name: name.to_owned(),
+        ids: words(name),
+        vectors: std::sync::Arc::new(Array2::from_elem((vectors, 4), 0.5)),
+    }
+}
+
+// A1111's `tokenize_line` with `find_embedding_at_position`: placeholders 0, one per vector, a fix at the
+// offset after BOS, the longest name first, and an embedding that does not fit moving whole to the next chunk.
+#[test]
+fn embeddings_fill_their_vectors_positions_and_move_whole() {
+    let sd1 = FakeTokenizer { pad: EOS };
+    let embeddings = [embedding("cat", 1), embedding("cat style", 3)];
+    let t = tokenize_prompt_with_embeddings(&sd1, "a cat style b (cat:1.5)", Emphasis::Original, &embeddings).unwrap();
+    let chunk = &t.chunks[0];
+    assert_eq!(&chunk.tokens[..8], &[BOS, words("a")[0], 0, 0, 0, words("b")[0], 0, EOS]);
+    assert_eq!(chunk.fixes, [(1, 1), (5, 0)]);
+    assert_eq!(&chunk.multipliers[..7], &[1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.5]);
+    assert_eq!(t.token_count, 6);
+
+    let filler = vec!["w"; 73].join(" ");
+    let t =
+        tokenize_prompt_with_embeddings(&sd1, &format!("{filler} cat style"), Emphasis::Original, &embeddings).unwrap();
+    assert_eq!(t.chunks.len(), 2);
+    assert!(t.chunks[0].fixes.is_empty());
+    assert_eq!(t.chunks[0].tokens[74], EOS, "the first chunk is padded");
+    assert_eq!(t.chunks[1].fixes, [(0, 1)]);
+    assert_eq!(&t.chunks[1].tokens[..5], &[BOS, 0, 0, 0, EOS]);
+}
