@@ -147,9 +147,9 @@ impl TextEncoder {
         let (hidden_name, needs_norm) = self.hidden_output(layer)?;
         let mut wanted = vec![hidden_name.clone()];
         wanted.extend(self.pooled_output.clone());
-        let (vectors, mask) = self.replacement_inputs(input_ids, replacements)?;
+        let replaced = self.replacement_inputs(input_ids, replacements)?;
         let mut inputs = vec![("input_ids".to_owned(), Input::I64(input_ids.view().into_dyn()))];
-        if let (Some(vectors), Some(mask)) = (&vectors, &mask) {
+        if let Some((vectors, mask)) = &replaced {
             inputs.push((crate::graph::TOKEN_EMBEDDINGS.to_owned(), Input::F32(vectors.view().into_dyn())));
             inputs.push((crate::graph::TOKEN_EMBEDDING_MASK.to_owned(), Input::F32(mask.view().into_dyn())));
         }
@@ -172,10 +172,10 @@ impl TextEncoder {
         &self,
         input_ids: &Array2<i64>,
         replacements: &[TokenReplacement<'_>],
-    ) -> Result<(Option<Array3<f32>>, Option<Array3<f32>>)> {
+    ) -> Result<Option<(Array3<f32>, Array3<f32>)>> {
         if !self.supports_embeddings() {
             return match replacements {
-                [] => Ok((None, None)),
+                [] => Ok(None),
                 _ => Err(self.tensor_error(
                     crate::graph::TOKEN_EMBEDDINGS,
                     "missing: textual-inversion embeddings need a model loaded from a .safetensors checkpoint"
@@ -201,7 +201,7 @@ impl TextEncoder {
             vectors.slice_mut(ndarray::s![row, position, ..]).assign(&ndarray::ArrayView1::from(vector));
             mask[[row, position, 0]] = 1.0;
         }
-        Ok((Some(vectors), Some(mask)))
+        Ok(Some((vectors, mask)))
     }
 
     fn hidden_output(&self, layer: TextLayer) -> Result<(String, bool)> {
