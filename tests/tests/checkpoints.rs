@@ -547,3 +547,33 @@ fn a_standalone_vae_replaces_the_models_own_and_goes_back() {
     let error = model.apply_vae(Some(&checkpoint("sd2-tiny-v.safetensors"))).unwrap_err().to_string();
     assert!(error.contains("sd2-tiny-v.safetensors") && error.contains("not a VAE"), "{error}");
 }
+
+// ------------------------------------------------------------------------------------------ embeddings
+
+#[test]
+fn textual_inversion_vectors_replace_token_embeddings_as_a1111s_do() {
+    let mut model = load_path(&checkpoint("sd15-tiny.safetensors"), GraphOptions::default());
+    let reference = fixture_json("embeddings/references/sd15-tiny-style.json");
+    let entry = &reference["text_encoder"];
+    let style = sdrt_models::read_tensors(&fixture("embeddings/tiny-style.safetensors")).unwrap().remove(0);
+    let width = style.shape[1];
+    let replacements: Vec<sdrt_models::TokenReplacement<'_>> = (0..style.shape[0])
+        .map(|i| sdrt_models::TokenReplacement { row: 0, position: 4 + i, vector: &style.values[i * width..][..width] })
+        .collect();
+    let encoder = model.text_encoder.as_mut().unwrap();
+    assert!(encoder.supports_embeddings());
+    let ids = ids(entry);
+    let last = encoder.encode_with_embeddings(&ids, TextLayer::Last, &replacements).unwrap();
+    assert_close("with tiny-style", &last.hidden.into_dyn(), &npy(entry, "outputs", "last_hidden_state"), TOLERANCE);
+    let skip = encoder.encode_with_embeddings(&ids, TextLayer::ClipSkip(2), &replacements).unwrap();
+    assert_close("clip skip 2", &skip.hidden.into_dyn(), &npy(entry, "outputs", "clip_skip_2"), TOLERANCE);
+    let wrong = [sdrt_models::TokenReplacement { row: 0, position: 4, vector: &[1.0; 3] }];
+    let error = encoder.encode_with_embeddings(&ids, TextLayer::Last, &wrong).unwrap_err().to_string();
+    assert!(error.contains("3-wide vector"), "{error}");
+    let export = fixture("models/sd15-tiny/model_index.json");
+    let mut exported = load_path(export.parent().unwrap(), GraphOptions::default());
+    let encoder = exported.text_encoder.as_mut().unwrap();
+    assert!(!encoder.supports_embeddings());
+    let error = encoder.encode_with_embeddings(&ids, TextLayer::Last, &replacements).unwrap_err().to_string();
+    assert!(error.contains(".safetensors checkpoint"), "{error}");
+}

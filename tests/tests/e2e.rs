@@ -485,3 +485,101 @@ fn sd_vae_selects_a_standalone_vae_and_names_it_in_the_infotext() {
     let unknown = run("no-such.vae.safetensors");
     assert_eq!(unknown.image.pixels, own.image.pixels, "an unknown name falls back to the model's own");
 }
+
+/// Textual inversion through the pipeline and the runner: the conditioning of a prompt naming an embedding
+/// equals torch with the vectors in place, the infotext gets A1111's `TI hashes` (prompt, then negative), and an
+/// embedding of another width is left as text.
+#[test]
+fn embeddings_named_in_prompts_condition_and_write_ti_hashes() {
+    sdrt_models::ensure_runtime().unwrap();
+    let library = Arc::new(sdrt_runtime::EmbeddingLibrary::new(vec![fixtures_dir().join("embeddings")]).unwrap());
+    let names: Vec<String> = library.list().into_iter().map(|e| e.name).collect();
+    assert_eq!(names, ["tiny-one", "tiny-style", "tiny-wide", "tiny-xl"]);
+    let (fitting, skipped) = library.for_model(&[8]);
+    assert_eq!(fitting.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["tiny-one", "tiny-style"]);
+    assert_eq!(skipped, ["tiny-wide", "tiny-xl"]);
+
+    // The pipeline's conditioning: A1111's chunk with the three vectors at positions 4-6.
+    let checkpoint = fixture("checkpoints/sd15-tiny.safetensors");
+    let folder = sdrt_models::ModelFolder::open(&checkpoint).unwrap();
+    let config = SessionConfig { intra_op_threads: Some(1), ..SessionConfig::default() };
+    let mut model = sdrt_models::LoadedModel::load(folder, &config).unwrap();
+    let mut pipeline = sdrt_processing::Pipeline::new(&mut model).unwrap();
+    let spec = sdrt_processing::GenerationSpec {
+        prompts: vec!["a photo of tiny-style".into()],
+        negative_prompts: vec![String::new()],
+        steps: 2,
+        cfg_scale: 7.0,
+        width: 64,
+        height: 64,
+        sampler: sdrt_processing::Sampler::from_names("Euler", None, Default::default()).unwrap(),
+        noise: sdrt_processing::NoiseParams {
+            latent_shape: [4, 8, 8],
+            seeds: vec![1],
+            subseeds: vec![0],
+            subseed_strength: 0.0,
+            seed_resize_from: (-1, -1),
+            source: sdrt_processing::RandomSource::Gpu,
+            eta_noise_seed_delta: 0,
+        },
+        clip_skip: 1,
+        emphasis: sdrt_processing::Emphasis::Original,
+        denoising_strength: None,
+        pad_cond_uncond: false,
+        after_first_pass: None,
+        noise_multiplier: 1.0,
+        textual_inversions: Arc::new(fitting),
+    };
+    let conditioning = pipeline.encode_prompts(&spec).unwrap();
+    let cond = &conditioning.conds[0][0].0[0].1;
+    let reference = fixture_json("embeddings/references/sd15-tiny-style.json");
+    let want: ArrayD<f32> =
+        read_npy(fixture(reference["text_encoder"]["outputs"]["last_hidden_state"].as_str().unwrap())).unwrap();
+    let want = want.into_shape_with_order(cond.hidden.raw_dim()).unwrap();
+    let worst = cond.hidden.iter().zip(&want).map(|(a, b)| (a - b).abs() / b.abs().max(1.0)).fold(0.0f32, f32::max);
+    assert!(worst < 1e-5, "conditioning differs from torch by {worst:.2e}");
+    drop(pipeline);
+
+    // The runner: TI hashes of the prompt's, then the negative prompt's embeddings.
+    let provider = Arc::new(ModelProvider::new(config));
+    let settings = GenerationSettings {
+        model: Some(checkpoint.display().to_string()),
+        embeddings: library,
+        ..GenerationSettings::default()
+    };
+    let request = serde_json::json!({"prompt": "a photo of tiny-style, tiny-wide", "negative_prompt": "tiny-one",
+                                     "seed": 5, "steps": 2, "width": 64, "height": 64});
+    let request = Txt2ImgRequest::from_json(&request.to_string()).unwrap();
+    let job = GenerationJob::new(ProcessingRequest::Txt2Img(request), settings, provider);
+    let image = ProcessingRunner::new().run(job).unwrap().0.images.remove(0);
+    let hashes = fixture_json("embeddings/hashes.json");
+    let short = |file: &str| hashes[file].as_str().unwrap()[..12].to_owned();
+    let expected = format!(
+        "TI hashes: \"tiny-style: {}, tiny-one: {}\"",
+        short("tiny-style.safetensors"),
+        short("tiny-one.safetensors")
+    );
+    assert!(image.infotext.contains(&expected), "{}", image.infotext);
+
+    // SDXL: clip_l vectors for CLIP-L, clip_g for CLIP-G.
+    let provider =
+        Arc::new(ModelProvider::new(SessionConfig { intra_op_threads: Some(1), ..SessionConfig::default() }));
+    let settings = GenerationSettings {
+        model: Some(fixture("checkpoints/sdxl-tiny.safetensors").display().to_string()),
+        embeddings: Arc::new(sdrt_runtime::EmbeddingLibrary::new(vec![fixtures_dir().join("embeddings")]).unwrap()),
+        ..GenerationSettings::default()
+    };
+    let run = |prompt: &str| {
+        let request = serde_json::json!({"prompt": prompt, "seed": 5, "steps": 2, "width": 64, "height": 64});
+        let request = Txt2ImgRequest::from_json(&request.to_string()).unwrap();
+        let job = GenerationJob::new(ProcessingRequest::Txt2Img(request), settings.clone(), provider.clone());
+        ProcessingRunner::new().run(job).unwrap().0.images.remove(0)
+    };
+    let xl = run("a photo of tiny-xl");
+    assert!(
+        xl.infotext.contains(&format!("TI hashes: \"tiny-xl: {}\"", short("tiny-xl.safetensors"))),
+        "{}",
+        xl.infotext
+    );
+    assert_ne!(xl.latents, run("a photo of tiny xl").latents, "the vectors replace the name's tokens");
+}

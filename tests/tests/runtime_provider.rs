@@ -60,6 +60,7 @@ fn an_a1111_data_folder_is_read_as_a1111_lays_it_out() {
     copy("loras/sd15-tiny-locon.safetensors", "models/Lora/sd15-tiny-locon.safetensors");
     copy("loras/sd15-inpaint-conv-in.safetensors", "models/LyCORIS/old/sd15-inpaint-conv-in.safetensors");
     copy("vaes/sd15-tiny-alt.vae.safetensors", "models/VAE/sd15-tiny-alt.vae.safetensors");
+    copy("embeddings/tiny-style.safetensors", "embeddings/styles/tiny-style.safetensors");
     std::fs::write(root.join("styles.csv"), "name,prompt,negative_prompt\nSharp,sharp focus,blurry\n").unwrap();
     let config = serde_json::json!({
         "sd_model_checkpoint": "sub/sd15-tiny.safetensors [0123456789]",
@@ -86,6 +87,8 @@ fn an_a1111_data_folder_is_read_as_a1111_lays_it_out() {
     assert_eq!(loras, ["sd15-inpaint-conv-in", "sd15-tiny-locon"], "models/Lora and models/LyCORIS");
     let vaes: Vec<String> = settings.vaes.list().into_iter().map(|e| e.name).collect();
     assert_eq!(vaes, ["sd15-tiny-alt.vae.safetensors"]);
+    let embeddings: Vec<String> = settings.embeddings.list().into_iter().map(|e| e.name).collect();
+    assert_eq!(embeddings, ["tiny-style"]);
     assert_eq!(settings.styles.apply("a fox", &["Sharp".to_owned()]), "a fox, sharp focus");
 
     let missing = sdrt_runtime::DataDir::open(&root.join("nope")).unwrap_err().to_string();

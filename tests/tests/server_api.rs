@@ -741,7 +741,7 @@ async fn openapi_describes_every_route_with_the_types_schemas() {
             operations += 1;
         }
     }
-    assert_eq!(operations, 34);
+    assert_eq!(operations, 36);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -783,8 +783,24 @@ async fn styles_merge_into_the_prompts_as_a1111_merges_them() {
 async fn loras_are_listed_and_merged_when_a_prompt_names_them() {
     let loras = sdrt_runtime::LoraLibrary::new(vec![sdrt_tests::fixtures_dir().join("loras")]).expect("scan");
     let checkpoint = sdrt_tests::fixture("checkpoints/sd15-tiny.safetensors").display().to_string();
-    let settings = GenerationSettings { model: Some(checkpoint), loras: Arc::new(loras), ..settings() };
+    let embeddings = sdrt_runtime::EmbeddingLibrary::new(vec![sdrt_tests::fixtures_dir().join("embeddings")]);
+    let settings = GenerationSettings {
+        model: Some(checkpoint),
+        loras: Arc::new(loras),
+        embeddings: Arc::new(embeddings.expect("embeddings")),
+        ..settings()
+    };
     let app = sdrt_server::router(Arc::new(ServerState::new(provider(), settings)));
+    let (status, listed) = call(&app, "GET", "/sdapi/v1/embeddings", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        listed["loaded"]["tiny-style"],
+        json!({"step": null, "sd_checkpoint": null, "sd_checkpoint_name": null,
+                                                      "shape": 8, "vectors": 3})
+    );
+    assert_eq!(listed["loaded"]["tiny-xl"]["shape"], 8 + 12);
+    let (status, _) = call(&app, "POST", "/sdapi/v1/refresh-embeddings", None).await;
+    assert_eq!(status, StatusCode::OK);
     let (status, listed) = call(&app, "GET", "/sdapi/v1/loras", None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(

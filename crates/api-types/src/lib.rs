@@ -29,8 +29,8 @@ pub use names::{
 };
 pub use request::{ExtraFields, GenerationRequest, Img2ImgRequest, Txt2ImgRequest};
 pub use response::{
-    ErrorResponse, GenerationInfo, ImageResponse, LatentUpscaleModeItem, LoraItem, Options, PngInfoRequest,
-    PngInfoResponse, ProgressRequest, ProgressResponse, ProgressState, PromptStyleItem, SamplerItem, SchedulerItem,
-    SdModelItem, SdVaeItem, UpscalerItem, sampler_items, scheduler_items,
+    EmbeddingItem, EmbeddingsResponse, ErrorResponse, GenerationInfo, ImageResponse, LatentUpscaleModeItem, LoraItem,
+    Options, PngInfoRequest, PngInfoResponse, ProgressRequest, ProgressResponse, ProgressState, PromptStyleItem,
+    SamplerItem, SchedulerItem, SdModelItem, SdVaeItem, UpscalerItem, sampler_items, scheduler_items,
 };
 pub use validate::{MIN_SIDE, RequestLimits, ValidatedSampling};

@@ -393,3 +393,27 @@ pub struct SdVaeItem {
     /// The same file name (A1111 gives the server's path; sdrt keeps its folders to itself).
     pub filename: String,
 }
+
+/// One embedding of `GET /sdapi/v1/embeddings`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct EmbeddingItem {
+    /// Training step (not read by sdrt).
+    pub step: Option<i64>,
+    /// Checkpoint hash it was trained on (not read by sdrt).
+    pub sd_checkpoint: Option<String>,
+    /// Checkpoint name it was trained on (not read by sdrt).
+    pub sd_checkpoint_name: Option<String>,
+    /// Vector width (SDXL: both encoders' together).
+    pub shape: usize,
+    /// Token positions it fills.
+    pub vectors: usize,
+}
+
+/// `GET /sdapi/v1/embeddings`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct EmbeddingsResponse {
+    /// Embeddings prompts may name, by name.
+    pub loaded: std::collections::BTreeMap<String, EmbeddingItem>,
+    /// Embeddings left out, by name.
+    pub skipped: std::collections::BTreeMap<String, EmbeddingItem>,
+}

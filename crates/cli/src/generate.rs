@@ -35,6 +35,9 @@ pub struct GenerateArgs {
     /// Which VAE decodes (and encodes).
     #[command(flatten)]
     pub vae: VaeArgs,
+    /// A1111's `embeddings` folder: textual-inversion `.safetensors` files prompts name by file stem.
+    #[arg(long)]
+    pub embeddings_dir: Option<PathBuf>,
     /// Sampling steps.
     #[arg(long, default_value_t = 20)]
     pub steps: u32,
@@ -445,6 +448,17 @@ pub fn apply_data_dir(dir: &Path, settings: &mut GenerationSettings, provider: &
     Ok(())
 }
 
+/// The textual-inversion embeddings of `dir` (none without one).
+pub fn embedding_library(dir: Option<&Path>) -> Result<Arc<sdrt_runtime::EmbeddingLibrary>> {
+    let Some(dir) = dir else { return Ok(Arc::default()) };
+    let library = sdrt_runtime::EmbeddingLibrary::new(vec![dir.to_owned()])
+        .with_context(|| format!("--embeddings-dir {}", dir.display()))?;
+    for problem in library.problems() {
+        eprintln!("warning: embedding left out: {problem}");
+    }
+    Ok(Arc::new(library))
+}
+
 /// The LoRA networks of `dir` (none without one).
 pub fn lora_library(dir: Option<&std::path::Path>) -> Result<Arc<sdrt_runtime::LoraLibrary>> {
     let Some(dir) = dir else { return Ok(Arc::default()) };
@@ -499,6 +513,7 @@ impl GenerateArgs {
             loras: lora_library(self.lora_dir.as_deref())?,
             sd_vae: self.vae.setting().unwrap_or_else(|| "Automatic".to_owned()),
             vaes: self.vae.library(self.model.as_deref().and_then(Path::parent))?,
+            embeddings: embedding_library(self.embeddings_dir.as_deref())?,
             ..GenerationSettings::default()
         })
     }

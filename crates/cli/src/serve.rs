@@ -37,6 +37,9 @@ pub struct ServeArgs {
     /// A1111's LoRA folder (`models/Lora`): `<lora:NAME:multiplier>` in a prompt names a file in it.
     #[arg(long)]
     pub lora_dir: Option<PathBuf>,
+    /// A1111's `embeddings` folder: textual-inversion `.safetensors` files prompts name by file stem.
+    #[arg(long)]
+    pub embeddings_dir: Option<PathBuf>,
     /// Which VAE decodes (and encodes); `sd_vae` (options, override_settings) names a file of these.
     #[command(flatten)]
     pub vae: crate::generate::VaeArgs,
@@ -164,6 +167,9 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
     }
     if args.lora_dir.is_some() {
         settings.loras = crate::generate::lora_library(args.lora_dir.as_deref())?;
+    }
+    if args.embeddings_dir.is_some() {
+        settings.embeddings = crate::generate::embedding_library(args.embeddings_dir.as_deref())?;
     }
     args.vae.apply(&mut settings, args.models_dir.as_deref().or_else(|| model.parent().filter(|_| model.is_file())))?;
     let timeout = (args.job_timeout > 0).then(|| std::time::Duration::from_secs(args.job_timeout));

@@ -22,7 +22,7 @@ mod unet;
 mod upscaler;
 mod vae;
 
-pub use checkpoint::{Checkpoint, CheckpointKind, CheckpointOptions, is_checkpoint_file};
+pub use checkpoint::{Checkpoint, CheckpointKind, CheckpointOptions, NamedTensor, is_checkpoint_file, read_tensors};
 pub use error::{Error, Result};
 pub use folder::{ModelFamily, ModelFolder, PredictionType, SchedulerConfig, TokenizerFiles};
 pub use graph::{AttentionKind, GraphOptions, GroupNormKind};

@@ -62,6 +62,7 @@ fn tokenize_and_encode(c: &mut Criterion) {
         pad_cond_uncond: false,
         after_first_pass: None,
         noise_multiplier: 1.0,
+        textual_inversions: Default::default(),
     };
     c.bench_function("tokenize_encode_2chunk_prompt_and_negative", |b| {
         b.iter(|| black_box(pipeline.encode_prompts(&spec).expect("encode")))

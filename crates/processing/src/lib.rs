@@ -20,8 +20,8 @@ mod seeds;
 pub use brownian::BrownianNoise;
 pub use conditioning::{
     CHUNK_TOKENS, COMMA_PADDING_BACKTRACK, ClipTextEncoder, Cond, Conditioner, Embedder, Emphasis, EncodedText,
-    PromptChunk, PromptSchedule, PromptTokenizer, TextEncoder, TokenEmbedding, TokenVectors, TokenizedPrompt,
-    tokenize_prompt, tokenize_prompt_with_embeddings,
+    PromptChunk, PromptSchedule, PromptTokenizer, TextEncoder, TextualInversion, TokenEmbedding, TokenVectors,
+    TokenizedPrompt, tokenize_prompt, tokenize_prompt_with_embeddings,
 };
 pub use denoiser::{Denoiser, DiscreteDenoiser, Prediction, Tensor, UNetModel};
 pub use error::{Error, Result};
@@ -30,7 +30,8 @@ pub use model_schedule::{ModelSchedule, TRAINING_TIMESTEPS};
 pub use noise::{ImageRng, NoiseParams};
 pub use pipeline::{
     BatchConditioning, GenerationSpec, LATENT_CHANNELS, LATENT_FACTOR, LatentMask, LatentUpscaleMode, PassInputs,
-    Pipeline, RgbImage, SampleOutput, approx_cheap_preview, images_to_tensor, latents_to_images, upscale_latents,
+    Pipeline, RgbImage, SampleOutput, approx_cheap_preview, images_to_tensor, latents_to_images, token_embeddings,
+    upscale_latents,
 };
 pub use prompt::{
     BREAK_TEXT, BREAK_WEIGHT, ExtraNetworkCall, LoraCall, LoraCallError, MulticondList, ScheduleSteps, SubPrompt,

@@ -1,5 +1,5 @@
 //! An AUTOMATIC1111 data folder as it is (`--data-dir`, A1111's own flag): `models/Stable-diffusion`,
-//! `models/Lora` and `models/LyCORIS`, `models/VAE`, `styles.csv`, and the settings of `config.json` that sdrt
+//! `models/Lora` and `models/LyCORIS`, `models/VAE`, `embeddings`, `styles.csv`, and the settings of `config.json` that sdrt
 //! honours (checkpoint, clip skip, ENSD, RNG source, emphasis, VAE). Paths from `modules/paths_internal.py`.
 
 use std::path::{Path, PathBuf};
@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use crate::{GenerationSettings, LoraLibrary, ModelProvider, VaeLibrary};
+use crate::{EmbeddingLibrary, GenerationSettings, LoraLibrary, ModelProvider, VaeLibrary};
 
 /// The `config.json` keys sdrt reads; the rest of A1111's settings change nothing here.
 const CONFIG_KEYS: &[&str] =
@@ -96,6 +96,7 @@ impl DataDir {
             self.vae_dir().into_iter().collect(),
             Vec::new(),
         )?);
+        settings.embeddings = Arc::new(EmbeddingLibrary::new(self.existing("embeddings").into_iter().collect())?);
         let styles = self.styles_file();
         settings.styles = Arc::new(
             sdrt_io::StyleDatabase::load(&styles).map_err(|source| crate::Error::Io { path: styles, source })?,

@@ -5,6 +5,7 @@
 //! metrics are the same for all callers.
 
 mod data_dir;
+mod embeddings;
 mod error;
 mod generation;
 mod lifecycle;
@@ -17,6 +18,7 @@ mod vaes;
 mod walk;
 
 pub use data_dir::{DataDir, DataDirSummary};
+pub use embeddings::{EmbeddingEntry, EmbeddingLibrary};
 pub use error::{Error, Result};
 pub use generation::{
     ExtrasTarget, GeneratedImage, GenerationJob, GenerationOutput, GenerationSettings, ProcessingRequest,

@@ -9,10 +9,11 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::routing::{MethodRouter, delete, get, post};
 use axum::{Json, Router};
 use sdrt_api_types::{
-    ErrorResponse, ExtrasBatchImagesRequest, ExtrasBatchImagesResponse, ExtrasSingleImageRequest,
-    ExtrasSingleImageResponse, ImageResponse, Img2ImgRequest, JobAccepted, JobKind, JobState, JobStatus, JobSubmission,
-    LatentUpscaleModeItem, LoraItem, Options, PngInfoRequest, PngInfoResponse, ProgressResponse, PromptStyleItem,
-    SamplerItem, SchedulerItem, SdModelItem, SdVaeItem, Txt2ImgRequest, UpscalerItem, sampler_items, scheduler_items,
+    EmbeddingItem, EmbeddingsResponse, ErrorResponse, ExtrasBatchImagesRequest, ExtrasBatchImagesResponse,
+    ExtrasSingleImageRequest, ExtrasSingleImageResponse, ImageResponse, Img2ImgRequest, JobAccepted, JobKind, JobState,
+    JobStatus, JobSubmission, LatentUpscaleModeItem, LoraItem, Options, PngInfoRequest, PngInfoResponse,
+    ProgressResponse, PromptStyleItem, SamplerItem, SchedulerItem, SdModelItem, SdVaeItem, Txt2ImgRequest,
+    UpscalerItem, sampler_items, scheduler_items,
 };
 
 use crate::error::{Error, Result};
@@ -90,6 +91,10 @@ pub(crate) const OPERATIONS: &[Operation] = &[
     op("get", "/sdapi/v1/loras", "The LoRA networks prompts may name (--lora-dir)",
         None, (200, schema::<Vec<LoraItem>>), || get(loras)),
     op("post", "/sdapi/v1/refresh-loras", "Rescan the LoRA folder", None, (200, schema::<Value>), || post(refresh_loras)),
+    op("get", "/sdapi/v1/embeddings", "The textual-inversion embeddings prompts may name (--embeddings-dir)",
+        None, (200, schema::<EmbeddingsResponse>), || get(embeddings)),
+    op("post", "/sdapi/v1/refresh-embeddings", "Re-read the embeddings folder",
+        None, (200, schema::<Value>), || post(refresh_embeddings)),
     op("get", "/sdapi/v1/upscalers", "Image upscalers", None, (200, schema::<Vec<UpscalerItem>>), || get(upscalers)),
     op("get", "/sdapi/v1/latent-upscale-modes", "Latent upscale modes for hires fix",
         None, (200, schema::<Vec<LatentUpscaleModeItem>>), || get(latent_upscale_modes)),
@@ -410,6 +415,23 @@ async fn refresh_loras(State(state): Shared) -> Result<Json<Value>> {
 async fn rescan(refresh: impl FnOnce() -> sdrt_runtime::Result<()> + Send + 'static) -> Result<Json<Value>> {
     tokio::task::spawn_blocking(refresh).await.map_err(|e| Error::Worker(e.to_string()))?.map_err(Error::Runtime)?;
     Ok(Json(Value::Null))
+}
+
+async fn embeddings(State(state): Shared) -> Json<EmbeddingsResponse> {
+    let item = |entry: &sdrt_runtime::EmbeddingEntry| EmbeddingItem {
+        step: None,
+        sd_checkpoint: None,
+        sd_checkpoint_name: None,
+        shape: entry.vectors.iter().map(|v| v.ncols()).sum(),
+        vectors: entry.vectors.last().map_or(0, |v| v.nrows()),
+    };
+    let loaded = state.settings().embeddings.list().iter().map(|e| (e.name.clone(), item(e))).collect();
+    Json(EmbeddingsResponse { loaded, skipped: Default::default() })
+}
+
+async fn refresh_embeddings(State(state): Shared) -> Result<Json<Value>> {
+    let library = state.settings().embeddings;
+    rescan(move || library.refresh()).await
 }
 
 async fn sd_vae(State(state): Shared) -> Json<Vec<SdVaeItem>> {

@@ -165,6 +165,28 @@ impl Checkpoint {
     }
 }
 
+/// One tensor of a `.safetensors` file, as f32.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedTensor {
+    /// Its key.
+    pub name: String,
+    /// Its shape.
+    pub shape: Vec<usize>,
+    /// Its values, converted from f32, f16, bf16 or f64.
+    pub values: Vec<f32>,
+}
+
+/// Every tensor of the `.safetensors` file at `path` (small files: embeddings), header checked as for checkpoints.
+pub fn read_tensors(path: &Path) -> Result<Vec<NamedTensor>> {
+    let file = TensorFile::open(path)?;
+    file.names()
+        .map(|name| {
+            let (shape, values) = file.f32(name)?;
+            Ok(NamedTensor { name: name.to_owned(), shape, values })
+        })
+        .collect()
+}
+
 /// Whether `path` names a file sdrt treats as a checkpoint (by extension).
 pub fn is_checkpoint_file(path: &Path) -> bool {
     path.is_file()

@@ -58,6 +58,16 @@ pub struct TokenEmbedding {
     pub vectors: std::sync::Arc<ndarray::Array2<f32>>,
 }
 
+/// A textual-inversion embedding of a model: its name and, per text encoder (SDXL: CLIP-L then CLIP-G), the
+/// vectors `[vectors, width]` that replace its name's tokens.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextualInversion {
+    /// The name prompts use (the file stem).
+    pub name: String,
+    /// One matrix per text encoder of the model.
+    pub vectors: Vec<std::sync::Arc<ndarray::Array2<f32>>>,
+}
+
 /// One CLIP input of 77 positions and the emphasis weight of each (1 for BOS, EOS and padding).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PromptChunk {

@@ -8,8 +8,8 @@ mod emphasis;
 mod encoder;
 
 pub use chunks::{
-    CHUNK_TOKENS, COMMA_PADDING_BACKTRACK, PromptChunk, PromptTokenizer, TokenEmbedding, TokenizedPrompt,
-    tokenize_prompt, tokenize_prompt_with_embeddings,
+    CHUNK_TOKENS, COMMA_PADDING_BACKTRACK, PromptChunk, PromptTokenizer, TextualInversion, TokenEmbedding,
+    TokenizedPrompt, tokenize_prompt, tokenize_prompt_with_embeddings,
 };
 pub use conditioner::{Cond, Conditioner, PromptSchedule};
 pub use emphasis::Emphasis;

@@ -15,7 +15,9 @@ pub use inpaint::LatentMask;
 pub use upscale::{LatentUpscaleMode, upscale_latents};
 
 use crate::brownian::BrownianNoise;
-use crate::conditioning::{ClipTextEncoder, Conditioner, Embedder, Emphasis, PromptSchedule};
+use crate::conditioning::{
+    ClipTextEncoder, Conditioner, Embedder, Emphasis, PromptSchedule, PromptTokenizer, TextualInversion, TokenEmbedding,
+};
 use crate::denoiser::{DiscreteDenoiser, Prediction, Tensor};
 use crate::error::{Error, Result};
 use crate::guidance::{CfgDenoiser, ScheduledCond};
@@ -64,6 +66,8 @@ pub struct GenerationSpec {
     pub after_first_pass: Option<usize>,
     /// img2img: A1111's `initial_noise_multiplier`, applied to the first noise draw (1 = off).
     pub noise_multiplier: f64,
+    /// The textual-inversion embeddings prompts may name.
+    pub textual_inversions: Arc<Vec<TextualInversion>>,
 }
 
 /// What an img2img pass starts from besides its noise.
@@ -216,7 +220,7 @@ impl<'m> Pipeline<'m> {
         let _span = tracing::info_span!("processing::text_encode", images = spec.batch_size()).entered();
         spec.check()?;
         let steps = spec.schedule_steps();
-        let mut conditioner = conditioner_for(self.model, spec.clip_skip, spec.emphasis)?;
+        let mut conditioner = conditioner_for(self.model, spec.clip_skip, spec.emphasis, &spec.textual_inversions)?;
         let unconds = conditioner.learned_conditioning(&spec.negative_prompts, steps, true)?;
         let conds = conditioner.multicond(&spec.prompts, steps)?;
         let empty = if spec.pad_cond_uncond {
@@ -382,7 +386,12 @@ fn scheduled(schedule: &PromptSchedule) -> Result<ScheduledCond<Arc<crate::condi
 
 /// The text embedders of the model's family: SD 1.x uses the last layer (or clip skip), SD 2.x's export
 /// already ends at the penultimate layer, SDXL concatenates both encoders' penultimate layers.
-fn conditioner_for(model: &mut LoadedModel, clip_skip: u32, emphasis: Emphasis) -> Result<Conditioner<'_>> {
+fn conditioner_for<'m>(
+    model: &'m mut LoadedModel,
+    clip_skip: u32,
+    emphasis: Emphasis,
+    inversions: &[TextualInversion],
+) -> Result<Conditioner<'m>> {
     let family = model.folder.family;
     let missing = |what: &str| invalid("model", format!("the model folder has no {what}, which prompts need"));
     let tokenizer = model.tokenizer.as_ref().ok_or_else(|| missing("tokenizer/"))?;
@@ -391,8 +400,10 @@ fn conditioner_for(model: &mut LoadedModel, clip_skip: u32, emphasis: Emphasis) 
         let tokenizer_2 = model.tokenizer_2.as_ref().ok_or_else(|| missing("tokenizer_2/"))?;
         let encoder_2 = model.text_encoder_2.as_mut().ok_or_else(|| missing("text_encoder_2/"))?;
         let embedders = vec![
-            Embedder::new(tokenizer, Box::new(ClipTextEncoder::new(encoder, TextLayer::Penultimate))),
-            Embedder::new(tokenizer_2, Box::new(ClipTextEncoder::new(encoder_2, TextLayer::Penultimate))),
+            Embedder::new(tokenizer, Box::new(ClipTextEncoder::new(encoder, TextLayer::Penultimate)))
+                .with_embeddings(token_embeddings(tokenizer, inversions, 0)?),
+            Embedder::new(tokenizer_2, Box::new(ClipTextEncoder::new(encoder_2, TextLayer::Penultimate)))
+                .with_embeddings(token_embeddings(tokenizer_2, inversions, 1)?),
         ];
         return Ok(Conditioner::new(embedders, emphasis, true));
     }
@@ -400,9 +411,24 @@ fn conditioner_for(model: &mut LoadedModel, clip_skip: u32, emphasis: Emphasis) 
         (LoadedFamily::Sd1, n) if n > 1 => TextLayer::ClipSkip(n),
         _ => TextLayer::Last,
     };
-    Ok(Conditioner::new(
-        vec![Embedder::new(tokenizer, Box::new(ClipTextEncoder::new(encoder, layer)))],
-        emphasis,
-        false,
-    ))
+    let embedder = Embedder::new(tokenizer, Box::new(ClipTextEncoder::new(encoder, layer)))
+        .with_embeddings(token_embeddings(tokenizer, inversions, 0)?);
+    Ok(Conditioner::new(vec![embedder], emphasis, false))
+}
+
+/// The embeddings of text encoder `index`, found in prompts by their names' tokens (A1111's
+/// `register_embedding_by_name`).
+pub fn token_embeddings(
+    tokenizer: &dyn PromptTokenizer,
+    inversions: &[TextualInversion],
+    index: usize,
+) -> Result<Vec<TokenEmbedding>> {
+    let with_vectors: Vec<&TextualInversion> = inversions.iter().filter(|ti| ti.vectors.len() > index).collect();
+    let names: Vec<&str> = with_vectors.iter().map(|ti| ti.name.as_str()).collect();
+    let ids = tokenizer.tokenize(&names)?;
+    Ok(with_vectors
+        .into_iter()
+        .zip(ids)
+        .map(|(ti, ids)| TokenEmbedding { name: ti.name.clone(), ids, vectors: Arc::clone(&ti.vectors[index]) })
+        .collect())
 }

@@ -3,7 +3,7 @@
 //! request again.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use sdrt_api_types::{GenerationRequest, MIN_SIDE, SamplerChoice, Txt2ImgRequest};
@@ -11,7 +11,8 @@ use sdrt_io::{GenerationParams, HiresParams, ImageUpscaler, InfotextValue, Resiz
 use sdrt_models::{RgbPixels, SessionConfig, UpscaleModel};
 use sdrt_processing::{
     ExtraNetworkCall, GenerationSpec, LATENT_FACTOR, LatentUpscaleMode, ModelFamily, NoiseParams, Pipeline, RgbImage,
-    Sampler, SamplerParams, ScheduleOptions, batch_seeds, fixed_seed, parse_extra_networks,
+    Sampler, SamplerParams, ScheduleOptions, TextualInversion, batch_seeds, fixed_seed, parse_extra_networks,
+    tokenize_prompt_with_embeddings,
 };
 
 use super::inpaint::{InpaintPlan, PreparedInpaint, prepare_inpaint};
@@ -311,6 +312,7 @@ pub(crate) fn prepare(job: GenerationJob, context: &mut JobContext) -> crate::Re
 
     let choice = sampling.first_pass;
     let vae_infotext;
+    let (inversions, ti_hashes);
     // A1111's `parse_extra_network_prompts`: the tags leave the text the encoder sees (the infotext keeps
     // them), and the networks they name are merged before anything is encoded.
     let (prompt, calls) = parse_extra_networks(&base.prompt);
@@ -329,6 +331,7 @@ pub(crate) fn prepare(job: GenerationJob, context: &mut JobContext) -> crate::Re
             tracing::warn!("{problem}");
         }
         vae_infotext = vae.map(|entry| entry.name).zip(model.vae_file().map(sdrt_io::model_hash));
+        (inversions, ti_hashes) = textual_inversions(&model, &settings, &prompt, &base.negative_prompt)?;
         let pipeline = Pipeline::new(&mut model)?;
         (pipeline.schedule_family(), pipeline.is_inpainting_model())
     };
@@ -350,7 +353,7 @@ pub(crate) fn prepare(job: GenerationJob, context: &mut JobContext) -> crate::Re
         ProcessingRequest::Img2Img { request, .. } => request.initial_noise_multiplier.unwrap_or(1.0),
         ProcessingRequest::Txt2Img(_) => 1.0,
     };
-    let batches = batch_specs(&base, &prompt, &settings, &sampler, first_pass_strength, noise_multiplier)?;
+    let batches = batch_specs(&base, &prompt, &inversions, &settings, &sampler, first_pass_strength, noise_multiplier)?;
     check_runnable(&batches[0], "steps")?;
     if let Some((hires, _)) = &hires {
         let (w, h) = hires.upscale_to;
@@ -372,6 +375,9 @@ pub(crate) fn prepare(job: GenerationJob, context: &mut JobContext) -> crate::Re
     if !networks.hashes.is_empty() {
         let hashes: Vec<String> = networks.hashes.iter().map(|(name, hash)| format!("{name}: {hash}")).collect();
         extra.push(("Lora hashes".to_owned(), InfotextValue::Text(hashes.join(", "))));
+    }
+    if !ti_hashes.is_empty() {
+        extra.push(("TI hashes".to_owned(), InfotextValue::Text(ti_hashes.join(", "))));
     }
     if noise_multiplier != 1.0 {
         extra.push(("Noise multiplier".to_owned(), InfotextValue::Float(noise_multiplier)));
@@ -438,6 +444,43 @@ fn apply_styles(request: &mut ProcessingRequest, styles: &StyleDatabase) {
             txt2img.hr_negative_prompt = styles.apply_negative(&txt2img.hr_negative_prompt, &names);
         }
     }
+}
+
+/// The embeddings that fit the model's text encoders (only encoders built from checkpoints take them), and A1111's
+/// `TI hashes` entries (`name: hash`) of those the prompt, then the negative prompt, name.
+fn textual_inversions(
+    model: &sdrt_models::LoadedModel,
+    settings: &GenerationSettings,
+    prompt: &str,
+    negative_prompt: &str,
+) -> crate::Result<(Arc<Vec<TextualInversion>>, Vec<String>)> {
+    let encoders: Vec<&sdrt_models::TextEncoder> =
+        [model.text_encoder.as_ref(), model.text_encoder_2.as_ref()].into_iter().flatten().collect();
+    let (Some(tokenizer), true) = (model.tokenizer.as_ref(), encoders.iter().all(|e| e.supports_embeddings())) else {
+        return Ok((Arc::default(), Vec::new()));
+    };
+    let widths: Vec<usize> = encoders.iter().filter_map(|e| e.embedding_width()).collect();
+    let (inversions, skipped) = settings.embeddings.for_model(&widths);
+    if !skipped.is_empty() {
+        tracing::debug!("embeddings skipped (another model's width): {}", skipped.join(", "));
+    }
+    let embeddings = sdrt_processing::token_embeddings(tokenizer, &inversions, 0)?;
+    let mut hashes = Vec::new();
+    for text in [prompt, negative_prompt] {
+        let tokenized = tokenize_prompt_with_embeddings(tokenizer, text, settings.emphasis, &embeddings)?;
+        let mut used: Vec<&str> = Vec::new();
+        for (_, index) in tokenized.chunks.iter().flat_map(|chunk| &chunk.fixes) {
+            let name = embeddings[*index].name.as_str();
+            if !used.contains(&name) {
+                used.push(name);
+            }
+        }
+        for name in used {
+            let key: String = name.chars().filter(|c| !matches!(c, ':' | ',')).collect();
+            hashes.push(format!("{key}: {}", settings.embeddings.short_hash(name).unwrap_or_default()));
+        }
+    }
+    Ok((Arc::new(inversions), hashes))
 }
 
 /// A1111 parses a hires prompt's tags on their own and switches networks between the passes; sdrt runs both
@@ -595,6 +638,7 @@ fn hires_infotext(request: &Txt2ImgRequest, first: &SamplerChoice, hires: &Sampl
 fn batch_specs(
     base: &GenerationRequest,
     prompt: &str,
+    inversions: &Arc<Vec<TextualInversion>>,
     settings: &GenerationSettings,
     sampler: &Sampler,
     denoising_strength: Option<f64>,
@@ -630,6 +674,7 @@ fn batch_specs(
                 pad_cond_uncond: settings.pad_cond_uncond,
                 after_first_pass: None,
                 noise_multiplier,
+                textual_inversions: Arc::clone(inversions),
             })
         })
         .collect()

@@ -54,6 +54,8 @@ pub struct GenerationSettings {
     pub sd_vae: String,
     /// The standalone VAE files `sd_vae` may name.
     pub vaes: Arc<crate::VaeLibrary>,
+    /// The textual-inversion embeddings prompts may name.
+    pub embeddings: Arc<crate::EmbeddingLibrary>,
 }
 
 impl Default for GenerationSettings {
@@ -79,6 +81,7 @@ impl Default for GenerationSettings {
             loras: Arc::default(),
             sd_vae: "Automatic".to_owned(),
             vaes: Arc::default(),
+            embeddings: Arc::default(),
         }
     }
 }
