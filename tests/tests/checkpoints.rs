@@ -577,3 +577,18 @@ fn textual_inversion_vectors_replace_token_embeddings_as_a1111s_do() {
     let error = encoder.encode_with_embeddings(&ids, TextLayer::Last, &replacements).unwrap_err().to_string();
     assert!(error.contains(".safetensors checkpoint"), "{error}");
 }
+
+#[test]
+fn torch_pickle_embeddings_are_read_without_running_them() {
+    let pt = sdrt_models::read_tensors(&fixture("embeddings/tiny-pt.pt")).unwrap();
+    assert_eq!(pt.len(), 1);
+    assert_eq!((pt[0].name.as_str(), pt[0].shape.as_slice()), ("string_to_param.*", &[2, 8][..]));
+    let want: ArrayD<f32> = read_npy(fixture("embeddings/references/tiny-pt.vectors.npy")).unwrap();
+    assert_eq!(pt[0].values, want.iter().copied().collect::<Vec<_>>(), "fp16 storage read exactly");
+    let concept = sdrt_models::read_tensors(&fixture("embeddings/tiny-concept.bin")).unwrap();
+    assert_eq!((concept[0].name.as_str(), concept[0].shape.as_slice()), ("<tiny-concept>", &[8][..]));
+    let want: ArrayD<f32> = read_npy(fixture("embeddings/references/tiny-concept.vectors.npy")).unwrap();
+    assert_eq!(concept[0].values, want.iter().copied().collect::<Vec<_>>());
+    let error = sdrt_models::read_tensors(&fixture("embeddings/evil.pt")).unwrap_err().to_string();
+    assert!(error.contains("evil.pt") && error.contains("system") && error.contains("never executed"), "{error}");
+}

@@ -494,9 +494,12 @@ fn embeddings_named_in_prompts_condition_and_write_ti_hashes() {
     sdrt_models::ensure_runtime().unwrap();
     let library = Arc::new(sdrt_runtime::EmbeddingLibrary::new(vec![fixtures_dir().join("embeddings")]).unwrap());
     let names: Vec<String> = library.list().into_iter().map(|e| e.name).collect();
-    assert_eq!(names, ["tiny-one", "tiny-style", "tiny-wide", "tiny-xl"]);
+    assert_eq!(names, ["tiny-concept", "tiny-one", "tiny-pt", "tiny-style", "tiny-wide", "tiny-xl"]);
+    let problems = library.problems();
+    assert!(problems.len() == 1 && problems[0].contains("evil.pt"), "{problems:?}");
     let (fitting, skipped) = library.for_model(&[8]);
-    assert_eq!(fitting.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["tiny-one", "tiny-style"]);
+    let fitting_names: Vec<&str> = fitting.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(fitting_names, ["tiny-concept", "tiny-one", "tiny-pt", "tiny-style"]);
     assert_eq!(skipped, ["tiny-wide", "tiny-xl"]);
 
     // The pipeline's conditioning: A1111's chunk with the three vectors at positions 4-6.

@@ -1,5 +1,5 @@
 //! Generated inputs for every parser that takes outside input (prompt syntax, infotext, PNG/JPEG/WebP metadata,
-//! request JSON): none may panic. CI runs a few thousand cases per parser; `cargo xtask fuzz` runs 10⁶ each.
+//! request JSON, torch pickle embeddings): none may panic. CI runs a few thousand cases per parser; `cargo xtask fuzz` runs 10⁶ each.
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence};
@@ -145,6 +145,23 @@ proptest! {
     }
 
     #[test]
+    fn torch_pickle_reader_never_panics(
+        edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+        inner in any::<bool>(),
+    ) {
+        // Mutations of the zip as a whole, or of data.pkl inside a valid zip (the pickle machine itself).
+        let mut bytes = if inner { pickle_bytes().to_vec() } else { valid_pt().to_vec() };
+        for (at, value) in edits {
+            let at = at.index(bytes.len());
+            bytes[at] = value;
+        }
+        let file = tempfile::Builder::new().suffix(".pt").tempfile().expect("temp file");
+        let contents = if inner { zip_with_pickle(&bytes) } else { bytes };
+        std::fs::write(file.path(), contents).expect("writes");
+        let _ = sdrt_models::read_tensors(file.path());
+    }
+
+    #[test]
     fn request_json_never_panics(body in request_json(), img2img in any::<bool>()) {
         let limits = RequestLimits::default();
         if img2img {
@@ -179,6 +196,40 @@ fn valid_images() -> &'static [Vec<u8>; 3] {
         let webp = sdrt_io::encode_webp_with_infotext(&pixels, 8, 8, Some(infotext)).expect("webp");
         [png, jpeg, webp]
     })
+}
+
+fn valid_pt() -> &'static [u8] {
+    static BYTES: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    BYTES.get_or_init(|| std::fs::read(sdrt_tests::fixture("embeddings/tiny-pt.pt")).expect("fixture"))
+}
+
+/// The fixture's `data.pkl`.
+fn pickle_bytes() -> &'static [u8] {
+    static BYTES: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    BYTES.get_or_init(|| {
+        let mut archive = zip::ZipArchive::new(std::io::Cursor::new(valid_pt())).expect("zip");
+        let mut entry = archive.by_name("tiny-pt/data.pkl").expect("data.pkl");
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut bytes).expect("reads");
+        bytes
+    })
+}
+
+/// The fixture's archive with `pickle` as its `data.pkl`.
+fn zip_with_pickle(pickle: &[u8]) -> Vec<u8> {
+    let mut source = zip::ZipArchive::new(std::io::Cursor::new(valid_pt())).expect("zip");
+    let mut out = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for index in 0..source.len() {
+        let mut entry = source.by_index(index).expect("entry");
+        let name = entry.name().expect("entry name").into_owned();
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut bytes).expect("reads");
+        out.start_file(name.as_str(), options).expect("starts");
+        let data = if name.ends_with("data.pkl") { pickle } else { &bytes };
+        std::io::Write::write_all(&mut out, data).expect("writes");
+    }
+    out.finish().expect("finishes").into_inner()
 }
 
 const REQUEST_KEYS: &[&str] = &[

@@ -1,5 +1,6 @@
-//! Textual-inversion embeddings (`--embeddings-dir`, A1111's `embeddings/`): `.safetensors` files named by
-//! their stem, read in A1111's layouts (one tensor `[vectors, width]` or `[width]`; SDXL's `clip_l` + `clip_g`)
+//! Textual-inversion embeddings (`--embeddings-dir`, A1111's `embeddings/`): `.safetensors` files, and `.pt`/`.bin`
+//! files through the models crate's restricted reader (nothing in them runs), named by their stem, read in
+//! A1111's layouts (`string_to_param`; one tensor `[vectors, width]` or `[width]`; SDXL's `clip_l` + `clip_g`)
 //! and kept for the models whose text encoders they fit (`modules/textual_inversion/textual_inversion.py`).
 
 use std::collections::BTreeMap;
@@ -102,10 +103,6 @@ impl EmbeddingLibrary {
 
 fn read_embedding(path: &Path) -> Result<EmbeddingEntry, String> {
     let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    let is_pickle = path.extension().is_some_and(|e| !e.eq_ignore_ascii_case("safetensors"));
-    if is_pickle {
-        return Err("a pickle file (.pt/.bin), which sdrt does not read yet; convert it to .safetensors".to_owned());
-    }
     let tensors = sdrt_models::read_tensors(path).map_err(|e| e.to_string())?;
     let matrix = |tensor: &sdrt_models::NamedTensor| -> Result<Arc<Array2<f32>>, String> {
         let (rows, width) = match tensor.shape.as_slice() {
@@ -116,9 +113,13 @@ fn read_embedding(path: &Path) -> Result<EmbeddingEntry, String> {
         Array2::from_shape_vec((rows, width), tensor.values.clone()).map(Arc::new).map_err(|e| e.to_string())
     };
     let find = |key: &str| tensors.iter().find(|t| t.name == key);
-    let vectors = match (find("clip_l"), find("clip_g"), tensors.as_slice()) {
-        (Some(l), Some(g), _) => vec![matrix(l)?, matrix(g)?],
-        (_, _, [single]) => vec![matrix(single)?],
+    let params: Vec<&sdrt_models::NamedTensor> =
+        tensors.iter().filter(|t| t.name.starts_with("string_to_param.")).collect();
+    let vectors = match (params.as_slice(), find("clip_l"), find("clip_g"), tensors.as_slice()) {
+        ([param], _, _, _) => vec![matrix(param)?],
+        ([_, _, ..], _, _, _) => return Err("holds several string_to_param terms; A1111 reads one".to_owned()),
+        (_, Some(l), Some(g), _) => vec![matrix(l)?, matrix(g)?],
+        (_, _, _, [single]) => vec![matrix(single)?],
         _ => {
             let keys: Vec<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
             return Err(format!("holds {keys:?}; an embedding is one tensor, or clip_l and clip_g (SDXL)"));

@@ -32,6 +32,7 @@
 mod build;
 mod detect;
 mod file;
+mod pickle;
 
 use std::path::{Path, PathBuf};
 
@@ -176,8 +177,17 @@ pub struct NamedTensor {
     pub values: Vec<f32>,
 }
 
-/// Every tensor of the `.safetensors` file at `path` (small files: embeddings), header checked as for checkpoints.
+/// Every tensor of the file at `path` (small files: embeddings): a `.safetensors` file, header checked as for
+/// checkpoints, or a `torch.save` `.pt`/`.bin` file read by a restricted reader that executes nothing and refuses
+/// anything but tensors in dictionaries (nested keys joined with `.`).
 pub fn read_tensors(path: &Path) -> Result<Vec<NamedTensor>> {
+    let torch = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| ["pt", "bin"].contains(&e.to_ascii_lowercase().as_str()));
+    if torch {
+        return pickle::read_torch_tensors(path);
+    }
     let file = TensorFile::open(path)?;
     file.names()
         .map(|name| {
