@@ -91,6 +91,11 @@ fn an_a1111_data_folder_is_read_as_a1111_lays_it_out() {
     assert_eq!(embeddings, ["tiny-style"]);
     assert_eq!(settings.styles.apply("a fox", &["Sharp".to_owned()]), "a fox, sharp focus");
 
+    std::fs::remove_file(root.join("config.json")).unwrap();
+    let mut fresh = sdrt_runtime::GenerationSettings::default();
+    let summary = sdrt_runtime::DataDir::open(root).unwrap().apply(&mut fresh, &mut provider).unwrap();
+    assert_eq!((summary.selected_model, fresh.model.as_deref()), (None, Some("sub/sd15-tiny")), "the first model");
+
     let missing = sdrt_runtime::DataDir::open(&root.join("nope")).unwrap_err().to_string();
     assert!(missing.contains("nope"), "{missing}");
     std::fs::write(root.join("config.json"), "{\"CLIP_stop_at_last_layers\": 99}").unwrap();

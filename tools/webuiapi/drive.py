@@ -6,14 +6,17 @@ method, and prints which calls work. Not run by CI (Python stays out of it).
     cargo build --release -p sdrt-cli
     /tmp/wvenv/bin/python tools/webuiapi/drive.py
 
-Methods for extensions sdrt does not have (ControlNet, ADetailer, AnimateDiff, prompt generators) and routes
-owned by other issues (loras, embeddings, prompt styles) are listed as "not applicable" and not counted.
+The server runs on an A1111 data folder made from the test fixtures (`--data-dir`: the sd15-tiny checkpoint, a
+LoRA, a VAE, an embedding, styles.csv). Methods for extensions sdrt does not have (ControlNet, ADetailer,
+AnimateDiff, prompt generators) are listed as "not applicable" and not counted.
 """
 
 import pathlib
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 
@@ -24,8 +27,24 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 NOT_APPLICABLE = {
     "controlnet_detect", "controlnet_model_list", "controlnet_module_list", "controlnet_version", "has_adetailer",
     "has_animatediff", "has_controlnet", "list_prompt_gen_models", "prompt_gen", "get_artist_categories",
-    "get_artists", "get_loras", "get_embeddings", "get_prompt_styles", "check_extensions",
+    "get_artists", "check_extensions",
 }
+FIXTURES = ROOT / "tests" / "fixtures"
+
+
+def a1111_folder(root: pathlib.Path) -> None:
+    """An A1111 data folder with one of each thing sdrt reads from it."""
+    for source, target in [
+        ("checkpoints/sd15-tiny.safetensors", "models/Stable-diffusion/sd15-tiny.safetensors"),
+        ("checkpoints/sd15-tiny.yaml", "models/Stable-diffusion/sd15-tiny.yaml"),
+        ("loras/sd15-tiny-locon.safetensors", "models/Lora/sd15-tiny-locon.safetensors"),
+        ("vaes/sd15-tiny-alt.vae.safetensors", "models/VAE/sd15-tiny-alt.vae.safetensors"),
+        ("vaes/sd15-tiny-alt.vae.yaml", "models/VAE/sd15-tiny-alt.vae.yaml"),
+        ("embeddings/tiny-style.safetensors", "embeddings/tiny-style.safetensors"),
+    ]:
+        (root / target).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(FIXTURES / source, root / target)
+    (root / "styles.csv").write_text("name,prompt,negative_prompt\nSharp,sharp focus,blurry\n")
 
 
 def free_port() -> int:
@@ -36,8 +55,10 @@ def free_port() -> int:
 
 def main() -> None:
     port = free_port()
+    data = pathlib.Path(tempfile.mkdtemp(prefix="sdrt-a1111-"))
+    a1111_folder(data)
     server = subprocess.Popen([str(ROOT / "target" / "release" / "sdrt"), "serve", "--listen", f"127.0.0.1:{port}",
-                               "--threads", "1"], stderr=subprocess.DEVNULL)
+                               "--threads", "1", "--data-dir", str(data)], stderr=subprocess.DEVNULL)
     try:
         wait_for_port(port)
         api = webuiapi.WebUIApi(host="127.0.0.1", port=port)
@@ -83,6 +104,13 @@ def main() -> None:
             "util_get_sampler_names": lambda: "Euler" in api.util_get_sampler_names(),
             "util_get_scheduler_names": lambda: len(api.util_get_scheduler_names()) > 0,
             "interrogate (501 expected)": lambda: expect_error(lambda: api.interrogate(image)),
+            "get_loras": lambda: [lora["name"] for lora in api.get_loras()] == ["sd15-tiny-locon"],
+            "get_embeddings": lambda: "tiny-style" in api.get_embeddings()["loaded"],
+            "get_prompt_styles": lambda: [style["name"] for style in api.get_prompt_styles()] == ["Sharp"],
+            "txt2img (LoRA, embedding, style, VAE)": lambda: all(
+                key in api.txt2img(prompt="a fox <lora:sd15-tiny-locon:0.7> tiny-style", styles=["Sharp"],
+                                   **small).info["infotexts"][0]
+                for key in ("Lora hashes:", "TI hashes:", "VAE: sd15-tiny-alt.vae.safetensors", "sharp focus")),
         }
         passed = 0
         for name, call in calls.items():
@@ -98,6 +126,7 @@ def main() -> None:
               f"calls work; not applicable: {', '.join(skipped)}")
         sys.exit(0 if passed == len(calls) else 1)
     finally:
+        shutil.rmtree(data, ignore_errors=True)
         server.terminate()
         server.wait(timeout=30)
 

@@ -79,7 +79,8 @@ impl DataDir {
     }
 
     /// Registers the folder's models with `provider` and fills `settings` from it: LoRA and VAE libraries, styles,
-    /// and `config.json`'s settings (its `sd_model_checkpoint` becomes the default model when registered).
+    /// and `config.json`'s settings (its `sd_model_checkpoint` becomes the default model when registered, else the
+    /// first model found).
     pub fn apply(
         &self,
         settings: &mut GenerationSettings,
@@ -120,6 +121,10 @@ impl DataDir {
                 summary.selected_model = Some(name.to_owned());
                 settings.model = Some(name.to_owned());
             }
+        }
+        if summary.selected_model.is_none() {
+            // Without a usable `sd_model_checkpoint`, A1111 starts with the first checkpoint it finds.
+            settings.model = summary.models.first().cloned().or(settings.model.take());
         }
         Ok(summary)
     }
