@@ -815,4 +815,15 @@ async fn loras_are_listed_and_merged_when_a_prompt_names_them() {
     assert_eq!(status, StatusCode::OK, "{answer}");
     let info: GenerationInfo = serde_json::from_str(answer["info"].as_str().expect("info")).expect("info JSON");
     assert!(info.infotexts[0].contains("Lora hashes: \"sd15-tiny-locon: "), "{}", info.infotexts[0]);
+
+    // On an ONNX export a LoRA is refused, and the error names no server folder.
+    let loras = sdrt_runtime::LoraLibrary::new(vec![sdrt_tests::fixtures_dir().join("loras")]).expect("scan");
+    let export = GenerationSettings { loras: Arc::new(loras), ..self::settings() };
+    let app = sdrt_server::router(Arc::new(ServerState::new(provider(), export)));
+    let body = json!({"prompt": "a fox <lora:sd15-tiny-locon:0.8>", "steps": 2, "width": 64, "height": 64});
+    let (status, answer) = call(&app, "POST", "/sdapi/v1/txt2img", Some(body)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    let detail = answer["detail"].as_str().expect("detail");
+    assert!(detail.contains("single-file checkpoints"), "{detail}");
+    assert!(!detail.contains(&sdrt_tests::fixtures_dir().display().to_string()), "{detail}");
 }

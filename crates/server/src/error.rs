@@ -135,11 +135,51 @@ impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let message = self.to_string();
         tracing::warn!(status = %self.status(), "{message}");
-        let body = sdrt_api_types::ErrorResponse::new(self.kind(), &message);
+        let body = sdrt_api_types::ErrorResponse::new(self.kind(), &without_server_paths(&message));
         let mut response = (self.status(), Json(body)).into_response();
         if matches!(self, Error::QueueFull { .. }) {
             response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("5"));
         }
         response
+    }
+}
+
+/// `message` with every absolute path of this machine cut to its file name: the server's folders are not the
+/// client's business (the log keeps the full message). Only words whose parent folder exists are paths, so API
+/// routes (`/sdrt/v1/jobs/5`) stay as they are.
+pub(crate) fn without_server_paths(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for (index, word) in message.split(' ').enumerate() {
+        if index > 0 {
+            out.push(' ');
+        }
+        let path = word.trim_end_matches([':', ',', ';', ')', '"', '\'', '.']);
+        let local = std::path::Path::new(path);
+        let is_server_path =
+            path.starts_with('/') && local.parent().is_some_and(|p| p != std::path::Path::new("/") && p.is_dir());
+        match local.file_name().filter(|_| is_server_path) {
+            Some(name) => {
+                out.push_str(&name.to_string_lossy());
+                out.push_str(&word[path.len()..]);
+            }
+            None => out.push_str(word),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_paths_become_file_names_and_routes_stay() {
+        let dir = std::env::temp_dir();
+        let file = dir.join("model.safetensors");
+        let message = format!("loading {}: bad header; poll /sdrt/v1/jobs/5 or see {}.", file.display(), dir.display());
+        let cleaned = without_server_paths(&message);
+        // Top-level folders (`/tmp`) say nothing about the server's layout and stay.
+        let expected = format!("loading model.safetensors: bad header; poll /sdrt/v1/jobs/5 or see {}.", dir.display());
+        assert_eq!(cleaned, expected);
     }
 }
