@@ -544,6 +544,12 @@ fn a_standalone_vae_replaces_the_models_own_and_goes_back() {
         assert_close("the model's own VAE again", &decoded, &npy(decoder, "outputs", "sample"), TOLERANCE);
     }
     let mut model = load_path(&checkpoint("sd15-tiny.safetensors"), GraphOptions::default());
+    // The checkpoint's own VAE as a file without a .yaml: it takes the model's GroupNorm groups.
+    model.apply_vae(Some(&checkpoint("sd15-tiny.vae.safetensors"))).unwrap();
+    let decoder = &own_references["vae_decoder"];
+    let latent: Array4<f32> = npy(decoder, "inputs", "latent_sample").into_dimensionality().unwrap();
+    let decoded = model.vae_decoder.decode(latent.view()).unwrap().into_dyn();
+    assert_close("sd15-tiny.vae without a .yaml", &decoded, &npy(decoder, "outputs", "sample"), TOLERANCE);
     let error = model.apply_vae(Some(&checkpoint("sd2-tiny-v.safetensors"))).unwrap_err().to_string();
     assert!(error.contains("sd2-tiny-v.safetensors") && error.contains("not a VAE"), "{error}");
 }

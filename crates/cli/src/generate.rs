@@ -26,18 +26,9 @@ pub struct GenerateArgs {
     /// A saved style to apply (repeat for several; applied in order, as A1111 does).
     #[arg(long = "style")]
     pub styles: Vec<String>,
-    /// A1111's `styles.csv` (name, prompt, negative_prompt) the `--style` names come from.
-    #[arg(long)]
-    pub styles_file: Option<PathBuf>,
-    /// A1111's LoRA folder (`models/Lora`): `<lora:NAME:multiplier>` in the prompt names a file in it.
-    #[arg(long)]
-    pub lora_dir: Option<PathBuf>,
-    /// Which VAE decodes (and encodes).
+    /// Styles, LoRAs, embeddings and the VAE.
     #[command(flatten)]
-    pub vae: VaeArgs,
-    /// A1111's `embeddings` folder: textual-inversion `.safetensors` files prompts name by file stem.
-    #[arg(long)]
-    pub embeddings_dir: Option<PathBuf>,
+    pub libraries: LibraryArgs,
     /// Sampling steps.
     #[arg(long, default_value_t = 20)]
     pub steps: u32,
@@ -377,6 +368,40 @@ pub fn load_styles(path: Option<&std::path::Path>) -> Result<Arc<sdrt_io::StyleD
     Ok(Arc::new(styles))
 }
 
+/// What prompts and settings may name besides the model: styles, LoRAs, embeddings, VAEs.
+#[derive(Args, Debug, Clone, Default)]
+pub struct LibraryArgs {
+    /// A1111's `styles.csv` (name, prompt, negative_prompt) that styles (`--style`, the `styles` field) name.
+    #[arg(long)]
+    pub styles_file: Option<PathBuf>,
+    /// A1111's LoRA folder (`models/Lora`): `<lora:NAME:multiplier>` in a prompt names a file in it.
+    #[arg(long)]
+    pub lora_dir: Option<PathBuf>,
+    /// A1111's `embeddings` folder: textual-inversion files prompts name by file stem.
+    #[arg(long)]
+    pub embeddings_dir: Option<PathBuf>,
+    /// Which VAE decodes (and encodes).
+    #[command(flatten)]
+    pub vae: VaeArgs,
+}
+
+impl LibraryArgs {
+    /// Sets what these flags give in `settings` (over what `--data-dir` put there); `models_dir` is where
+    /// `*.vae.safetensors` are looked for.
+    pub fn apply(&self, settings: &mut GenerationSettings, models_dir: Option<&Path>) -> Result<()> {
+        if self.styles_file.is_some() {
+            settings.styles = load_styles(self.styles_file.as_deref())?;
+        }
+        if self.lora_dir.is_some() {
+            settings.loras = lora_library(self.lora_dir.as_deref())?;
+        }
+        if self.embeddings_dir.is_some() {
+            settings.embeddings = embedding_library(self.embeddings_dir.as_deref())?;
+        }
+        self.vae.apply(settings, models_dir)
+    }
+}
+
 /// A1111's VAE choice: a file, a folder of them, and `*.vae.safetensors` beside the checkpoints.
 #[derive(Args, Debug, Clone, Default)]
 pub struct VaeArgs {
@@ -500,7 +525,7 @@ impl GenerateArgs {
         let emphasis = self.emphasis.parse().map_err(|_| {
             anyhow::anyhow!("--emphasis {:?}: use \"Original\", \"No norm\" or \"None\"", self.emphasis)
         })?;
-        Ok(GenerationSettings {
+        let mut settings = GenerationSettings {
             model: Some(self.model_path().display().to_string()),
             randn_source,
             clip_skip: self.clip_skip,
@@ -509,13 +534,10 @@ impl GenerateArgs {
             pad_cond_uncond: self.pad_cond_uncond,
             outdir: save.then(|| self.outdir.clone()),
             save_latents: self.save_latents,
-            styles: load_styles(self.styles_file.as_deref())?,
-            loras: lora_library(self.lora_dir.as_deref())?,
-            sd_vae: self.vae.setting().unwrap_or_else(|| "Automatic".to_owned()),
-            vaes: self.vae.library(self.model.as_deref().and_then(Path::parent))?,
-            embeddings: embedding_library(self.embeddings_dir.as_deref())?,
             ..GenerationSettings::default()
-        })
+        };
+        self.libraries.apply(&mut settings, self.model.as_deref().and_then(Path::parent))?;
+        Ok(settings)
     }
 
     /// Loads ONNX Runtime and makes a provider for the chosen model; says so when it is the bundled one.

@@ -34,18 +34,9 @@ pub struct ServeArgs {
     /// Folder of upscaler models (`<name>.onnx`, ESRGAN family) that `hr_upscaler` may name.
     #[arg(long)]
     pub upscaler_dir: Option<PathBuf>,
-    /// A1111's LoRA folder (`models/Lora`): `<lora:NAME:multiplier>` in a prompt names a file in it.
-    #[arg(long)]
-    pub lora_dir: Option<PathBuf>,
-    /// A1111's `embeddings` folder: textual-inversion `.safetensors` files prompts name by file stem.
-    #[arg(long)]
-    pub embeddings_dir: Option<PathBuf>,
-    /// Which VAE decodes (and encodes); `sd_vae` (options, override_settings) names a file of these.
+    /// Styles, LoRAs, embeddings and VAEs requests may name (over what `--data-dir` gives).
     #[command(flatten)]
-    pub vae: crate::generate::VaeArgs,
-    /// A1111's saved styles (`styles.csv`: name, prompt, negative_prompt) that requests' `styles` name.
-    #[arg(long)]
-    pub styles_file: Option<PathBuf>,
+    pub libraries: crate::generate::LibraryArgs,
     /// Jobs that may wait in the queue; more are answered 429 with `Retry-After`.
     #[arg(long, default_value_t = sdrt_server::DEFAULT_QUEUE_CAPACITY)]
     pub queue_capacity: usize,
@@ -162,16 +153,8 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
         provider.register(name.clone(), &model);
         settings.model = Some(name);
     }
-    if args.styles_file.is_some() {
-        settings.styles = crate::generate::load_styles(args.styles_file.as_deref())?;
-    }
-    if args.lora_dir.is_some() {
-        settings.loras = crate::generate::lora_library(args.lora_dir.as_deref())?;
-    }
-    if args.embeddings_dir.is_some() {
-        settings.embeddings = crate::generate::embedding_library(args.embeddings_dir.as_deref())?;
-    }
-    args.vae.apply(&mut settings, args.models_dir.as_deref().or_else(|| model.parent().filter(|_| model.is_file())))?;
+    let models_dir = args.models_dir.as_deref().or_else(|| model.parent().filter(|_| model.is_file()));
+    args.libraries.apply(&mut settings, models_dir)?;
     let timeout = (args.job_timeout > 0).then(|| std::time::Duration::from_secs(args.job_timeout));
     let access = sdrt_server::AccessPolicy {
         credentials: match &args.api_auth {

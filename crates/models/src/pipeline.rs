@@ -209,7 +209,13 @@ impl LoadedModel {
         let _span = tracing::info_span!("models::apply_vae", vae = ?vae).entered();
         let external = match vae {
             Some(path) => {
-                let file = Checkpoint::open(path, crate::CheckpointOptions::default())?;
+                let mut file = Checkpoint::open(path, crate::CheckpointOptions::default())?;
+                // A VAE made for a model has its GroupNorm groups; without its own .yaml, take the model's.
+                if let Some(base) = &self.folder.checkpoint
+                    && !crate::checkpoint::sibling_yaml(path).is_file()
+                {
+                    file.arch.norm_groups = base.arch.norm_groups;
+                }
                 if file.kind() != crate::CheckpointKind::Vae {
                     return Err(file.file.file_error(
                         "is a whole model, not a VAE: select a *.vae.safetensors or a file from models/VAE".to_owned(),
