@@ -586,3 +586,36 @@ fn embeddings_named_in_prompts_condition_and_write_ti_hashes() {
     );
     assert_ne!(xl.latents, run("a photo of tiny xl").latents, "the vectors replace the name's tokens");
 }
+
+/// A hires prompt naming other networks than the prompt: each pass runs with its own (A1111 activates the
+/// hires prompt's at the second pass and the prompt's again for the next batch).
+#[test]
+fn hires_passes_switch_to_their_own_networks() {
+    sdrt_models::ensure_runtime().unwrap();
+    let provider =
+        Arc::new(ModelProvider::new(SessionConfig { intra_op_threads: Some(1), ..SessionConfig::default() }));
+    let runner = ProcessingRunner::new();
+    let settings = GenerationSettings {
+        model: Some(fixture("checkpoints/sd15-tiny.safetensors").display().to_string()),
+        randn_source: parse_randn_source("CPU").unwrap(),
+        loras: Arc::new(sdrt_runtime::LoraLibrary::new(vec![fixtures_dir().join("loras")]).unwrap()),
+        ..GenerationSettings::default()
+    };
+    let run = |hr_prompt: &str, seed: i64, n_iter: u32| {
+        let request = serde_json::json!({
+            "prompt": "a cat <lora:sd15-tiny-locon:1>", "hr_prompt": hr_prompt, "seed": seed, "n_iter": n_iter,
+            "steps": 2, "width": 64, "height": 64, "enable_hr": true, "hr_scale": 2,
+            "hr_upscaler": "Latent", "denoising_strength": 0.6,
+        });
+        let request = Txt2ImgRequest::from_json(&request.to_string()).unwrap();
+        let job = GenerationJob::new(ProcessingRequest::Txt2Img(request), settings.clone(), provider.clone());
+        runner.run(job).unwrap().0.images
+    };
+    let switched = run("a cat ", 7, 2);
+    let shared = run("a cat <lora:sd15-tiny-locon:1>", 7, 1);
+    assert_ne!(switched[0].latents, shared[0].latents, "the hires pass ran without the LoRA");
+    assert!(switched[0].infotext.contains("Lora hashes: \"sd15-tiny-locon: "), "{}", switched[0].infotext);
+    // The second batch's first pass has the prompt's LoRA again: it equals that seed run on its own.
+    let alone = run("a cat ", 8, 1);
+    assert_eq!(switched[1].latents, alone[0].latents);
+}

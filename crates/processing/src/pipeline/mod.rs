@@ -177,6 +177,11 @@ pub struct Pipeline<'m> {
 }
 
 impl<'m> Pipeline<'m> {
+    /// The model, to change what is merged into it between passes (LoRA networks).
+    pub fn model_mut(&mut self) -> &mut LoadedModel {
+        self.model
+    }
+
     /// Checks what the model folder says about its noise schedule and wraps it.
     pub fn new(model: &'m mut LoadedModel) -> Result<Self> {
         let config = &model.folder.scheduler;

@@ -58,8 +58,14 @@ pub(crate) fn execute(prepared: PreparedGeneration, context: &mut JobContext) ->
             mask: plan.inpaint.as_ref().map(|inpaint| &inpaint.latent_mask),
             image_conditioning: image_conditioning.as_ref(),
         };
+        if let Some(networks) = plan.pass_networks.as_ref().filter(|_| index > 0) {
+            passes.apply_networks(&networks.first)?;
+        }
         let mut sampled = passes.sample(spec, inputs, index)?;
         if let (Some(hires), false) = (&plan.hires, sampled.interrupted) {
+            if let Some(networks) = &plan.pass_networks {
+                passes.apply_networks(&networks.hires)?;
+            }
             sampled = passes.hires(plan, hires, spec, &sampled.latent, index)?;
         }
         let started = Instant::now();
@@ -150,6 +156,18 @@ impl Passes<'_, '_> {
         let latent = self.pipeline.encode_images(&images_to_tensor(images)?)?;
         self.context.metrics.record("encode_image", started.elapsed());
         Ok(latent)
+    }
+
+    /// A1111's per-pass `extra_networks.activate`: merges `networks` (the VAE stays); cached conditionings stay
+    /// valid because each pass's specs differ in their schedule steps.
+    fn apply_networks(&mut self, networks: &[sdrt_models::AppliedLora]) -> crate::Result<()> {
+        let model = self.pipeline.model_mut();
+        let path = model.folder.root.clone();
+        let skipped = model.apply_networks(networks).map_err(|source| crate::Error::Model { path, source })?;
+        for problem in skipped {
+            tracing::warn!("{problem}");
+        }
+        Ok(())
     }
 
     fn conditioning(&mut self, spec: &GenerationSpec) -> crate::Result<BatchConditioning> {

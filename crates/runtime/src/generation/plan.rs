@@ -39,6 +39,15 @@ pub(crate) struct JobPlan {
     pub(crate) settings: GenerationSettings,
     /// Variation strength (decides whether the infotext names the variation seed).
     pub(crate) subseed_strength: f64,
+    /// LoRA networks of the passes when the hires prompt names others than the prompt (A1111 activates each
+    /// pass's own at its start); `None` when both passes share the prompt's.
+    pub(crate) pass_networks: Option<PassNetworks>,
+}
+
+/// The networks of each pass.
+pub(crate) struct PassNetworks {
+    pub(crate) first: Vec<sdrt_models::AppliedLora>,
+    pub(crate) hires: Vec<sdrt_models::AppliedLora>,
 }
 
 /// How the first pass's result is enlarged for the hires pass.
@@ -316,8 +325,21 @@ pub(crate) fn prepare(job: GenerationJob, context: &mut JobContext) -> crate::Re
     // A1111's `parse_extra_network_prompts`: the tags leave the text the encoder sees (the infotext keeps
     // them), and the networks they name are merged before anything is encoded.
     let (prompt, calls) = parse_extra_networks(&base.prompt);
-    check_hires_networks(&request, &calls)?;
-    let networks = settings.loras.resolve(&calls)?;
+    let mut networks = settings.loras.resolve(&calls)?;
+    let hires_networks = match hires_calls(&request, &calls) {
+        Some(hires_calls) => {
+            let hires = settings.loras.resolve(&hires_calls)?;
+            // A1111 adds the hires pass's hashes to the first pass's.
+            for (name, hash) in &hires.hashes {
+                if !networks.hashes.iter().any(|(known, _)| known == name) {
+                    networks.hashes.push((name.clone(), hash.clone()));
+                }
+            }
+            networks.warnings.extend(hires.warnings);
+            Some(hires.applied)
+        }
+        None => None,
+    };
     let (family, inpainting_model) = {
         let mut model = handle.model.lock().map_err(|_| poisoned())?;
         let skipped = model
@@ -412,6 +434,7 @@ pub(crate) fn prepare(job: GenerationJob, context: &mut JobContext) -> crate::Re
         template,
         settings,
         subseed_strength: base.subseed_strength,
+        pass_networks: hires_networks.map(|hires| PassNetworks { first: networks.applied.clone(), hires }),
     };
     Ok(PreparedGeneration { handle, plan })
 }
@@ -483,17 +506,15 @@ fn textual_inversions(
     Ok((Arc::new(inversions), hashes))
 }
 
-/// A1111 parses a hires prompt's tags on their own and switches networks between the passes; sdrt runs both
-/// passes with the first prompt's networks, so a hires prompt naming others is refused rather than ignored.
-fn check_hires_networks(request: &ProcessingRequest, first_pass: &[ExtraNetworkCall]) -> crate::Result<()> {
-    let ProcessingRequest::Txt2Img(txt2img) = request else { return Ok(()) };
-    if !txt2img.enable_hr || txt2img.hr_prompt.is_empty() || parse_extra_networks(&txt2img.hr_prompt).1 == first_pass {
-        return Ok(());
+/// The hires prompt's own tags when they differ from the prompt's (A1111 parses them on their own and activates
+/// them for the second pass; an empty hires prompt is the prompt).
+fn hires_calls(request: &ProcessingRequest, first_pass: &[ExtraNetworkCall]) -> Option<Vec<ExtraNetworkCall>> {
+    let ProcessingRequest::Txt2Img(txt2img) = request else { return None };
+    if !txt2img.enable_hr || txt2img.hr_prompt.is_empty() {
+        return None;
     }
-    Err(crate::Error::Unsupported {
-        field: "hr_prompt",
-        feature: "extra networks (<lora:…>) in the hires prompt that differ from the prompt's",
-    })
+    let calls = parse_extra_networks(&txt2img.hr_prompt).1;
+    (calls != first_pass).then_some(calls)
 }
 
 fn apply_override_settings(settings: &mut GenerationSettings, base: &GenerationRequest) -> crate::Result<()> {
