@@ -361,9 +361,8 @@ pub fn bundled_model() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/models/sd15-tiny")
 }
 
-/// The styles of `path` (none without one).
-pub fn load_styles(path: Option<&std::path::Path>) -> Result<Arc<sdrt_io::StyleDatabase>> {
-    let Some(path) = path else { return Ok(Arc::default()) };
+/// The styles of `path`.
+fn load_styles(path: &Path) -> Result<Arc<sdrt_io::StyleDatabase>> {
     let styles = sdrt_io::StyleDatabase::load(path).with_context(|| format!("--styles-file {}", path.display()))?;
     Ok(Arc::new(styles))
 }
@@ -389,14 +388,14 @@ impl LibraryArgs {
     /// Sets what these flags give in `settings` (over what `--data-dir` put there); `models_dir` is where
     /// `*.vae.safetensors` are looked for.
     pub fn apply(&self, settings: &mut GenerationSettings, models_dir: Option<&Path>) -> Result<()> {
-        if self.styles_file.is_some() {
-            settings.styles = load_styles(self.styles_file.as_deref())?;
+        if let Some(path) = &self.styles_file {
+            settings.styles = load_styles(path)?;
         }
-        if self.lora_dir.is_some() {
-            settings.loras = lora_library(self.lora_dir.as_deref())?;
+        if let Some(dir) = &self.lora_dir {
+            settings.loras = lora_library(dir)?;
         }
-        if self.embeddings_dir.is_some() {
-            settings.embeddings = embedding_library(self.embeddings_dir.as_deref())?;
+        if let Some(dir) = &self.embeddings_dir {
+            settings.embeddings = embedding_library(dir)?;
         }
         self.vae.apply(settings, models_dir)
     }
@@ -473,9 +472,8 @@ pub fn apply_data_dir(dir: &Path, settings: &mut GenerationSettings, provider: &
     Ok(())
 }
 
-/// The textual-inversion embeddings of `dir` (none without one).
-pub fn embedding_library(dir: Option<&Path>) -> Result<Arc<sdrt_runtime::EmbeddingLibrary>> {
-    let Some(dir) = dir else { return Ok(Arc::default()) };
+/// The textual-inversion embeddings of `dir`.
+fn embedding_library(dir: &Path) -> Result<Arc<sdrt_runtime::EmbeddingLibrary>> {
     let library = sdrt_runtime::EmbeddingLibrary::new(vec![dir.to_owned()])
         .with_context(|| format!("--embeddings-dir {}", dir.display()))?;
     for problem in library.problems() {
@@ -484,9 +482,8 @@ pub fn embedding_library(dir: Option<&Path>) -> Result<Arc<sdrt_runtime::Embeddi
     Ok(Arc::new(library))
 }
 
-/// The LoRA networks of `dir` (none without one).
-pub fn lora_library(dir: Option<&std::path::Path>) -> Result<Arc<sdrt_runtime::LoraLibrary>> {
-    let Some(dir) = dir else { return Ok(Arc::default()) };
+/// The LoRA networks of `dir`.
+fn lora_library(dir: &Path) -> Result<Arc<sdrt_runtime::LoraLibrary>> {
     let library = sdrt_runtime::LoraLibrary::new(vec![dir.to_owned()])
         .with_context(|| format!("--lora-dir {}", dir.display()))?;
     Ok(Arc::new(library))
