@@ -1,6 +1,8 @@
 //! Shared helpers for sdrt's integration tests: locating committed fixtures and checking them against
 //! `tests/fixtures/MANIFEST.json` (written by `tools/fixtures/regen.sh`).
 
+pub mod oracle;
+
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};

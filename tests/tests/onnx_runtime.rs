@@ -2,7 +2,7 @@
 //! a machine without it gets an error that says what to run.
 
 use ndarray::{ArrayD, IxDyn};
-use sdrt_models::{Error, OnnxModel, RuntimeSearch};
+use sdrt_models::{Error, OnnxModel, RuntimeBuild, RuntimeSearch};
 use sdrt_tests::{fixture, fixture_json, json_f32s};
 
 #[test]
@@ -37,7 +37,12 @@ fn a_missing_model_file_is_an_error_naming_the_component() {
 fn an_empty_cache_says_what_to_run() {
     let empty = std::env::temp_dir().join(format!("sdrt-empty-ort-cache-{}", std::process::id()));
     std::fs::create_dir_all(&empty).expect("temp dir");
-    let search = RuntimeSearch { dylib_path: None, cache_dir: empty.clone(), python: "/nonexistent/python3".into() };
+    let search = RuntimeSearch {
+        build: RuntimeBuild::Standard,
+        dylib_path: None,
+        cache_dir: empty.clone(),
+        python: "/nonexistent/python3".into(),
+    };
     let error = search.locate().expect_err("nothing to find");
     assert!(matches!(error, Error::RuntimeNotFound { .. }), "{error:?}");
     let message = error.to_string();
@@ -49,6 +54,7 @@ fn an_empty_cache_says_what_to_run() {
 #[test]
 fn ort_dylib_path_pointing_nowhere_is_reported() {
     let search = RuntimeSearch {
+        build: RuntimeBuild::Standard,
         dylib_path: Some("/nonexistent/libonnxruntime.so".into()),
         cache_dir: "/nonexistent/cache".into(),
         python: "/nonexistent/python3".into(),
@@ -62,5 +68,27 @@ fn ort_dylib_path_pointing_nowhere_is_reported() {
     let search = RuntimeSearch { cache_dir: cache.clone(), ..search };
     let message = search.locate().expect_err("the explicit path wins").to_string();
     assert!(message.contains("unset ORT_DYLIB_PATH"), "{message}");
+    std::fs::remove_dir_all(cache).ok();
+}
+
+#[test]
+fn the_openvino_build_is_found_only_with_its_provider_beside_it() {
+    let cache = std::env::temp_dir().join(format!("sdrt-ort-openvino-cache-{}", std::process::id()));
+    std::fs::create_dir_all(&cache).unwrap();
+    let search = RuntimeSearch {
+        build: RuntimeBuild::OpenVino,
+        dylib_path: None,
+        cache_dir: cache.clone(),
+        python: "/nonexistent/python3".into(),
+    };
+    let message = search.locate().expect_err("empty cache").to_string();
+    assert!(message.contains("cargo xtask provision-ort --openvino"), "{message}");
+    assert!(message.contains("onnxruntime-openvino"), "{message}");
+    // The main library alone could be a plain CPU build copied there: the provider must sit beside it.
+    std::fs::write(cache.join("libonnxruntime.so.1.24.1"), b"not really").unwrap();
+    assert!(search.locate().is_err(), "no OpenVINO provider library beside it");
+    std::fs::write(cache.join("libonnxruntime_providers_openvino.so"), b"not really").unwrap();
+    let found = search.locate().expect("both files present");
+    assert_eq!((found.source, found.build), ("cache", RuntimeBuild::OpenVino));
     std::fs::remove_dir_all(cache).ok();
 }

@@ -64,9 +64,18 @@ VARIANTS.update({
     "ckpt-transpose-matmul": ["--model", CHECKPOINT, "--no-transposed-matmul"],
 })
 
+# OpenVINO through ONNX Runtime's onnxruntime-openvino build (`cargo xtask provision-ort --openvino`): the same
+# export, and the checkpoint's graphs (built with standard operators only for OpenVINO).
+VARIANTS.update({
+    "openvino-fp32": ["--provider", "openvino", "--precision", "fp32"],
+    "openvino-bf16": ["--provider", "openvino", "--precision", "bf16"],
+    "ckpt-openvino-fp32": ["--model", CHECKPOINT, "--provider", "openvino", "--precision", "fp32"],
+    "ckpt-openvino-bf16": ["--model", CHECKPOINT, "--provider", "openvino", "--precision", "bf16"],
+})
+
 WORKLOADS = {
     "tiny": dict(model=None, width=64, height=64, steps=20, runs=10, warmup=2, rounds=5, threads=1,
-                 variants=list(VARIANTS)),
+                 variants=[v for v in VARIANTS if "bf16" not in v]),
     "sd15": dict(model=str(pathlib.Path.home() / ".cache" / "sdrt" / "sd15-shaped"), width=512, height=512,
                  steps=1, runs=2, warmup=1, rounds=2, threads=2,
                  variants=["default", "no-bound-io", "sequential-load", "eager-vae-encoder", "no-prepacking",

@@ -15,8 +15,10 @@ usage: cargo xtask <command>
 commands:
   layers [--metadata FILE]  check the crate layering rules against `cargo metadata` (or a saved JSON)
   tidy                      check //! headers, stub macros and exact dependency pins
-  provision-ort             install the pinned ONNX Runtime library into the cache folder (idempotent)
-  test [ARGS…]              provision-ort, then `cargo test --workspace ARGS…`
+  provision-ort [--openvino] install the pinned ONNX Runtime library (or its OpenVINO build) into the cache
+                            folder (idempotent)
+  test [ARGS…]              provision-ort (both builds: the tests run OpenVINO too), redis-server (from apt
+                            when missing: the scale-out tests start one), then `cargo test --workspace ARGS…`
   sdrt [ARGS…]              provision-ort, then run the release `sdrt` binary with ARGS
   fuzz [CASES]              generated inputs for every outside-input parser (default 1000000 each, release)
   ci                        everything CI checks: fmt, clippy, layers, tidy, provider features, tests";
@@ -29,13 +31,26 @@ fn main() -> Result<()> {
     match command.as_str() {
         "layers" => run_layers(&root, &rest),
         "tidy" => run_tidy(&root),
-        "provision-ort" => provision::provision().map(|path| println!("ONNX Runtime ready: {}", path.display())),
+        "provision-ort" => {
+            let path = match as_strs(&rest).as_slice() {
+                [] => provision::provision()?,
+                ["--openvino"] => provision::provision_openvino()?,
+                _ => bail!("usage: cargo xtask provision-ort [--openvino]"),
+            };
+            println!("ONNX Runtime ready: {}", path.display());
+            Ok(())
+        }
         "test" => {
             provision::provision()?;
+            provision::provision_openvino()?;
+            provision::redis_server()?;
             cargo(&root, &[&["test", "--workspace"][..], &as_strs(&rest)].concat())
         }
         "sdrt" => {
             provision::provision()?;
+            if rest.iter().any(|arg| arg.contains("openvino")) {
+                provision::provision_openvino()?;
+            }
             let args =
                 [&["run", "--quiet", "--release", "--package", "sdrt-cli", "--bin", "sdrt", "--"][..], &as_strs(&rest)]
                     .concat();
@@ -99,6 +114,8 @@ fn run_ci(root: &Path) -> Result<()> {
     run_tidy(root)?;
     cargo(root, &["check", "--package", "sdrt-models", "--features", "cuda,tensorrt,coreml"])?;
     provision::provision()?;
+    provision::provision_openvino()?;
+    provision::redis_server()?;
     cargo(root, &["test", "--workspace"])
 }
 

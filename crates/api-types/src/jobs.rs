@@ -113,4 +113,23 @@ pub struct JobStatus {
     pub job_count: i64,
     /// Why it failed or was stopped.
     pub error: Option<String>,
+    /// With a Redis queue: the worker that runs (or ran) it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    /// With a Redis queue: how many times a worker started it (more than 1 after a worker died mid-job).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
+}
+
+/// `GET /sdrt/v1/workers`: one worker of a Redis queue (`sdrt worker`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct WorkerStatus {
+    /// Its consumer name (`--name`).
+    pub name: String,
+    /// The models it holds loaded (jobs for them are routed to it).
+    pub models: Vec<String>,
+    /// Seconds since its last heartbeat.
+    pub seconds_since_heartbeat: f64,
+    /// The job it runs, if any.
+    pub running_job: Option<String>,
 }

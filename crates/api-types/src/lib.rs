@@ -22,7 +22,7 @@ pub use extras::{
     ExtrasBatchImagesRequest, ExtrasBatchImagesResponse, ExtrasFile, ExtrasOptions, ExtrasSingleImageRequest,
     ExtrasSingleImageResponse,
 };
-pub use jobs::{JobAccepted, JobKind, JobState, JobStatus, JobSubmission};
+pub use jobs::{JobAccepted, JobKind, JobState, JobStatus, JobSubmission, WorkerStatus};
 pub use names::{
     API_DEFAULT_SAMPLER, SAMPLERS, SCHEDULERS, SamplerChoice, SamplerFamily, SamplerInfo, SchedulerInfo,
     automatic_scheduler, find_sampler, find_scheduler, resolve_sampler_and_scheduler, sampler_names, scheduler_names,

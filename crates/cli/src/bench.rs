@@ -109,7 +109,12 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         .collect();
     let config = provider.session_config();
     let report = serde_json::json!({
-        "provider": format!("{:?}", config.provider),
+        "provider": config.provider.to_string(),
+        "precision": match config.provider {
+            sdrt_models::ExecutionProvider::OpenVino { precision } => precision.name(),
+            _ => "fp32",
+        },
+        "cpu_bf16": sdrt_models::cpu_bf16_extension(),
         "model": handle.name,
         "width": common.width,
         "height": common.height,
@@ -142,7 +147,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         println!("{text}");
     } else {
         println!(
-            "{} on {:?}, {}x{}, {} steps, {} runs after {} warm-up",
+            "{} on {}, {}x{}, {} steps, {} runs after {} warm-up",
             handle.name, config.provider, common.width, common.height, common.steps, args.runs, args.warmup
         );
         println!("load {load_ms:.1} ms");

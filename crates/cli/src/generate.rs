@@ -7,7 +7,9 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use sdrt_api_types::{GenerationRequest, Img2ImgRequest, Txt2ImgRequest};
-use sdrt_models::{AttentionKind, ExecutionProvider, GraphOptions, GroupNormKind, OptimizationLevel, SessionConfig};
+use sdrt_models::{
+    AttentionKind, ExecutionProvider, GraphOptions, GroupNormKind, OptimizationLevel, PrecisionChoice, SessionConfig,
+};
 use sdrt_processing::RgbImage;
 use sdrt_runtime::{
     GenerationJob, GenerationOutput, GenerationSettings, JobControl, JobMetrics, ModelProvider, ProcessingRequest,
@@ -105,9 +107,14 @@ pub struct GenerateArgs {
 /// worth (the defaults are the fastest measured; see tools/bench/README.md).
 #[derive(Args, Debug, Clone)]
 pub struct SessionArgs {
-    /// Execution provider: cpu, cuda, tensorrt or coreml (the last three need the cargo feature).
+    /// Execution provider: cpu, openvino (`cargo xtask provision-ort --openvino`), cuda[:DEVICE],
+    /// tensorrt[:DEVICE] or coreml (the last three need the cargo feature).
     #[arg(long, default_value = "cpu")]
     pub provider: String,
+    /// What the provider computes in: fp32, bf16 or auto (bf16 where the CPU has AVX512_BF16 or AMX, fp32
+    /// elsewhere). Only OpenVINO computes bf16; the CPU provider is fp32.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub precision: PrecisionArg,
     /// ONNX Runtime intra-op threads (default: physical cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -189,6 +196,27 @@ impl GraphArgs {
     }
 }
 
+/// `--precision`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PrecisionArg {
+    /// 32-bit float.
+    Fp32,
+    /// bfloat16 (OpenVINO on AVX512_BF16 or AMX CPUs).
+    Bf16,
+    /// bf16 where the CPU computes it natively, fp32 elsewhere.
+    Auto,
+}
+
+impl From<PrecisionArg> for PrecisionChoice {
+    fn from(value: PrecisionArg) -> Self {
+        match value {
+            PrecisionArg::Fp32 => Self::Fp32,
+            PrecisionArg::Bf16 => Self::Bf16,
+            PrecisionArg::Auto => Self::Auto,
+        }
+    }
+}
+
 /// `--prediction`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum PredictionArg {
@@ -210,13 +238,7 @@ impl From<PredictionArg> for sdrt_models::PredictionType {
 impl SessionArgs {
     /// The session configuration these flags ask for.
     pub fn session_config(&self) -> Result<SessionConfig> {
-        let provider = match self.provider.to_ascii_lowercase().as_str() {
-            "cpu" => ExecutionProvider::Cpu,
-            "cuda" => ExecutionProvider::Cuda { device_id: 0 },
-            "tensorrt" => ExecutionProvider::TensorRt { device_id: 0 },
-            "coreml" => ExecutionProvider::CoreMl,
-            other => bail!("--provider {other:?} is not a provider; use cpu, cuda, tensorrt or coreml"),
-        };
+        let provider = self.execution_provider()?;
         Ok(SessionConfig {
             provider,
             intra_op_threads: self.threads,
@@ -231,6 +253,49 @@ impl SessionArgs {
             graph: self.graph.options()?,
             network_cache: self.lora_cache,
         })
+    }
+
+    /// `--provider` and `--precision` as one execution provider.
+    pub fn execution_provider(&self) -> Result<ExecutionProvider> {
+        let lowered = self.provider.to_ascii_lowercase();
+        let (name, device) = match lowered.split_once(':') {
+            Some((name, device)) => (name, Some(device)),
+            None => (lowered.as_str(), None),
+        };
+        let device_id = || -> Result<i32> {
+            device.map_or(Ok(0), |d| {
+                d.parse().with_context(|| format!("--provider {lowered:?}: the device after `:` must be a number"))
+            })
+        };
+        if device.is_some() && !matches!(name, "cuda" | "tensorrt") {
+            bail!("--provider {lowered:?}: only cuda and tensorrt take a device number");
+        }
+        let precision = PrecisionChoice::from(self.precision);
+        let provider = match name {
+            "openvino" => ExecutionProvider::OpenVino { precision: precision.resolve()? },
+            "cpu" | "cuda" | "tensorrt" | "coreml" if precision == PrecisionChoice::Bf16 => {
+                bail!("--precision bf16 needs --provider openvino; the {name} provider computes fp32")
+            }
+            "cpu" => ExecutionProvider::Cpu,
+            "cuda" => ExecutionProvider::Cuda { device_id: device_id()? },
+            "tensorrt" => ExecutionProvider::TensorRt { device_id: device_id()? },
+            "coreml" => ExecutionProvider::CoreMl,
+            other => bail!("--provider {other:?} is not a provider; use cpu, openvino, cuda, tensorrt or coreml"),
+        };
+        Ok(provider)
+    }
+
+    /// Loads the ONNX Runtime build the provider needs and says, on stderr, what a bf16-capable provider will
+    /// compute in and why.
+    pub fn load_runtime(&self) -> Result<SessionConfig> {
+        let config = self.session_config()?;
+        if let ExecutionProvider::OpenVino { precision } = config.provider {
+            let cpu = sdrt_models::cpu_bf16_extension().unwrap_or("no AVX512_BF16/AMX");
+            let asked = format!("{:?}", self.precision).to_lowercase();
+            eprintln!("OpenVINO computes in {} (--precision {asked}; CPU: {cpu})", precision.name());
+        }
+        sdrt_models::ensure_runtime_for(&config.provider)?;
+        Ok(config)
     }
 
     /// The model provider these flags ask for.
@@ -539,7 +604,7 @@ impl GenerateArgs {
 
     /// Loads ONNX Runtime and makes a provider for the chosen model; says so when it is the bundled one.
     pub fn provider(&self) -> Result<Arc<ModelProvider>> {
-        sdrt_models::ensure_runtime()?;
+        self.session.load_runtime()?;
         if self.model.is_none() && !self.json {
             eprintln!(
                 "note: no --model given; using the bundled tiny pipeline {} — it has RANDOM weights, so the image \
@@ -721,12 +786,35 @@ mod tests {
     }
 
     #[test]
+    fn providers_parse_with_devices_and_precision() {
+        let parse = |flags: &[&str]| {
+            let args = Wrapper::try_parse_from([&["sdrt"][..], flags].concat()).unwrap().args;
+            args.session.execution_provider().unwrap()
+        };
+        assert_eq!(parse(&[]), ExecutionProvider::Cpu);
+        assert_eq!(parse(&["--provider", "CUDA:1"]), ExecutionProvider::Cuda { device_id: 1 });
+        assert_eq!(parse(&["--provider", "tensorrt"]), ExecutionProvider::TensorRt { device_id: 0 });
+        let fp32 = ExecutionProvider::OpenVino { precision: sdrt_models::Precision::Fp32 };
+        assert_eq!(parse(&["--provider", "openvino", "--precision", "fp32"]), fp32);
+        let auto = parse(&["--provider", "openvino"]);
+        let native = sdrt_models::cpu_bf16_extension().is_some();
+        let expected = if native { sdrt_models::Precision::Bf16 } else { sdrt_models::Precision::Fp32 };
+        assert_eq!(auto, ExecutionProvider::OpenVino { precision: expected });
+    }
+
+    #[test]
     fn bad_flags_say_what_to_use() {
         let args = Wrapper::try_parse_from(["sdrt", "--rng", "quantum"]).unwrap().args;
         let err = args.settings(true).unwrap_err().to_string();
         assert!(err.contains("--rng") && err.contains("cpu"), "{err}");
         let args = Wrapper::try_parse_from(["sdrt", "--provider", "tpu"]).unwrap().args;
         assert!(args.session.session_config().unwrap_err().to_string().contains("--provider"));
+        let args = Wrapper::try_parse_from(["sdrt", "--provider", "cpu", "--precision", "bf16"]).unwrap().args;
+        assert!(args.session.session_config().unwrap_err().to_string().contains("--provider openvino"));
+        let args = Wrapper::try_parse_from(["sdrt", "--provider", "cuda:x"]).unwrap().args;
+        assert!(format!("{:#}", args.session.session_config().unwrap_err()).contains("must be a number"));
+        let args = Wrapper::try_parse_from(["sdrt", "--provider", "cpu:1"]).unwrap().args;
+        assert!(args.session.session_config().unwrap_err().to_string().contains("only cuda and tensorrt"));
         let args = Wrapper::try_parse_from(["sdrt", "--seed", "-1", "--subseed", "5"]).unwrap().args;
         assert_eq!(args.base_request().subseed, 5);
     }

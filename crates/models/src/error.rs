@@ -7,15 +7,24 @@ use std::path::PathBuf;
 pub enum Error {
     /// No ONNX Runtime shared library was found in any of the searched places.
     #[error(
-        "ONNX Runtime {wanted} was not found (searched: {searched}). Run `cargo xtask provision-ort` \
-         to install it into {cache}, or set ORT_DYLIB_PATH to a libonnxruntime.so of version >= 1.{min_minor}"
+        "{wanted} was not found (searched: {searched}). Run `{command}` to install it into {cache}, or set \
+         ORT_DYLIB_PATH to a libonnxruntime.so of version >= 1.{min_minor}"
     )]
-    RuntimeNotFound { wanted: &'static str, searched: String, cache: PathBuf, min_minor: u32 },
+    RuntimeNotFound { wanted: String, searched: String, command: &'static str, cache: PathBuf, min_minor: u32 },
     /// A library was found but could not be loaded (wrong file, too old, wrong architecture).
     #[error(
-        "could not load ONNX Runtime from {path}: {reason}. Run `cargo xtask provision-ort` or point ORT_DYLIB_PATH at a newer libonnxruntime"
+        "could not load ONNX Runtime from {path}: {reason}. Run `{command}` or point ORT_DYLIB_PATH at a newer libonnxruntime"
     )]
-    RuntimeLoad { path: PathBuf, reason: String },
+    RuntimeLoad { path: PathBuf, reason: String, command: &'static str },
+    /// The process already loaded an ONNX Runtime build that cannot run the provider asked for now.
+    #[error(
+        "{provider} needs {wanted}, but this process already loaded {loaded}; a process runs one ONNX Runtime \
+         build, so start a separate sdrt process for {provider}"
+    )]
+    RuntimeMismatch { loaded: String, provider: String, wanted: String },
+    /// The CPU cannot compute in the precision asked for.
+    #[error("--precision {precision}: {reason}")]
+    Precision { precision: &'static str, reason: String },
     /// ONNX Runtime rejected an operation on a session.
     #[error("{component}: ONNX Runtime failed while {action}: {reason}")]
     Session { component: String, action: &'static str, reason: String },

@@ -27,11 +27,13 @@ pub use error::{Error, Result};
 pub use folder::{ModelFamily, ModelFolder, PredictionType, SchedulerConfig, TokenizerFiles};
 pub use graph::{AttentionKind, GraphOptions, GroupNormKind};
 pub use lora::{AppliedLora, Lora};
-pub use options::{ExecutionProvider, OptimizationLevel, SessionConfig};
+pub use options::{
+    ExecutionProvider, OptimizationLevel, Precision, PrecisionChoice, SessionConfig, cpu_bf16_extension,
+};
 pub use pipeline::LoadedModel;
 pub use runtime_library::{
-    MIN_ORT_MINOR, PROVISIONED_ORT_VERSION, RuntimeLocation, RuntimeSearch, ensure_runtime, locate_runtime,
-    ort_cache_dir, provisioned_library_path,
+    MIN_ORT_MINOR, PROVISIONED_ORT_VERSION, RuntimeBuild, RuntimeLocation, RuntimeSearch, ensure_runtime,
+    ensure_runtime_for, locate_runtime, ort_cache_dir, provisioned_library_path,
 };
 pub use session::{OnnxModel, TensorInfo};
 pub use text_encoder::{TextEncoder, TextEncoding, TextLayer, TokenReplacement};

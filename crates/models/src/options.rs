@@ -38,6 +38,86 @@ pub enum ExecutionProvider {
     },
     /// Apple Core ML (cargo feature `coreml`, macOS builds of ONNX Runtime).
     CoreMl,
+    /// Intel OpenVINO on the CPU, through the `onnxruntime-openvino` build
+    /// (`cargo xtask provision-ort --openvino`).
+    OpenVino {
+        /// What OpenVINO computes in.
+        precision: Precision,
+    },
+}
+
+/// The number format a provider computes in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// 32-bit float: the exact path.
+    Fp32,
+    /// bfloat16 matrix multiplies and convolutions with f32 accumulation (AVX512_BF16 or AMX CPUs).
+    Bf16,
+}
+
+impl Precision {
+    /// `fp32` or `bf16`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Fp32 => "fp32",
+            Self::Bf16 => "bf16",
+        }
+    }
+}
+
+/// `--precision`: a precision, or `auto` (bf16 where the CPU computes it natively, fp32 elsewhere).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PrecisionChoice {
+    /// Always fp32.
+    Fp32,
+    /// bf16; an error on a CPU without native bf16.
+    Bf16,
+    /// bf16 on CPUs with AVX512_BF16 or AMX, fp32 elsewhere.
+    #[default]
+    Auto,
+}
+
+impl PrecisionChoice {
+    /// The precision this choice comes to on this CPU.
+    pub fn resolve(self) -> Result<Precision> {
+        self.resolve_for(cpu_bf16_extension())
+    }
+
+    /// The precision this choice comes to on a CPU whose native bf16 extension is `bf16_extension`.
+    pub fn resolve_for(self, bf16_extension: Option<&'static str>) -> Result<Precision> {
+        match (self, bf16_extension) {
+            (Self::Fp32, _) | (Self::Auto, None) => Ok(Precision::Fp32),
+            (Self::Bf16 | Self::Auto, Some(_)) => Ok(Precision::Bf16),
+            // OpenVINO ignores a bf16 hint on such a CPU and computes f32 (measured: outputs identical to fp32), so
+            // accepting it would report a precision that never ran.
+            (Self::Bf16, None) => Err(Error::Precision {
+                precision: "bf16",
+                reason: "this CPU has neither AVX512_BF16 nor AMX, so OpenVINO would compute in f32 anyway; use \
+                         --precision fp32 or auto"
+                    .to_owned(),
+            }),
+        }
+    }
+}
+
+/// The CPU extension that computes bf16 natively (`AMX_BF16` or `AVX512_BF16`), if this CPU has one.
+pub fn cpu_bf16_extension() -> Option<&'static str> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // AMX detection is not stable in `std::arch`; Linux lists the flag once the kernel enabled it.
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        if cpuinfo
+            .lines()
+            .filter(|line| line.starts_with("flags"))
+            .any(|line| line.split_whitespace().any(|f| f == "amx_bf16"))
+        {
+            return Some("AMX_BF16");
+        }
+        if std::arch::is_x86_feature_detected!("avx512bf16") {
+            return Some("AVX512_BF16");
+        }
+    }
+    None
 }
 
 impl ExecutionProvider {
@@ -48,7 +128,22 @@ impl ExecutionProvider {
             Self::Cuda { .. } => "CUDAExecutionProvider",
             Self::TensorRt { .. } => "TensorrtExecutionProvider",
             Self::CoreMl => "CoreMLExecutionProvider",
+            Self::OpenVino { .. } => "OpenVINOExecutionProvider",
         }
+    }
+
+    /// The ONNX Runtime build a process needs for this provider.
+    pub fn runtime_build(&self) -> crate::RuntimeBuild {
+        match self {
+            Self::OpenVino { .. } => crate::RuntimeBuild::OpenVino,
+            _ => crate::RuntimeBuild::Standard,
+        }
+    }
+
+    /// Whether graphs for this provider may use ONNX Runtime's `com.microsoft` contrib operators (OpenVINO
+    /// compiles standard ONNX only; a contrib node would run on the CPU provider between OpenVINO pieces).
+    pub fn runs_contrib_ops(&self) -> bool {
+        !matches!(self, Self::OpenVino { .. })
     }
 }
 
@@ -59,6 +154,7 @@ impl std::fmt::Display for ExecutionProvider {
             Self::Cuda { device_id } => write!(f, "CUDA (device {device_id})"),
             Self::TensorRt { device_id } => write!(f, "TensorRT (device {device_id})"),
             Self::CoreMl => write!(f, "CoreML"),
+            Self::OpenVino { precision } => write!(f, "OpenVINO (CPU, {})", precision.name()),
         }
     }
 }
@@ -120,6 +216,12 @@ impl SessionConfig {
         self.intra_op_threads.unwrap_or_else(num_cpus::get_physical).max(1)
     }
 
+    /// The graph options checkpoint graphs are built with: [`SessionConfig::graph`], limited to standard ONNX
+    /// operators when the provider does not run contrib operators.
+    pub fn graph_options(&self) -> crate::graph::GraphOptions {
+        if self.provider.runs_contrib_ops() { self.graph } else { self.graph.standard_ops_only() }
+    }
+
     /// Applies every option to `builder`; `component` names the model in errors.
     pub(crate) fn apply(&self, builder: SessionBuilder, component: &str) -> Result<SessionBuilder> {
         let option_error = |action: &'static str| {
@@ -146,16 +248,20 @@ impl SessionConfig {
         if let Some(prefix) = &self.profiling {
             builder = builder.with_profiling(prefix).map_err(option_error("enabling profiling"))?;
         }
+        if matches!(self.provider, ExecutionProvider::OpenVino { .. }) {
+            // A provider that cannot compile the graph (or rejects an option) otherwise hands the nodes to the
+            // CPU provider without a word; the user asked for OpenVINO, so that is an error instead.
+            builder = builder.with_disable_cpu_fallback().map_err(option_error("refusing CPU fallback"))?;
+        }
         self.register_provider(builder, component)
     }
 
     fn register_provider(&self, builder: SessionBuilder, component: &str) -> Result<SessionBuilder> {
         let provider = self.provider;
-        let dispatch = provider_dispatch(provider, self.memory_arena).map_err(|reason| Error::Provider {
-            provider: provider.onnx_runtime_name(),
-            component: component.to_owned(),
-            reason,
-        })?;
+        let dispatch =
+            provider_dispatch(provider, self.memory_arena, self.resolved_intra_op_threads()).map_err(|reason| {
+                Error::Provider { provider: provider.onnx_runtime_name(), component: component.to_owned(), reason }
+            })?;
         builder.with_execution_providers([dispatch.error_on_failure()]).map_err(|e| Error::Provider {
             provider: provider.onnx_runtime_name(),
             component: component.to_owned(),
@@ -169,13 +275,34 @@ impl SessionConfig {
 fn provider_dispatch(
     provider: ExecutionProvider,
     memory_arena: bool,
+    threads: usize,
 ) -> std::result::Result<ort::ep::ExecutionProviderDispatch, String> {
     match provider {
+        ExecutionProvider::OpenVino { precision } => Ok(openvino_dispatch(&openvino_load_config(precision), threads)),
         ExecutionProvider::Cpu => Ok(ort::ep::CPU::default().with_arena_allocator(memory_arena).build()),
         ExecutionProvider::Cuda { device_id } => cuda_dispatch(device_id),
         ExecutionProvider::TensorRt { device_id } => tensorrt_dispatch(device_id),
         ExecutionProvider::CoreMl => coreml_dispatch(),
     }
+}
+
+/// OpenVINO's CPU plugin configuration: the inference precision, stated even for f32 so the CPU's default
+/// (bf16 on AMX machines) never decides silently.
+fn openvino_load_config(precision: Precision) -> String {
+    let hint = match precision {
+        Precision::Fp32 => "f32",
+        Precision::Bf16 => "bf16",
+    };
+    format!(r#"{{"CPU":{{"INFERENCE_PRECISION_HINT":"{hint}"}}}}"#)
+}
+
+fn openvino_dispatch(load_config: &str, threads: usize) -> ort::ep::ExecutionProviderDispatch {
+    use ort::ep::ArbitrarilyConfigurableExecutionProvider;
+    ort::ep::OpenVINO::default()
+        .with_device_type("CPU")
+        .with_num_threads(threads)
+        .with_arbitrary_config("load_config", load_config)
+        .build()
 }
 
 #[cfg(not(all(feature = "cuda", feature = "tensorrt", feature = "coreml")))]
@@ -229,12 +356,36 @@ mod tests {
     fn providers_have_onnx_runtime_names() {
         assert_eq!(ExecutionProvider::Cuda { device_id: 0 }.onnx_runtime_name(), "CUDAExecutionProvider");
         assert_eq!(ExecutionProvider::TensorRt { device_id: 1 }.to_string(), "TensorRT (device 1)");
+        let openvino = ExecutionProvider::OpenVino { precision: Precision::Bf16 };
+        assert_eq!(openvino.onnx_runtime_name(), "OpenVINOExecutionProvider");
+        assert_eq!(openvino.to_string(), "OpenVINO (CPU, bf16)");
+        assert_eq!(openvino.runtime_build(), crate::RuntimeBuild::OpenVino);
+        assert!(!openvino.runs_contrib_ops() && ExecutionProvider::Cpu.runs_contrib_ops());
+    }
+
+    #[test]
+    fn auto_precision_follows_the_cpu_and_bf16_needs_native_support() {
+        assert_eq!(PrecisionChoice::Auto.resolve_for(None).unwrap(), Precision::Fp32);
+        assert_eq!(PrecisionChoice::Auto.resolve_for(Some("AMX_BF16")).unwrap(), Precision::Bf16);
+        assert_eq!(PrecisionChoice::Fp32.resolve_for(Some("AVX512_BF16")).unwrap(), Precision::Fp32);
+        let message = PrecisionChoice::Bf16.resolve_for(None).unwrap_err().to_string();
+        assert!(message.contains("--precision bf16") && message.contains("AVX512_BF16"), "{message}");
+    }
+
+    #[test]
+    fn openvino_is_told_the_precision_in_json() {
+        for precision in [Precision::Fp32, Precision::Bf16] {
+            let config: serde_json::Value = serde_json::from_str(&openvino_load_config(precision)).expect("json");
+            let hint = config["CPU"]["INFERENCE_PRECISION_HINT"].as_str().expect("hint");
+            assert_eq!(hint, if precision == Precision::Bf16 { "bf16" } else { "f32" });
+        }
     }
 
     #[cfg(not(feature = "cuda"))]
     #[test]
     fn a_provider_not_compiled_in_says_which_feature() {
-        let reason = provider_dispatch(ExecutionProvider::Cuda { device_id: 0 }, true).err().expect("not compiled in");
+        let reason =
+            provider_dispatch(ExecutionProvider::Cuda { device_id: 0 }, true, 1).err().expect("not compiled in");
         assert!(reason.contains("--features cuda"), "{reason}");
     }
 }

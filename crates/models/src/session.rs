@@ -97,7 +97,7 @@ impl OnnxModel {
     /// Loads `path` as component `component` with `config`'s options and execution provider.
     pub fn load_with(component: &str, path: &Path, config: &SessionConfig) -> Result<Self> {
         let _span = tracing::info_span!("models::load_session", component, path = %path.display()).entered();
-        let environment = environment()?;
+        let environment = environment(&config.provider)?;
         if !path.is_file() {
             return Err(Error::File { path: path.to_owned(), reason: format!("{component} model file is missing") });
         }
@@ -124,7 +124,7 @@ impl OnnxModel {
         config: &SessionConfig,
     ) -> Result<Self> {
         let _span = tracing::info_span!("models::load_built_session", component, source = %source.display()).entered();
-        let environment = environment()?;
+        let environment = environment(&config.provider)?;
         let session_error = |action: &'static str| {
             let component = component.to_owned();
             move |e: String| Error::Session { component, action, reason: e }

@@ -64,6 +64,9 @@ pub enum Error {
         /// The limit.
         seconds: u64,
     },
+    /// The shared job queue (Redis) cannot be reached; nothing was queued.
+    #[error("the job queue (Redis) is unreachable: {0}; retry later")]
+    QueueUnavailable(String),
     /// A copy of an error kept with a finished job (its result can be fetched again).
     #[error("{message}")]
     Stored {
@@ -88,6 +91,7 @@ impl Error {
     fn status(&self) -> StatusCode {
         match self {
             Error::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::QueueUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::UnknownJob { .. } => StatusCode::NOT_FOUND,
             Error::Cancelled { .. } => StatusCode::CONFLICT,
             Error::TimedOut { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -123,6 +127,7 @@ impl Error {
             Error::Encode { .. } => "EncodeError",
             Error::Worker(_) => "WorkerError",
             Error::QueueFull { .. } => "QueueFull",
+            Error::QueueUnavailable(_) => "QueueUnavailable",
             Error::UnknownJob { .. } => "NotFound",
             Error::Cancelled { .. } => "Cancelled",
             Error::TimedOut { .. } => "TimedOut",
@@ -137,7 +142,7 @@ impl IntoResponse for Error {
         tracing::warn!(status = %self.status(), "{message}");
         let body = sdrt_api_types::ErrorResponse::new(self.kind(), &without_server_paths(&message));
         let mut response = (self.status(), Json(body)).into_response();
-        if matches!(self, Error::QueueFull { .. }) {
+        if matches!(self, Error::QueueFull { .. } | Error::QueueUnavailable(_)) {
             response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("5"));
         }
         response

@@ -59,9 +59,9 @@ pub(crate) fn prepare_img2img(state: &ServerState, mut request: Img2ImgRequest) 
 }
 
 /// A1111's blocking endpoints: queue the job and wait for it.
-pub(crate) async fn submit_and_wait(state: Arc<ServerState>, job: PreparedJob) -> Result<ImageResponse> {
-    let (id, _) = state.jobs.submit(&state, job)?;
-    state.jobs.wait(id).await
+pub(crate) async fn submit_and_wait(state: Arc<ServerState>, body: &str, job: PreparedJob) -> Result<ImageResponse> {
+    let (id, _) = state.submit(body, job).await?;
+    state.wait_for(id).await
 }
 
 /// A request's `override_settings.sd_model_checkpoint` must name a registered model (by name, title or hash);

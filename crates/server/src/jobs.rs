@@ -76,6 +76,11 @@ impl Jobs {
         }
     }
 
+    /// How many jobs may wait.
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // The entries stay consistent between statements; a panic elsewhere leaves them usable.
         self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -172,6 +177,8 @@ impl Jobs {
             job_no: progress.state.job_no,
             job_count: progress.state.job_count,
             error,
+            worker: None,
+            attempts: None,
         })
     }
 

@@ -13,6 +13,7 @@
 //! `{"error", "detail", "body", "errors"}` with 422 for bad requests, 404 for unknown models and 500 for
 //! failures inside a job.
 
+mod cluster;
 mod error;
 mod extras;
 mod generate;
@@ -20,10 +21,12 @@ mod images;
 mod jobs;
 mod openapi;
 mod progress;
+mod queue;
 mod routes;
 mod security;
 mod state;
 
+pub use cluster::{WorkerOptions, run_worker};
 pub use error::{Error, Result};
 pub use routes::{router, serve, serve_on};
 pub use security::AccessPolicy;

@@ -13,7 +13,7 @@ use sdrt_api_types::{
     ExtrasSingleImageRequest, ExtrasSingleImageResponse, ImageResponse, Img2ImgRequest, JobAccepted, JobKind, JobState,
     JobStatus, JobSubmission, LatentUpscaleModeItem, LoraItem, Options, PngInfoRequest, PngInfoResponse,
     ProgressResponse, PromptStyleItem, SamplerItem, SchedulerItem, SdModelItem, SdVaeItem, Txt2ImgRequest,
-    UpscalerItem, sampler_items, scheduler_items,
+    UpscalerItem, WorkerStatus, sampler_items, scheduler_items,
 };
 
 use crate::error::{Error, Result};
@@ -128,6 +128,8 @@ pub(crate) const OPERATIONS: &[Operation] = &[
         None, (200, schema::<ImageResponse>), || get(job_result)),
     op("get", "/sdrt/v1/jobs/{id}/events", "Server-sent `status` events (JobStatus JSON) until the job finishes",
         None, (200, schema::<JobStatus>), || get(job_events)),
+    op("get", "/sdrt/v1/workers", "The live workers of the Redis queue (empty without --queue)",
+        None, (200, schema::<Vec<WorkerStatus>>), || get(workers)),
     op("get", "/openapi.json", "This document", None, (200, schema::<Value>), || get(openapi_document)),
 ];
 
@@ -158,12 +160,12 @@ pub async fn serve_on(state: Arc<ServerState>, listener: tokio::net::TcpListener
 // and the fix, in the same words as everywhere else.
 async fn txt2img(State(state): Shared, body: String) -> Result<Json<ImageResponse>> {
     let job = generate::prepare_txt2img(&state, Txt2ImgRequest::from_json(&body)?)?;
-    generate::submit_and_wait(state, job).await.map(Json)
+    generate::submit_and_wait(state, &body, job).await.map(Json)
 }
 
 async fn img2img(State(state): Shared, body: String) -> Result<Json<ImageResponse>> {
     let job = generate::prepare_img2img(&state, Img2ImgRequest::from_json(&body)?)?;
-    generate::submit_and_wait(state, job).await.map(Json)
+    generate::submit_and_wait(state, &body, job).await.map(Json)
 }
 
 /// `POST /sdrt/v1/jobs` with `{"kind": "txt2img" | "img2img", "request": {…A1111 body…}}`: 202 at once with
@@ -178,7 +180,7 @@ async fn submit_job(State(state): Shared, body: String) -> Result<(StatusCode, J
         JobKind::Txt2img => generate::prepare_txt2img(&state, Txt2ImgRequest::from_json(&request)?)?,
         JobKind::Img2img => generate::prepare_img2img(&state, Img2ImgRequest::from_json(&request)?)?,
     };
-    let (id, ahead) = state.jobs.submit(&state, job)?;
+    let (id, ahead) = state.submit(&request, job).await?;
     let accepted = JobAccepted {
         id: id.to_string(),
         state: JobState::Queued,
@@ -195,13 +197,13 @@ fn job_id(raw: &str) -> Result<u64> {
 }
 
 async fn job_status(State(state): Shared, Path(id): Path<String>) -> Result<Json<JobStatus>> {
-    state.jobs.status(job_id(&id)?).map(Json)
+    state.job_status(job_id(&id)?).await.map(Json)
 }
 
 /// The A1111-shaped response of a finished job; 409 while it is queued or running.
 async fn job_result(State(state): Shared, Path(id): Path<String>) -> Result<Json<ImageResponse>> {
     let id = job_id(&id)?;
-    match state.jobs.outcome(id)? {
+    match state.job_outcome(id).await? {
         Some(outcome) => outcome.map(Json),
         None => Err(Error::Stored {
             status: StatusCode::CONFLICT,
@@ -211,8 +213,12 @@ async fn job_result(State(state): Shared, Path(id): Path<String>) -> Result<Json
     }
 }
 
+async fn workers(State(state): Shared) -> Result<Json<Vec<WorkerStatus>>> {
+    state.workers().await.map(Json)
+}
+
 async fn cancel_job(State(state): Shared, Path(id): Path<String>) -> Result<Json<JobStatus>> {
-    state.jobs.cancel(job_id(&id)?).map(Json)
+    state.cancel_job(job_id(&id)?).await.map(Json)
 }
 
 /// Server-sent events: a `status` event (the `GET /sdrt/v1/jobs/{id}` body) whenever it changes, until the
@@ -222,7 +228,7 @@ async fn job_events(
     Path(id): Path<String>,
 ) -> Result<Sse<impl futures_util::Stream<Item = std::result::Result<Event, std::convert::Infallible>>>> {
     let id = job_id(&id)?;
-    state.jobs.status(id)?;
+    state.job_status(id).await?;
     let changes = state.jobs.subscribe();
     let stream = futures_util::stream::unfold(
         (state, changes, None::<String>, false),
@@ -231,7 +237,7 @@ async fn job_events(
                 return None;
             }
             loop {
-                let Ok(status) = state.jobs.status(id) else { return None };
+                let Ok(status) = state.job_status(id).await else { return None };
                 let finished = status.state.is_finished();
                 let text = serde_json::to_string(&status).unwrap_or_default();
                 if last.as_deref() != Some(text.as_str()) {
@@ -292,27 +298,18 @@ async fn png_info(State(state): Shared, body: String) -> Result<Json<PngInfoResp
 async fn progress(
     State(state): Shared,
     axum::extract::Query(query): axum::extract::Query<sdrt_api_types::ProgressRequest>,
-) -> Json<ProgressResponse> {
-    Json(if query.skip_current_image { state.progress.snapshot() } else { state.progress.snapshot_with_preview() })
+) -> Result<Json<ProgressResponse>> {
+    state.current_progress(!query.skip_current_image).await.map(Json)
 }
 
-async fn interrupt(State(state): Shared) -> Json<serde_json::Value> {
-    if state.progress.mark_interrupted()
-        && let Some((control, progress)) = state.jobs.running_control()
-    {
-        control.interrupt();
-        progress.mark_interrupted();
-    }
-    Json(serde_json::json!({}))
+async fn interrupt(State(state): Shared) -> Result<Json<serde_json::Value>> {
+    state.interrupt_current().await?;
+    Ok(Json(serde_json::json!({})))
 }
 
-async fn skip(State(state): Shared) -> Json<serde_json::Value> {
-    if state.progress.mark_skipped()
-        && let Some((control, _)) = state.jobs.running_control()
-    {
-        control.skip();
-    }
-    Json(serde_json::json!({}))
+async fn skip(State(state): Shared) -> Result<Json<serde_json::Value>> {
+    state.skip_current().await?;
+    Ok(Json(serde_json::json!({})))
 }
 
 /// Lists of things sdrt has none of (separate VAEs, face restorers, Real-ESRGAN models, hypernetworks): empty,

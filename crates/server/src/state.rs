@@ -40,6 +40,8 @@ pub struct ServerState {
     settings: Mutex<GenerationSettings>,
     /// Every generation job, first in, first out, one at a time (A1111's queue lock).
     pub(crate) jobs: crate::jobs::Jobs,
+    /// The Redis queue shared with `sdrt worker`s, when the server runs with `--queue`: jobs go there instead.
+    pub(crate) cluster: Option<crate::cluster::SharedQueue>,
     /// Who may call the API.
     pub(crate) access: crate::security::AccessPolicy,
     /// What one request may ask for.
@@ -62,11 +64,20 @@ impl ServerState {
             runner: Arc::new(ProcessingRunner::new()),
             settings: Mutex::new(settings),
             jobs: crate::jobs::Jobs::new(DEFAULT_QUEUE_CAPACITY, None),
+            cluster: None,
             compute: tokio::sync::Mutex::new(()),
             access: crate::security::AccessPolicy::default(),
             progress: Arc::new(ProgressTracker::default()),
             model_hashes: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Sends every job to the Redis queue at `url` (`redis://HOST:PORT[/DB]`), where `sdrt worker`s run them;
+    /// this server then keeps no job of its own. Finished jobs' results stay in Redis for `result_ttl`.
+    pub async fn with_redis_queue(mut self, url: &str, result_ttl: std::time::Duration) -> crate::Result<Self> {
+        let capacity = self.jobs.capacity();
+        self.cluster = Some(Arc::new(crate::cluster::RedisQueue::connect(url, capacity, result_ttl).await?));
+        Ok(self)
     }
 
     /// At most `capacity` jobs wait in the queue (more get 429), and a job running longer than `timeout` is

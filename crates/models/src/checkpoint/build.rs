@@ -115,22 +115,22 @@ impl Checkpoint {
         deltas: Option<&WeightDeltas>,
     ) -> Result<TextEncoder> {
         let component = if index == 0 { "text_encoder" } else { "text_encoder_2" };
-        let (graph, norm) = self.text_encoder_graph(index, config.graph, deltas, true)?;
+        let (graph, norm) = self.text_encoder_graph(index, config.graph_options(), deltas, true)?;
         TextEncoder::from_built(OnnxModel::from_graph(component, self.path(), graph, config)?, norm)
     }
 
     pub(crate) fn load_unet(&self, config: &SessionConfig, deltas: Option<&WeightDeltas>) -> Result<Unet> {
-        let graph = self.unet_graph(config.graph, deltas)?;
+        let graph = self.unet_graph(config.graph_options(), deltas)?;
         Unet::from_model(OnnxModel::from_graph("unet", self.path(), graph, config)?)
     }
 
     pub(crate) fn load_vae_encoder(&self, config: &SessionConfig) -> Result<VaeEncoder> {
-        let graph = self.vae_encoder_graph(config.graph)?;
+        let graph = self.vae_encoder_graph(config.graph_options())?;
         VaeEncoder::from_model(OnnxModel::from_graph("vae_encoder", self.path(), graph, config)?)
     }
 
     pub(crate) fn load_vae_decoder(&self, config: &SessionConfig) -> Result<VaeDecoder> {
-        let graph = self.vae_decoder_graph(config.graph)?;
+        let graph = self.vae_decoder_graph(config.graph_options())?;
         VaeDecoder::from_model(OnnxModel::from_graph("vae_decoder", self.path(), graph, config)?)
     }
 

@@ -59,6 +59,13 @@ impl Default for GraphOptions {
     }
 }
 
+impl GraphOptions {
+    /// These options without ONNX Runtime's contrib operators (for providers that compile standard ONNX only).
+    pub fn standard_ops_only(self) -> Self {
+        Self { attention: AttentionKind::Plain, transposed_matmul: false, ..self }
+    }
+}
+
 /// A graph under construction together with the weights it reads.
 pub(crate) struct Net<'w> {
     pub g: GraphBuilder,

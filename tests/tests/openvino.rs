@@ -1,0 +1,96 @@
+//! The OpenVINO execution provider through ONNX Runtime's `onnxruntime-openvino` build
+//! (`cargo xtask provision-ort --openvino`). This test binary loads that build, so every session in it runs
+//! through it: the A1111 oracle cases must reproduce on it as on the CPU provider.
+
+use std::sync::Arc;
+
+use sdrt_models::{
+    Checkpoint, CheckpointOptions, Error, ExecutionProvider, GraphOptions, OnnxModel, Precision, PrecisionChoice,
+    RuntimeBuild, SessionConfig,
+};
+use sdrt_runtime::{GenerationJob, ModelProvider, ProcessingRunner};
+use sdrt_tests::oracle::{checkpoint_twin_cases, reproduce_cases_with, request, settings};
+use sdrt_tests::{fixture, fixture_json};
+
+fn openvino(precision: Precision) -> SessionConfig {
+    SessionConfig {
+        provider: ExecutionProvider::OpenVino { precision },
+        intra_op_threads: Some(1),
+        ..SessionConfig::default()
+    }
+}
+
+#[test]
+fn every_reference_case_reproduces_on_openvino_fp32() {
+    let cases = reproduce_cases_with("e2e/cases.json", fixture_json("e2e/cases.json"), openvino(Precision::Fp32));
+    assert!(cases["cases"].as_array().unwrap().len() >= 12, "the oracle has its cases");
+}
+
+/// Graphs built from checkpoints use standard ONNX operators only on OpenVINO (no MultiHeadAttention or
+/// FusedMatMul), so OpenVINO compiles them whole.
+#[test]
+fn checkpoint_graphs_reproduce_on_openvino_fp32() {
+    let cases = checkpoint_twin_cases("e2e/cases.json");
+    let cases = reproduce_cases_with("e2e/cases.json", cases, openvino(Precision::Fp32));
+    assert!(!cases["cases"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn a_graph_openvino_cannot_take_whole_is_refused_not_run_on_cpu() {
+    sdrt_models::ensure_runtime_for(&openvino(Precision::Fp32).provider).unwrap();
+    let checkpoint =
+        Checkpoint::open(&fixture("checkpoints/sd15-tiny.safetensors"), CheckpointOptions::default()).unwrap();
+    let folder = tempfile::tempdir().unwrap();
+    let converted = folder.path().join("model");
+    // The default graph options use ONNX Runtime's contrib operators, which only its CPU provider runs.
+    checkpoint.convert(&converted, GraphOptions::default()).unwrap();
+    let unet = converted.join("unet/model.onnx");
+    let error = OnnxModel::load_with("unet", &unet, &openvino(Precision::Fp32)).expect_err("must be refused");
+    let message = error.to_string();
+    assert!(message.contains("unet") && message.contains("fallback"), "{message}");
+    // The same file runs on the CPU provider of this build.
+    let cpu = SessionConfig { intra_op_threads: Some(1), ..SessionConfig::default() };
+    OnnxModel::load_with("unet", &unet, &cpu).expect("the CPU provider takes contrib operators");
+}
+
+#[test]
+fn this_process_refuses_providers_its_build_cannot_run() {
+    let location = sdrt_models::ensure_runtime_for(&openvino(Precision::Fp32).provider).unwrap();
+    assert_eq!(location.build, RuntimeBuild::OpenVino);
+    assert!(location.path.ends_with("libonnxruntime.so.1.24.1"), "{}", location.path.display());
+    let cpu =
+        sdrt_models::ensure_runtime_for(&ExecutionProvider::Cpu).expect("the OpenVINO build has the CPU provider");
+    assert_eq!(cpu.build, RuntimeBuild::OpenVino);
+    let error = sdrt_models::ensure_runtime_for(&ExecutionProvider::Cuda { device_id: 0 }).unwrap_err();
+    assert!(matches!(error, Error::RuntimeMismatch { .. }), "{error:?}");
+    assert!(error.to_string().contains("separate sdrt process"), "{error}");
+}
+
+/// bf16 runs only where the CPU computes it natively; there it must actually change the numbers (OpenVINO
+/// ignores a precision hint it cannot follow) while staying close to fp32.
+#[test]
+fn bf16_runs_only_where_the_cpu_computes_it_and_then_changes_the_numbers() {
+    let Ok(precision) = PrecisionChoice::Bf16.resolve() else {
+        assert!(sdrt_models::cpu_bf16_extension().is_none());
+        let message = PrecisionChoice::Bf16.resolve().unwrap_err().to_string();
+        assert!(message.contains("AVX512_BF16"), "{message}");
+        assert_eq!(PrecisionChoice::Auto.resolve().unwrap(), Precision::Fp32);
+        return;
+    };
+    assert_eq!(precision, Precision::Bf16);
+    let cases = fixture_json("e2e/cases.json");
+    let version = cases["a1111_version"].as_str().unwrap();
+    let case = &cases["cases"][0];
+    let latents = |precision| {
+        let provider = Arc::new(ModelProvider::new(openvino(precision)));
+        let job = GenerationJob::new(request(case), settings(case, version), provider);
+        let (output, _) = ProcessingRunner::new().run(job).unwrap();
+        output.images[0].latents.clone()
+    };
+    let (fp32, bf16) = (latents(Precision::Fp32), latents(Precision::Bf16));
+    let norm = |values: &ndarray::ArrayD<f32>| values.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt();
+    let relative = norm(&(&bf16 - &fp32)) / norm(&fp32);
+    eprintln!("bf16 vs fp32 final latents: relative L2 difference {relative:.3e}");
+    assert!(relative > 0.0, "bf16 gave exactly the fp32 latents: the precision hint was not applied");
+    assert!(relative < 0.5, "bf16 latents are {relative:.3} away from fp32");
+}
