@@ -117,14 +117,15 @@ fn node_command(args: &[&str]) -> Command {
 }
 
 /// `sdrt serve --queue` on a free port; waits until it answers.
-fn api_server(redis: &Redis) -> (Process, String) {
+fn api_server(redis: &Redis, extra: &[&str]) -> (Process, String) {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let outdir = std::env::temp_dir().join(format!("sdrt-scale-out-{port}"));
     let outdir = outdir.display().to_string();
     let url = redis.url();
-    let mut command =
-        node_command(&["serve", "--queue", &url, "--listen", &listen, "--outdir", &outdir, "--queue-capacity", "256"]);
+    let mut args = vec!["serve", "--queue", &url, "--listen", &listen, "--outdir", &outdir, "--queue-capacity", "256"];
+    args.extend(extra);
+    let mut command = node_command(&args);
     let process = Process::start("sdrt serve", &mut command);
     let base = format!("http://{listen}");
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -228,7 +229,7 @@ fn result_seed(base: &str, id: u64) -> u64 {
 #[test]
 fn three_workers_answer_two_hundred_jobs_exactly_once() {
     let redis = Redis::start();
-    let (_server, base) = api_server(&redis);
+    let (_server, base) = api_server(&redis, &[]);
     let _workers: Vec<Process> = (1..=3).map(|n| worker(&redis, &format!("w{n}"), &[])).collect();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -261,7 +262,7 @@ fn three_workers_answer_two_hundred_jobs_exactly_once() {
 #[test]
 fn a_job_whose_worker_is_killed_completes_on_another() {
     let redis = Redis::start();
-    let (_server, base) = api_server(&redis);
+    let (_server, base) = api_server(&redis, &[]);
     let mut first = worker(&redis, "doomed", &[]);
     let id = submit(&base, &txt2img(42, 400));
     wait_until(&base, id, Duration::from_secs(60), |s| {
@@ -279,7 +280,7 @@ fn a_job_whose_worker_is_killed_completes_on_another() {
 #[test]
 fn a_job_that_keeps_killing_its_workers_ends_failed() {
     let redis = Redis::start();
-    let (_server, base) = api_server(&redis);
+    let (_server, base) = api_server(&redis, &[]);
     let mut first = worker(&redis, "first", &["--max-attempts", "1"]);
     let id = submit(&base, &txt2img(5, 400));
     wait_until(&base, id, Duration::from_secs(60), |s| s["state"] == "running");
@@ -295,7 +296,7 @@ fn a_job_that_keeps_killing_its_workers_ends_failed() {
 #[test]
 fn no_accepted_job_is_lost_when_redis_restarts() {
     let mut redis = Redis::start();
-    let (_server, base) = api_server(&redis);
+    let (_server, base) = api_server(&redis, &[]);
     let _workers: Vec<Process> = (1..=2).map(|n| worker(&redis, &format!("w{n}"), &[])).collect();
     let ids: Vec<(u64, u64)> = (0..30u64).map(|seed| (submit(&base, &txt2img(seed, 30)), seed)).collect();
     wait_until(&base, ids[2].0, Duration::from_secs(120), finished);
@@ -330,8 +331,8 @@ fn submit_retrying(base: &str, request: &Value) -> u64 {
 #[test]
 fn two_api_servers_agree_on_jobs_and_progress() {
     let redis = Redis::start();
-    let (_a, base_a) = api_server(&redis);
-    let (_b, base_b) = api_server(&redis);
+    let (_a, base_a) = api_server(&redis, &[]);
+    let (_b, base_b) = api_server(&redis, &[]);
     let _worker = worker(&redis, "w1", &[]);
     let id = submit(&base_a, &txt2img(9, 300));
     let on_a = wait_until(&base_a, id, Duration::from_secs(60), |s| s["sampling_step"].as_i64() > Some(2));
@@ -355,7 +356,7 @@ fn two_api_servers_agree_on_jobs_and_progress() {
 #[test]
 fn cancel_reaches_queued_and_running_jobs_and_sigterm_finishes_the_job_first() {
     let redis = Redis::start();
-    let (_server, base) = api_server(&redis);
+    let (_server, base) = api_server(&redis, &[]);
     let mut busy = worker(&redis, "busy", &[]);
     let running = submit(&base, &txt2img(1, 300));
     let queued = submit(&base, &txt2img(2, 2));
@@ -379,4 +380,33 @@ fn cancel_reaches_queued_and_running_jobs_and_sigterm_finishes_the_job_first() {
     assert!(exit.success(), "{exit:?}");
     let done = status(&base, last);
     assert_eq!(done["state"], "succeeded", "finished before the worker stopped: {done}");
+}
+
+#[test]
+fn a_job_for_a_model_no_worker_holds_goes_to_a_worker_that_loads_it() {
+    let models = sdrt_tests::fixtures_dir().join("models");
+    let models = models.display().to_string();
+    let redis = Redis::start();
+    let (_server, base) = api_server(&redis, &["--models-dir", &models]);
+    let _worker = worker(&redis, "w1", &["--models-dir", &models]);
+    let warm = submit(&base, &txt2img(1, 2));
+    assert_eq!(wait_until(&base, warm, Duration::from_secs(60), finished)["state"], "succeeded");
+    let mut request = txt2img(2, 2);
+    request["override_settings"] = json!({"sd_model_checkpoint": "sd2-tiny-v"});
+    let cold = submit(&base, &request);
+    let done = wait_until(&base, cold, Duration::from_secs(60), finished);
+    assert_eq!((done["state"].as_str(), done["worker"].as_str()), (Some("succeeded"), Some("w1")), "{done}");
+    let (_, result) = get(&format!("{base}/sdrt/v1/jobs/{cold}/result"));
+    let info: Value = serde_json::from_str(result["info"].as_str().unwrap()).unwrap();
+    assert_eq!(info["sd_model_name"], "sd2-tiny-v", "{info}");
+    // The worker now holds that model and says so, so its jobs are routed to it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, listed) = get(&format!("{base}/sdrt/v1/workers"));
+        if listed[0]["models"] == json!(["sd2-tiny-v"]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{listed}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
