@@ -10,8 +10,8 @@ use sdrt_api_types::{Img2ImgRequest, Txt2ImgRequest};
 use sdrt_models::SessionConfig;
 use sdrt_processing::RgbImage;
 use sdrt_runtime::{
-    GenerationJob, GenerationOutput, GenerationSettings, HookPoint, JobInfo, ModelProvider, ProcessingRequest,
-    ProcessingRunner, RunnerHook, Stage, parse_randn_source,
+    EmbeddingLibrary, GenerationJob, GenerationOutput, GenerationSettings, HookPoint, JobInfo, LoraLibrary,
+    ModelProvider, ProcessingRequest, ProcessingRunner, RunnerHook, Stage, VaeLibrary, parse_randn_source,
 };
 use serde_json::Value;
 
@@ -40,8 +40,10 @@ pub fn settings(case: &Value, version: &str) -> GenerationSettings {
             .display()
             .to_string()
     };
-    GenerationSettings {
-        model: Some(case["model_path"].as_str().map_or_else(folder, str::to_owned)),
+    // A relative model path is a fixture (tests/fixtures/networks_e2e names the checkpoint that way).
+    let model = case["model_path"].as_str().map_or_else(folder, |path| fixtures_dir().join(path).display().to_string());
+    let mut settings = GenerationSettings {
+        model: Some(model),
         randn_source: parse_randn_source(s["randn_source"].as_str().unwrap()).unwrap(),
         clip_skip: s["CLIP_stop_at_last_layers"].as_u64().unwrap() as u32,
         eta_noise_seed_delta: s["eta_noise_seed_delta"].as_u64().unwrap(),
@@ -51,7 +53,23 @@ pub fn settings(case: &Value, version: &str) -> GenerationSettings {
         esrgan_tile_overlap: s["ESRGAN_tile_overlap"].as_u64().map_or(8, |t| t as u32),
         version: version.to_owned(),
         ..GenerationSettings::default()
+    };
+    if case["libraries"].as_bool() == Some(true) {
+        with_fixture_libraries(&mut settings);
     }
+    if let Some(vae) = s["sd_vae"].as_str() {
+        settings.sd_vae = vae.to_owned();
+    }
+    settings
+}
+
+/// The committed LoRAs, embeddings, VAEs and styles, as an A1111 data folder would give them.
+pub fn with_fixture_libraries(settings: &mut GenerationSettings) {
+    let dir = fixtures_dir();
+    settings.loras = Arc::new(LoraLibrary::new(vec![dir.join("loras")]).unwrap());
+    settings.embeddings = Arc::new(EmbeddingLibrary::new(vec![dir.join("embeddings")]).unwrap());
+    settings.vaes = Arc::new(VaeLibrary::new(vec![], vec![dir.join("vaes")], vec![]).unwrap());
+    settings.styles = Arc::new(sdrt_io::StyleDatabase::load(&fixture("networks_e2e/styles.csv")).unwrap());
 }
 
 /// The case's request, with its init image and mask read from the fixtures.

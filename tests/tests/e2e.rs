@@ -31,6 +31,16 @@ fn every_inpainting_and_hires_case_reproduces_through_checkpoint_twins() {
     assert!(!hires["cases"].as_array().unwrap().is_empty());
 }
 
+/// LoRA at two multipliers and with split te/unet multipliers, a textual-inversion embedding, a separate VAE and
+/// two styles on the sd15-tiny checkpoint (tools/fixtures/gen_networks_e2e.py): latents, pixels and infotexts
+/// (`Lora hashes`, `TI hashes`, `VAE hash`/`VAE`, styled prompts) as A1111 makes them.
+#[test]
+fn every_network_embedding_vae_and_style_case_reproduces() {
+    let cases = reproduce_oracle("networks_e2e/cases.json");
+    let names: Vec<&str> = cases["cases"].as_array().unwrap().iter().filter_map(|c| c["name"].as_str()).collect();
+    assert_eq!(names, ["lora_half", "lora_one", "lora_split", "embedding", "vae", "styles"]);
+}
+
 #[test]
 fn every_reference_case_reproduces_through_the_runner() {
     let cases = reproduce_oracle("e2e/cases.json");
