@@ -142,6 +142,7 @@ impl<'w> Net<'w> {
                 let (first, second) = (self.product(first), self.product(second));
                 self.g.op("Mul", &[&first, &second], vec![])
             }
+            Factors::Tucker { product, mid_shape, mid } => self.tucker(product, mid_shape, mid),
             Factors::Kronecker(w1, w2) => self.kronecker(w1, w2),
             Factors::Full { shape, values } => self.g.const_f32(shape, values),
         };
@@ -175,6 +176,22 @@ impl<'w> Net<'w> {
         let up = self.g.const_f32(&[product.outputs, product.rank], &product.up);
         let down = self.g.const_f32(&[product.rank, product.inputs], &product.down);
         self.g.op("MatMul", &[&up, &down], vec![])
+    }
+
+    /// A1111's `rebuild_cp_decomposition` (`einsum('n m k l, i n, m j -> i j k l', mid, up, down)`) as two
+    /// MatMuls: `up @ mid` over n, then that against `down` over m; `[outputs, inputs, kh, kw]`.
+    fn tucker(&mut self, product: &crate::lora::Product, mid_shape: &[usize], mid: &[f32]) -> String {
+        let (outputs, rank, inputs) = (product.outputs, product.rank, product.inputs);
+        let kernel: usize = mid_shape[2..].iter().product();
+        let up = self.g.const_f32(&[outputs, rank], &product.up);
+        let mid = self.g.const_f32(&[rank, rank * kernel], mid);
+        let down = self.g.const_f32(&[rank, inputs], &product.down);
+        let up_mid = self.g.op("MatMul", &[&up, &mid], vec![]);
+        let up_mid = self.reshape(&up_mid, &[outputs, rank, kernel]);
+        let up_mid = self.g.op("Transpose", &[&up_mid], vec![attr_ints("perm", &[0, 2, 1])]);
+        let joined = self.g.op("MatMul", &[&up_mid, &down], vec![]);
+        let joined = self.g.op("Transpose", &[&joined], vec![attr_ints("perm", &[0, 2, 1])]);
+        self.reshape(&joined, &[&[outputs, inputs][..], &mid_shape[2..]].concat())
     }
 
     /// torch's `kron(w1, w2)` for LoKr: `w1 [m, n]` against `w2 [p, q]` or `[p, q, kh, kw]` (then `w1` counts as

@@ -6,8 +6,9 @@
 //! Module kinds (A1111's `network_*.py`, tried in this order): LoRA/LoCon (`lora_up`/`lora_down`, PEFT
 //! `lora_B`/`lora_A` whose alpha A1111 drops; conv kernels; `dyn`), LoHa (`hada_w{1,2}_{a,b}`), LoKr (`lokr_w1`
 //! or `lokr_w1_a/b`, `lokr_w2` or `lokr_w2_a/b`), full (`diff`, `diff_b`) and norm (`w_norm`, `b_norm`). Scale:
-//! `scale` when stored, else `alpha / rank`, else 1; bias deltas take the multiplier only. CP-decomposed
-//! (`lora_mid`, `hada_t1`, `lokr_t2`), DoRA, IA3, GLoRA and OFT modules are reported and left out.
+//! `scale` when stored, else `alpha / rank`, else 1; bias deltas take the multiplier only. CP-decomposed LoCon
+//! (`lora_mid`) is rebuilt as A1111's `rebuild_cp_decomposition`; CP-decomposed LoHa/LoKr (`hada_t1`, `lokr_t2`),
+//! DoRA, IA3, GLoRA and OFT modules are reported and left out.
 
 mod names;
 
@@ -38,7 +39,6 @@ type Parts = BTreeMap<String, String>;
 
 /// Parts of kinds sdrt does not apply, for the report.
 const UNSUPPORTED_PARTS: &[(&str, &str)] = &[
-    ("lora_mid.weight", "CP-decomposed LoCon (lora_mid)"),
     ("hada_t1", "CP-decomposed LoHa (hada_t1)"),
     ("lokr_t2", "CP-decomposed LoKr (lokr_t2)"),
     ("dora_scale", "DoRA"),
@@ -128,6 +128,17 @@ impl Lora {
         }
         let has = |part: &str| parts.contains_key(part);
         let weight = |factors: Factors, scale: f32| Update { bias: false, delta: Delta::new(factors, scale) };
+        if has("lora_up.weight") && has("lora_down.weight") && has("lora_mid.weight") {
+            // A1111 ignores `dyn` for a CP-decomposed module.
+            let product = self.product(parts, "lora_up.weight", "lora_down.weight", None)?.unwrap_or_default();
+            let (mid_shape, mid) = self.tensor(parts, "lora_mid.weight")?.unwrap_or_default();
+            if mid_shape.len() != 4 || mid_shape[..2] != [product.rank, product.rank] {
+                let problem = format!("has shape {mid_shape:?}; expected [{0}, {0}, kh, kw]", product.rank);
+                return Err(self.file.tensor_error(&parts["lora_mid.weight"], problem));
+            }
+            let scale = self.scale(parts, Some(product.down_shape[0]))?;
+            return Ok(Ok(vec![weight(Factors::Tucker { product, mid_shape, mid }, scale)]));
+        }
         if has("lora_up.weight") && has("lora_down.weight") {
             let product = self.product(parts, "lora_up.weight", "lora_down.weight", dyn_dim)?.unwrap_or_default();
             let scale = self.scale(parts, Some(product.down_shape[0]))?;
@@ -223,6 +234,8 @@ impl Matrix {
 pub(crate) enum Factors {
     /// LoRA/LoCon: `up @ down`.
     LowRank(Product),
+    /// CP-decomposed LoCon: `ΔW[i, j, k, l] = Σ up[i, n] · mid[n, m, k, l] · down[m, j]`.
+    Tucker { product: Product, mid_shape: Vec<usize>, mid: Vec<f32> },
     /// LoHa: `(w1a @ w1b) ⊙ (w2a @ w2b)`.
     Hadamard(Product, Product),
     /// LoKr: `kron(w1, w2)` (a 4-D `w2` keeps its kernel).
@@ -259,6 +272,9 @@ impl Delta {
     pub(crate) fn shape(&self) -> Vec<usize> {
         match &self.factors {
             Factors::LowRank(p) | Factors::Hadamard(p, _) => p.shape(),
+            Factors::Tucker { product, mid_shape, .. } => {
+                [&[product.outputs, product.inputs][..], mid_shape.get(2..).unwrap_or(&[])].concat()
+            }
             Factors::Kronecker(w1, w2) => {
                 let (a, b) = (w1.shape(), w2.shape());
                 let mut shape = vec![a[0] * b[0], a[1] * b[1]];
