@@ -830,3 +830,21 @@ async fn loras_are_listed_and_merged_when_a_prompt_names_them() {
     assert!(detail.contains("single-file checkpoints"), "{detail}");
     assert!(!detail.contains(&sdrt_tests::fixtures_dir().display().to_string()), "{detail}");
 }
+
+/// A1111's `Lora hashes` paste-back: png-info renames a pasted `<lora:…>` tag to the local file with that hash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn png_info_renames_pasted_loras_by_their_hashes() {
+    let loras = Arc::new(sdrt_runtime::LoraLibrary::new(vec![sdrt_tests::fixtures_dir().join("loras")]).unwrap());
+    let app = sdrt_server::router(Arc::new(ServerState::new(provider(), GenerationSettings { loras, ..settings() })));
+    let hashes = sdrt_tests::fixture_json("loras/hashes.json");
+    let hash = &hashes["sd15-tiny-locon.safetensors"].as_str().unwrap()[..12];
+    let infotext = format!(
+        "a cat <lora:renamed-by-them:0.5> <lora:unknown:1>\nSteps: 4, Seed: 1, Size: 64x64, \
+         Lora hashes: \"renamed-by-them: {hash}, unknown: 000000000000\", Version: v1.10.1"
+    );
+    let png = sdrt_io::encode_png_with_infotext(&[0u8; 3 * 8 * 8], 8, 8, &infotext).unwrap();
+    let (status, answer) = call(&app, "POST", "/sdapi/v1/png-info", Some(json!({"image": BASE64.encode(png)}))).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["parameters"]["Prompt"], "a cat <lora:sd15-tiny-locon:0.5> <lora:unknown:1>");
+    assert_eq!(answer["info"], infotext.as_str(), "the infotext itself is returned as stored");
+}

@@ -64,8 +64,8 @@ fn peak_rss_bytes() -> Option<u64> {
 
 pub fn bench(args: &BenchArgs) -> Result<()> {
     let common = &args.common;
-    let provider = common.provider()?;
-    let model_name = common.model_path().display().to_string();
+    let (settings, provider) = common.prepare(args.save)?;
+    let model_name = settings.model.clone().unwrap_or_default();
     let handle = provider.get(&model_name).context("loading the model")?;
     let mut load_ms = handle.load_time.as_secs_f64() * 1e3;
     if args.load_vae_encoder {
@@ -78,7 +78,6 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let mut stage_ms: Vec<Vec<f64>> = vec![Vec::new(); STAGES.len()];
     let mut onnx_ms: Vec<Vec<f64>> = vec![Vec::new(); COMPONENTS.len() + 1];
     let mut it_per_s = Vec::new();
-    let settings = common.settings(args.save)?;
     for run in 0..args.warmup + args.runs {
         let request = Txt2ImgRequest { base: common.base_request(), ..Txt2ImgRequest::default() };
         let before = onnx_times(&*handle.model.lock().map_err(|_| anyhow::anyhow!("model lock poisoned"))?);

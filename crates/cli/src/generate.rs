@@ -70,25 +70,31 @@ pub struct GenerateArgs {
     /// Batches.
     #[arg(long, default_value_t = 1)]
     pub n_iter: u32,
-    /// Clip skip (1 = last layer; SD 1.x models).
-    #[arg(long, default_value_t = 1)]
-    pub clip_skip: u32,
-    /// Random number source: gpu (A1111's default, computed with the NV algorithm), cpu or nv.
-    #[arg(long, default_value = "gpu")]
-    pub rng: String,
-    /// Eta noise seed delta (ENSD) for ancestral samplers.
-    #[arg(long, default_value_t = 0)]
-    pub ensd: u64,
-    /// Emphasis mode: "Original", "No norm" or "None".
-    #[arg(long, default_value = "Original")]
-    pub emphasis: String,
+    /// Clip skip (1 = last layer; SD 1.x models) [default: 1, or --data-dir's config.json].
+    #[arg(long)]
+    pub clip_skip: Option<u32>,
+    /// Random number source: gpu (A1111's default, computed with the NV algorithm), cpu or nv [default: gpu,
+    /// or --data-dir's config.json].
+    #[arg(long)]
+    pub rng: Option<String>,
+    /// Eta noise seed delta (ENSD) for ancestral samplers [default: 0, or --data-dir's config.json].
+    #[arg(long)]
+    pub ensd: Option<u64>,
+    /// Emphasis mode: "Original", "No norm" or "None" [default: Original, or --data-dir's config.json].
+    #[arg(long)]
+    pub emphasis: Option<String>,
     /// Pad prompts of different chunk counts with empty chunks so cond and uncond share one UNet call
     /// (A1111's `pad_cond_uncond`; changes results slightly).
     #[arg(long)]
     pub pad_cond_uncond: bool,
-    /// Model folder (optimum/diffusers ONNX layout); default: the bundled tiny random-weight pipeline.
+    /// Model: an A1111 `.safetensors` checkpoint or an optimum/diffusers ONNX folder; default: --data-dir's
+    /// selected checkpoint, else the bundled tiny random-weight pipeline.
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// An AUTOMATIC1111 data folder as it is (A1111's flag): its models, LoRAs, VAEs, embeddings, styles and
+    /// `config.json` settings; the flags given here win over what it sets.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
     /// Execution provider, threads and ONNX Runtime session tuning.
     #[command(flatten)]
     pub session: SessionArgs,
@@ -577,42 +583,61 @@ impl GenerateArgs {
         }
     }
 
-    pub fn model_path(&self) -> PathBuf {
-        self.model.clone().unwrap_or_else(bundled_model)
-    }
-
-    pub fn settings(&self, save: bool) -> Result<GenerationSettings> {
-        let randn_source = parse_randn_source(&self.rng)
-            .with_context(|| format!("--rng {:?} is not a source; use gpu, cpu or nv", self.rng))?;
-        let emphasis = self.emphasis.parse().map_err(|_| {
-            anyhow::anyhow!("--emphasis {:?}: use \"Original\", \"No norm\" or \"None\"", self.emphasis)
-        })?;
-        let mut settings = GenerationSettings {
-            model: Some(self.model_path().display().to_string()),
-            randn_source,
-            clip_skip: self.clip_skip,
-            eta_noise_seed_delta: self.ensd,
-            emphasis,
+    fn base_settings(&self, save: bool) -> GenerationSettings {
+        GenerationSettings {
             pad_cond_uncond: self.pad_cond_uncond,
             outdir: save.then(|| self.outdir.clone()),
             save_latents: self.save_latents,
             ..GenerationSettings::default()
-        };
-        self.libraries.apply(&mut settings, self.model.as_deref().and_then(Path::parent))?;
-        Ok(settings)
+        }
     }
 
-    /// Loads ONNX Runtime and makes a provider for the chosen model; says so when it is the bundled one.
-    pub fn provider(&self) -> Result<Arc<ModelProvider>> {
-        self.session.load_runtime()?;
-        if self.model.is_none() && !self.json {
-            eprintln!(
-                "note: no --model given; using the bundled tiny pipeline {} — it has RANDOM weights, so the image \
-                 is noise-like by design. Pass --model DIR for a real model.",
-                bundled_model().display()
-            );
+    /// The settings flags given on the command line, over whatever `settings` holds.
+    fn apply_flags(&self, settings: &mut GenerationSettings) -> Result<()> {
+        if let Some(rng) = &self.rng {
+            settings.randn_source = parse_randn_source(rng)
+                .with_context(|| format!("--rng {rng:?} is not a source; use gpu, cpu or nv"))?;
         }
-        Ok(Arc::new(self.session.model_provider()?))
+        if let Some(emphasis) = &self.emphasis {
+            settings.emphasis = emphasis
+                .parse()
+                .map_err(|_| anyhow::anyhow!("--emphasis {emphasis:?}: use \"Original\", \"No norm\" or \"None\""))?;
+        }
+        if let Some(clip_skip) = self.clip_skip {
+            settings.clip_skip = clip_skip;
+        }
+        if let Some(ensd) = self.ensd {
+            settings.eta_noise_seed_delta = ensd;
+        }
+        if let Some(model) = &self.model {
+            settings.model = Some(model.display().to_string());
+        }
+        Ok(())
+    }
+
+    /// Loads ONNX Runtime and makes the settings and the model provider for a job: `--data-dir`'s folder and
+    /// `config.json` first, the flags over them; says so when the model is the bundled one.
+    pub fn prepare(&self, save: bool) -> Result<(GenerationSettings, Arc<ModelProvider>)> {
+        self.session.load_runtime()?;
+        let mut provider = self.session.model_provider()?;
+        let mut settings = self.base_settings(save);
+        if let Some(dir) = &self.data_dir {
+            apply_data_dir(dir, &mut settings, &mut provider)?;
+        }
+        self.apply_flags(&mut settings)?;
+        if settings.model.is_none() {
+            if !self.json {
+                eprintln!(
+                    "note: no --model given; using the bundled tiny pipeline {} — it has RANDOM weights, so the \
+                     image is noise-like by design. Pass --model PATH for a real model.",
+                    bundled_model().display()
+                );
+            }
+            settings.model = Some(bundled_model().display().to_string());
+        }
+        let models_dir = self.model.as_deref().and_then(Path::parent);
+        self.libraries.apply(&mut settings, models_dir)?;
+        Ok((settings, Arc::new(provider)))
     }
 }
 
@@ -657,8 +682,8 @@ pub fn txt2img(args: &Txt2ImgArgs) -> Result<()> {
     let request = args.request();
     request.validate(&sdrt_api_types::RequestLimits::default())?;
     let common = &args.common;
-    let provider = common.provider()?;
-    let settings = GenerationSettings { upscaler_dir: args.upscaler_dir.clone(), ..common.settings(true)? };
+    let (settings, provider) = common.prepare(true)?;
+    let settings = GenerationSettings { upscaler_dir: args.upscaler_dir.clone(), ..settings };
     let (output, metrics) = run_job(ProcessingRequest::Txt2Img(request), settings, provider, common.json)?;
     report(&output, &metrics, common.json)
 }
@@ -683,9 +708,9 @@ pub fn img2img(args: &Img2ImgArgs) -> Result<()> {
         ..Img2ImgRequest::default()
     };
     request.validate(&sdrt_api_types::RequestLimits::default())?;
-    let provider = args.common.provider()?;
+    let (settings, provider) = args.common.prepare(true)?;
     let job = ProcessingRequest::Img2Img { request, init_images: vec![init], mask };
-    let (output, metrics) = run_job(job, args.common.settings(true)?, provider, args.common.json)?;
+    let (output, metrics) = run_job(job, settings, provider, args.common.json)?;
     report(&output, &metrics, args.common.json)
 }
 
@@ -769,6 +794,13 @@ mod tests {
         args: GenerateArgs,
     }
 
+    /// The settings the flags alone give (no data folder, no model loaded).
+    fn flag_settings(args: &GenerateArgs) -> Result<GenerationSettings> {
+        let mut settings = args.base_settings(true);
+        args.apply_flags(&mut settings)?;
+        Ok(settings)
+    }
+
     #[test]
     fn defaults_are_a1111_ui_defaults() {
         let args = Wrapper::try_parse_from(["sdrt", "--prompt", "x"]).unwrap().args;
@@ -778,7 +810,7 @@ mod tests {
         assert_eq!(request.sampler_name.as_deref(), Some("DPM++ 2M"));
         assert_eq!(request.scheduler.as_deref(), Some("Automatic"));
         assert_eq!((request.seed, request.subseed), (-1, -1));
-        let settings = args.settings(true).unwrap();
+        let settings = flag_settings(&args).unwrap();
         assert_eq!(settings.randn_source, sdrt_processing::RandomSource::Gpu);
         assert_eq!(settings.clip_skip, 1);
         assert!(args.model.is_none(), "no --model means the bundled pipeline");
@@ -805,7 +837,7 @@ mod tests {
     #[test]
     fn bad_flags_say_what_to_use() {
         let args = Wrapper::try_parse_from(["sdrt", "--rng", "quantum"]).unwrap().args;
-        let err = args.settings(true).unwrap_err().to_string();
+        let err = flag_settings(&args).unwrap_err().to_string();
         assert!(err.contains("--rng") && err.contains("cpu"), "{err}");
         let args = Wrapper::try_parse_from(["sdrt", "--provider", "tpu"]).unwrap().args;
         assert!(args.session.session_config().unwrap_err().to_string().contains("--provider"));

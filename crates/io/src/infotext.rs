@@ -81,6 +81,24 @@ pub fn python_float(value: f64) -> String {
     if plain.contains('.') { plain } else { format!("{plain}.0") }
 }
 
+/// A1111's `Lora hashes` paste-back (its Lora extension's `infotext_pasted`): every `<lora:NAME:` of `prompt`
+/// whose NAME the `Lora hashes` value lists is renamed to the local network with that short hash, as
+/// `local_name(hash)` finds it; names without a hash or a local match stay.
+pub fn rename_pasted_networks(prompt: &str, lora_hashes: &str, local_name: impl Fn(&str) -> Option<String>) -> String {
+    static LORA_TAG: LazyLock<Regex> = LazyLock::new(|| Regex::new("<lora:([^:]+):").expect("valid regex"));
+    let hashes: std::collections::HashMap<String, String> = lora_hashes
+        .split(',')
+        .filter_map(|entry| entry.trim().split_once(':'))
+        .map(|(name, hash)| (name.trim().replace(',', ""), hash.trim().to_owned()))
+        .collect();
+    LORA_TAG
+        .replace_all(prompt, |caps: &regex::Captures<'_>| {
+            let renamed = hashes.get(&caps[1]).and_then(|hash| local_name(hash));
+            renamed.map_or_else(|| caps[0].to_owned(), |name| format!("<lora:{name}:"))
+        })
+        .into_owned()
+}
+
 /// A1111's `quote`: values containing `,` `:` or a newline become JSON strings (non-ASCII kept).
 pub fn quote(text: &str) -> String {
     if !text.contains([',', '\n', ':']) {
@@ -562,5 +580,20 @@ mod tests {
         };
         let text = params.to_infotext();
         assert!(text.contains("Size: 512x512, Denoising strength: 0.7, Hires upscale: 2.0"), "{text}");
+    }
+}
+
+#[cfg(test)]
+mod paste_tests {
+    use super::rename_pasted_networks;
+
+    #[test]
+    fn pasted_lora_names_follow_their_hashes_to_local_files() {
+        let local = |hash: &str| (hash == "98234163483c").then(|| "my-locon".to_owned());
+        let prompt = "a cat <lora:their-locon:0.5>, <lora:other:1> <lora:their-locon>";
+        let renamed = rename_pasted_networks(prompt, "their-locon: 98234163483c, other: 000000000000", local);
+        // A1111's pattern needs the `:` after the name, so a bare tag stays, as does a hash with no local file.
+        assert_eq!(renamed, "a cat <lora:my-locon:0.5>, <lora:other:1> <lora:their-locon>");
+        assert_eq!(rename_pasted_networks(prompt, "", local), prompt);
     }
 }

@@ -34,7 +34,9 @@ pub use exif_meta::{
 };
 pub use grid::{GRID_BACKGROUND, grid_shape, image_grid};
 pub use image_info::{ImageInfo, read_image_info};
-pub use infotext::{GenerationParams, HiresParams, InfotextValue, ParsedInfotext, python_float, quote, unquote};
+pub use infotext::{
+    GenerationParams, HiresParams, InfotextValue, ParsedInfotext, python_float, quote, rename_pasted_networks, unquote,
+};
 pub use load::{DecodeLimits, load_image};
 pub use mask::{CropBox, blur_mask, crop_region, expand_crop_region, mask_from_image, pil_luminance};
 pub use model_hash::{NETWORK_SHORT_HASH_LEN, SHORT_HASH_LEN, addnet_hash, model_hash, model_sha256};

@@ -16,6 +16,8 @@ pub struct LoraLibrary {
     folders: Vec<PathBuf>,
     files: Mutex<BTreeMap<String, PathBuf>>,
     opened: Mutex<HashMap<PathBuf, OpenedLora>>,
+    /// Short hashes of files looked up by hash, by file version.
+    hashes: Mutex<HashMap<PathBuf, (Option<SystemTime>, String)>>,
 }
 
 #[derive(Debug, Clone)]
@@ -111,6 +113,32 @@ impl LoraLibrary {
             resolved.warnings.push(format!("Lora not found: {}", missing.join(", ")));
         }
         Ok(resolved)
+    }
+
+    /// The network whose A1111 short hash (`Lora hashes`) is `short_hash`; hashing each file once per version.
+    pub fn name_for_short_hash(&self, short_hash: &str) -> crate::Result<Option<String>> {
+        for entry in self.list() {
+            let modified = std::fs::metadata(&entry.path).and_then(|m| m.modified()).ok();
+            let known = {
+                let hashes = self.hashes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                hashes.get(&entry.path).filter(|(when, _)| *when == modified).map(|(_, hash)| hash.clone())
+            };
+            let hash = match known {
+                Some(hash) => hash,
+                None => {
+                    let mut hash = sdrt_io::addnet_hash(&entry.path)
+                        .map_err(|source| crate::Error::Io { path: entry.path.clone(), source })?;
+                    hash.truncate(sdrt_io::NETWORK_SHORT_HASH_LEN);
+                    let mut hashes = self.hashes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    hashes.insert(entry.path.clone(), (modified, hash.clone()));
+                    hash
+                }
+            };
+            if hash == short_hash {
+                return Ok(Some(entry.name));
+            }
+        }
+        Ok(None)
     }
 
     fn open(&self, path: &Path) -> crate::Result<OpenedLora> {

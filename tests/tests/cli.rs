@@ -1,0 +1,63 @@
+//! The `sdrt` command line as a process (built as `sdrt-under-test`): `txt2img --data-dir` on an A1111 folder,
+//! whose `config.json` settings apply unless a flag says otherwise.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+const SDRT: &str = env!("CARGO_BIN_EXE_sdrt-under-test");
+
+/// An A1111 data folder with the sd15-tiny checkpoint, a LoRA and a `config.json` that sets clip skip 2, the CPU
+/// random source and ENSD.
+fn a1111_folder(root: &Path) {
+    let copy = |from: &str, to: &str| {
+        let target = root.join(to);
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::copy(sdrt_tests::fixture(from), target).unwrap();
+    };
+    copy("checkpoints/sd15-tiny.safetensors", "models/Stable-diffusion/sd15-tiny.safetensors");
+    copy("checkpoints/sd15-tiny.yaml", "models/Stable-diffusion/sd15-tiny.yaml");
+    copy("loras/sd15-tiny-locon.safetensors", "models/Lora/sd15-tiny-locon.safetensors");
+    std::fs::write(root.join("styles.csv"), "name,prompt,negative_prompt\nSharp,sharp focus,blurry\n").unwrap();
+    let config = serde_json::json!({
+        "sd_model_checkpoint": "sd15-tiny.safetensors [0123456789]",
+        "CLIP_stop_at_last_layers": 2, "eta_noise_seed_delta": 31337, "randn_source": "CPU", "sd_vae": "None",
+    });
+    std::fs::write(root.join("config.json"), config.to_string()).unwrap();
+}
+
+fn txt2img(data: &Path, extra: &[&str]) -> Value {
+    let out = data.join("outputs");
+    let out = out.to_str().unwrap();
+    let mut args = vec!["txt2img", "--data-dir", data.to_str().unwrap(), "--outdir", out, "--json", "--threads", "1"];
+    args.extend(["--prompt", "a cat <lora:sd15-tiny-locon:0.5>", "--steps", "2", "--width", "64", "--height", "64"]);
+    args.extend(["--seed", "3", "--sampler", "Euler a"]);
+    args.extend(extra);
+    let output = Command::new(SDRT).args(&args).env("RUST_LOG", "warn").output().expect("sdrt runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "sdrt {args:?} failed:\n{stderr}");
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stdout)))
+}
+
+#[test]
+fn txt2img_reads_an_a1111_folder_and_flags_win_over_its_config() {
+    let data = tempfile::tempdir().unwrap();
+    a1111_folder(data.path());
+    let from_config = txt2img(data.path(), &[]);
+    let infotext = from_config["images"][0]["infotext"].as_str().unwrap();
+    assert_eq!(from_config["model"], "sd15-tiny", "config.json's checkpoint: {from_config}");
+    for expected in ["Clip skip: 2", "ENSD: 31337", "RNG: CPU", "Lora hashes: \"sd15-tiny-locon: ", "Model: sd15-tiny"]
+    {
+        assert!(infotext.contains(expected), "{expected} missing: {infotext}");
+    }
+    let flagged = txt2img(data.path(), &["--clip-skip", "1", "--rng", "gpu", "--style", "Sharp"]);
+    let infotext = flagged["images"][0]["infotext"].as_str().unwrap();
+    assert!(
+        infotext.starts_with("a cat <lora:sd15-tiny-locon:0.5>, sharp focus\nNegative prompt: blurry\n"),
+        "{infotext}"
+    );
+    assert!(!infotext.contains("Clip skip") && !infotext.contains("RNG:"), "the flags win: {infotext}");
+    assert!(infotext.contains("ENSD: 31337"), "what no flag sets still comes from config.json: {infotext}");
+}
