@@ -471,10 +471,10 @@ fn lycoris_kinds_merge_as_a1111_merges_them() {
     let mut model = load_path(&checkpoint("sd15-tiny.safetensors"), GraphOptions::default());
     let skipped = model.apply_networks(&[lora("sd15-tiny-lycoris", 0.5, 0.75)]).unwrap();
     assert_eq!(skipped.len(), 1, "{skipped:?}");
-    assert!(skipped[0].contains("lora_unet_output_blocks_0_0_out_layers_3 (CP-decomposed LoHa"), "{skipped:?}");
+    assert!(skipped[0].contains("lora_unet_output_blocks_1_0_out_layers_3 (DoRA"), "{skipped:?}");
     let merged = fixture_json("loras/references/sd15-tiny-lycoris.json");
     check_text_encoder(&mut model, &merged["text_encoder"], false, "LoKr, full diff + diff_b (te 0.5)");
-    check_unet(&mut model, &merged["unet"], "LoHa, LoKr, norm, CP LoCon (unet 0.75)");
+    check_unet(&mut model, &merged["unet"], "LoHa, LoKr, norm, CP LoCon, CP LoHa, CP LoKr (unet 0.75)");
 }
 
 #[test]

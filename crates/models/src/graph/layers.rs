@@ -137,12 +137,7 @@ impl<'w> Net<'w> {
     fn delta(&mut self, delta: &crate::lora::Delta, weight_shape: &[usize]) -> String {
         use crate::lora::Factors;
         let change = match &delta.factors {
-            Factors::LowRank(product) => self.product(product),
-            Factors::Hadamard(first, second) => {
-                let (first, second) = (self.product(first), self.product(second));
-                self.g.op("Mul", &[&first, &second], vec![])
-            }
-            Factors::Tucker { product, mid_shape, mid } => self.tucker(product, mid_shape, mid),
+            Factors::LowRank(_) | Factors::Tucker(_) | Factors::Hadamard(..) => self.factors(&delta.factors),
             Factors::Kronecker(w1, w2) => self.kronecker(w1, w2),
             Factors::Full { shape, values } => self.g.const_f32(shape, values),
         };
@@ -178,9 +173,28 @@ impl<'w> Net<'w> {
         self.g.op("MatMul", &[&up, &down], vec![])
     }
 
+    /// A low-rank, CP-decomposed or Hadamard ΔW (LoHa's halves both in the first half's shape, as A1111's
+    /// `rebuild_conventional(…, output_shape)` gives them).
+    fn factors(&mut self, factors: &crate::lora::Factors) -> String {
+        use crate::lora::Factors;
+        match factors {
+            Factors::LowRank(product) => self.product(product),
+            Factors::Tucker(tucker) => self.tucker(tucker),
+            Factors::Hadamard(first, second) => {
+                let shape = crate::lora::Delta::new_for_shape((**first).clone()).shape();
+                let (first, second) = (self.factors(first), self.factors(second));
+                let (first, second) = (self.reshape(&first, &shape), self.reshape(&second, &shape));
+                self.g.op("Mul", &[&first, &second], vec![])
+            }
+            Factors::Kronecker(w1, w2) => self.kronecker(w1, w2),
+            Factors::Full { shape, values } => self.g.const_f32(shape, values),
+        }
+    }
+
     /// A1111's `rebuild_cp_decomposition` (`einsum('n m k l, i n, m j -> i j k l', mid, up, down)`) as two
     /// MatMuls: `up @ mid` over n, then that against `down` over m; `[outputs, inputs, kh, kw]`.
-    fn tucker(&mut self, product: &crate::lora::Product, mid_shape: &[usize], mid: &[f32]) -> String {
+    fn tucker(&mut self, tucker: &crate::lora::Tucker) -> String {
+        let (product, mid_shape, mid) = (&tucker.product, &tucker.mid_shape, &tucker.mid);
         let (outputs, rank, inputs) = (product.outputs, product.rank, product.inputs);
         let kernel: usize = mid_shape[2..].iter().product();
         let up = self.g.const_f32(&[outputs, rank], &product.up);
@@ -217,6 +231,7 @@ impl<'w> Net<'w> {
         match matrix {
             crate::lora::Matrix::Dense { shape, values } => self.g.const_f32(shape, values),
             crate::lora::Matrix::Product(product) => self.product(product),
+            crate::lora::Matrix::Tucker(tucker) => self.tucker(tucker),
         }
     }
 

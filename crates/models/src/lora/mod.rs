@@ -7,8 +7,8 @@
 //! `lora_B`/`lora_A` whose alpha A1111 drops; conv kernels; `dyn`), LoHa (`hada_w{1,2}_{a,b}`), LoKr (`lokr_w1`
 //! or `lokr_w1_a/b`, `lokr_w2` or `lokr_w2_a/b`), full (`diff`, `diff_b`) and norm (`w_norm`, `b_norm`). Scale:
 //! `scale` when stored, else `alpha / rank`, else 1; bias deltas take the multiplier only. CP-decomposed LoCon
-//! (`lora_mid`) is rebuilt as A1111's `rebuild_cp_decomposition`; CP-decomposed LoHa/LoKr (`hada_t1`, `lokr_t2`),
-//! DoRA, IA3, GLoRA and OFT modules are reported and left out.
+//! (`lora_mid`) is rebuilt as A1111's `rebuild_cp_decomposition`, CP-decomposed LoHa and LoKr (`hada_t1`/`hada_t2`,
+//! `lokr_t2`) as its `make_weight_cp`; DoRA, IA3, GLoRA and OFT modules are reported and left out.
 
 mod names;
 
@@ -38,15 +38,8 @@ impl std::fmt::Debug for Lora {
 type Parts = BTreeMap<String, String>;
 
 /// Parts of kinds sdrt does not apply, for the report.
-const UNSUPPORTED_PARTS: &[(&str, &str)] = &[
-    ("hada_t1", "CP-decomposed LoHa (hada_t1)"),
-    ("lokr_t2", "CP-decomposed LoKr (lokr_t2)"),
-    ("dora_scale", "DoRA"),
-    ("on_input", "IA3"),
-    ("a1.weight", "GLoRA"),
-    ("oft_blocks", "OFT"),
-    ("oft_diag", "OFT"),
-];
+const UNSUPPORTED_PARTS: &[(&str, &str)] =
+    &[("dora_scale", "DoRA"), ("on_input", "IA3"), ("a1.weight", "GLoRA"), ("oft_blocks", "OFT"), ("oft_diag", "OFT")];
 
 impl Lora {
     /// Opens a LoRA `.safetensors` file and groups its tensors into modules.
@@ -111,6 +104,29 @@ impl Lora {
         Ok(self.product(parts, a, b, None)?.map(Matrix::Product))
     }
 
+    /// A1111's `make_weight_cp(t, wa, wb)` factors: `t [rank, rank, kh, kw]`, `wa [rank, out]`, `wb [rank, in]`, as
+    /// the product `waᵀ · t · wb`; `None` without `t`.
+    fn cp(&self, parts: &Parts, t: &str, wa: &str, wb: &str) -> Result<Option<Tucker>> {
+        let Some((mid_shape, mid)) = self.tensor(parts, t)? else { return Ok(None) };
+        let (Some((a_shape, a)), Some((b_shape, b))) = (self.tensor(parts, wa)?, self.tensor(parts, wb)?) else {
+            return Ok(None);
+        };
+        let rank = mid_shape.first().copied().unwrap_or(0);
+        let square = mid_shape.len() == 4 && mid_shape[1] == rank && rank > 0;
+        if !square || a_shape.len() != 2 || a_shape[0] != rank || b_shape.first() != Some(&rank) {
+            let problem = format!(
+                "has shape {mid_shape:?}; with {wa} {a_shape:?} and {wb} {b_shape:?} a CP module needs \
+                 [rank, rank, kh, kw], [rank, out] and [rank, in]"
+            );
+            return Err(self.file.tensor_error(&parts[t], problem));
+        }
+        let (outputs, inputs) = (a_shape[1], b.len() / rank);
+        // waᵀ: [out, rank], as a LoRA up factor.
+        let up = (0..outputs).flat_map(|o| (0..rank).map(move |r| (o, r))).map(|(o, r)| a[r * outputs + o]).collect();
+        let product = Product { up, down: b, outputs, rank, inputs, down_shape: b_shape };
+        Ok(Some(Tucker { product, mid_shape, mid }))
+    }
+
     /// `scale` when stored, else `alpha / dim` when both exist, else 1 (A1111's `calc_scale`).
     fn scale(&self, parts: &Parts, dim: Option<usize>) -> Result<f32> {
         Ok(match (self.scalar(parts, "scale")?, self.scalar(parts, "alpha")?, dim) {
@@ -137,7 +153,7 @@ impl Lora {
                 return Err(self.file.tensor_error(&parts["lora_mid.weight"], problem));
             }
             let scale = self.scale(parts, Some(product.down_shape[0]))?;
-            return Ok(Ok(vec![weight(Factors::Tucker { product, mid_shape, mid }, scale)]));
+            return Ok(Ok(vec![weight(Factors::Tucker(Tucker { product, mid_shape, mid }), scale)]));
         }
         if has("lora_up.weight") && has("lora_down.weight") {
             let product = self.product(parts, "lora_up.weight", "lora_down.weight", dyn_dim)?.unwrap_or_default();
@@ -150,20 +166,31 @@ impl Lora {
             return Ok(Ok(vec![weight(Factors::LowRank(product), 1.0)]));
         }
         if ["hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"].iter().all(|p| has(p)) {
-            let first = self.product(parts, "hada_w1_a", "hada_w1_b", None)?.unwrap_or_default();
-            let second = self.product(parts, "hada_w2_a", "hada_w2_b", None)?.unwrap_or_default();
-            let scale = self.scale(parts, Some(first.down_shape[0]))?;
-            return Ok(Ok(vec![weight(Factors::Hadamard(first, second), scale)]));
+            let half = |t: &str, a: &str, b: &str| -> Result<Factors> {
+                Ok(match self.cp(parts, t, a, b)? {
+                    Some(tucker) => Factors::Tucker(tucker),
+                    None => Factors::LowRank(self.product(parts, a, b, None)?.unwrap_or_default()),
+                })
+            };
+            let first = half("hada_t1", "hada_w1_a", "hada_w1_b")?;
+            let second = half("hada_t2", "hada_w2_a", "hada_w2_b")?;
+            // A1111's LoHa dim is hada_w1_b's first axis, CP-decomposed or not.
+            let dim = self.tensor(parts, "hada_w1_b")?.and_then(|(shape, _)| shape.first().copied());
+            let scale = self.scale(parts, dim)?;
+            return Ok(Ok(vec![weight(Factors::Hadamard(Box::new(first), Box::new(second)), scale)]));
         }
         let has_w1 = has("lokr_w1") || (has("lokr_w1_a") && has("lokr_w1_b"));
         let has_w2 = has("lokr_w2") || (has("lokr_w2_a") && has("lokr_w2_b"));
         if has_w1 && has_w2 {
             let w1 = self.matrix(parts, "lokr_w1", "lokr_w1_a", "lokr_w1_b")?;
-            let w2 = self.matrix(parts, "lokr_w2", "lokr_w2_a", "lokr_w2_b")?;
+            let w2 = match self.cp(parts, "lokr_t2", "lokr_w2_a", "lokr_w2_b")? {
+                Some(tucker) if !has("lokr_w2") => Some(Matrix::Tucker(tucker)),
+                _ => self.matrix(parts, "lokr_w2", "lokr_w2_a", "lokr_w2_b")?,
+            };
             let (Some(w1), Some(w2)) = (w1, w2) else { return Ok(Err("incomplete LoKr module".to_owned())) };
             // A1111 takes the rank from lokr_w1_b, then from lokr_w2_b when that exists.
             let rank = |m: &Matrix| match m {
-                Matrix::Product(p) => Some(p.rank),
+                Matrix::Product(p) | Matrix::Tucker(Tucker { product: p, .. }) => Some(p.rank),
                 Matrix::Dense { .. } => None,
             };
             let dim = rank(&w2).or(rank(&w1));
@@ -212,11 +239,27 @@ impl Product {
     }
 }
 
-/// A LoKr factor: stored whole or as a product.
+/// A CP-decomposed factor: `ΔW[i, j, k, l] = Σ up[i, n] · mid[n, m, k, l] · down[m, j]`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Tucker {
+    pub product: Product,
+    pub mid_shape: Vec<usize>,
+    pub mid: Vec<f32>,
+}
+
+impl Tucker {
+    /// `[outputs, inputs, kh, kw]`.
+    pub(crate) fn shape(&self) -> Vec<usize> {
+        [&[self.product.outputs, self.product.inputs][..], self.mid_shape.get(2..).unwrap_or(&[])].concat()
+    }
+}
+
+/// A LoKr factor: stored whole, as a product, or CP-decomposed.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Matrix {
     Dense { shape: Vec<usize>, values: Vec<f32> },
     Product(Product),
+    Tucker(Tucker),
 }
 
 impl Matrix {
@@ -225,6 +268,7 @@ impl Matrix {
         match self {
             Matrix::Dense { shape, .. } => shape.clone(),
             Matrix::Product(p) => vec![p.outputs, p.inputs],
+            Matrix::Tucker(t) => t.shape(),
         }
     }
 }
@@ -234,10 +278,10 @@ impl Matrix {
 pub(crate) enum Factors {
     /// LoRA/LoCon: `up @ down`.
     LowRank(Product),
-    /// CP-decomposed LoCon: `ΔW[i, j, k, l] = Σ up[i, n] · mid[n, m, k, l] · down[m, j]`.
-    Tucker { product: Product, mid_shape: Vec<usize>, mid: Vec<f32> },
-    /// LoHa: `(w1a @ w1b) ⊙ (w2a @ w2b)`.
-    Hadamard(Product, Product),
+    /// CP-decomposed LoCon (or one half of a CP-decomposed LoHa).
+    Tucker(Tucker),
+    /// LoHa: `(w1a @ w1b) ⊙ (w2a @ w2b)`, each half CP-decomposed or not; the first half's shape is ΔW's.
+    Hadamard(Box<Factors>, Box<Factors>),
     /// LoKr: `kron(w1, w2)` (a 4-D `w2` keeps its kernel).
     Kronecker(Matrix, Matrix),
     /// The whole ΔW (`diff`, `w_norm`, bias deltas).
@@ -268,13 +312,17 @@ impl Delta {
         Self { factors, scale, padding: Vec::new() }
     }
 
+    /// A delta of `factors` alone, to ask for its shape.
+    pub(crate) fn new_for_shape(factors: Factors) -> Self {
+        Self::new(factors, 1.0)
+    }
+
     /// ΔW's own shape (before it takes the weight's shape, as A1111's `finalize_updown` reshapes it).
     pub(crate) fn shape(&self) -> Vec<usize> {
         match &self.factors {
-            Factors::LowRank(p) | Factors::Hadamard(p, _) => p.shape(),
-            Factors::Tucker { product, mid_shape, .. } => {
-                [&[product.outputs, product.inputs][..], mid_shape.get(2..).unwrap_or(&[])].concat()
-            }
+            Factors::LowRank(p) => p.shape(),
+            Factors::Tucker(t) => t.shape(),
+            Factors::Hadamard(first, _) => Delta::new_for_shape((**first).clone()).shape(),
             Factors::Kronecker(w1, w2) => {
                 let (a, b) = (w1.shape(), w2.shape());
                 let mut shape = vec![a[0] * b[0], a[1] * b[1]];
