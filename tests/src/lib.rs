@@ -52,3 +52,10 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 pub fn json_f32s(value: &serde_json::Value) -> Vec<f32> {
     value.as_array().expect("a JSON array").iter().map(|v| v.as_f64().expect("a number") as f32).collect()
 }
+
+/// Copies the fixture `from` to `root/to`, creating folders (A1111 data folders laid out from fixtures).
+pub fn copy_fixture(root: &Path, from: &str, to: &str) {
+    let target = root.join(to);
+    std::fs::create_dir_all(target.parent().expect("a file path")).expect("folder");
+    std::fs::copy(fixture(from), target).expect("copy");
+}

@@ -11,11 +11,7 @@ const SDRT: &str = env!("CARGO_BIN_EXE_sdrt-under-test");
 /// An A1111 data folder with the sd15-tiny checkpoint, a LoRA and a `config.json` that sets clip skip 2, the CPU
 /// random source and ENSD.
 fn a1111_folder(root: &Path) {
-    let copy = |from: &str, to: &str| {
-        let target = root.join(to);
-        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
-        std::fs::copy(sdrt_tests::fixture(from), target).unwrap();
-    };
+    let copy = |from: &str, to: &str| sdrt_tests::copy_fixture(root, from, to);
     copy("checkpoints/sd15-tiny.safetensors", "models/Stable-diffusion/sd15-tiny.safetensors");
     copy("checkpoints/sd15-tiny.yaml", "models/Stable-diffusion/sd15-tiny.yaml");
     copy("loras/sd15-tiny-locon.safetensors", "models/Lora/sd15-tiny-locon.safetensors");

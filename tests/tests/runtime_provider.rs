@@ -50,11 +50,7 @@ fn unknown_models_name_the_registered_ones() {
 fn an_a1111_data_folder_is_read_as_a1111_lays_it_out() {
     let data = tempfile::tempdir().unwrap();
     let root = data.path();
-    let copy = |from: &str, to: &str| {
-        let target = root.join(to);
-        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
-        std::fs::copy(sdrt_tests::fixture(from), target).unwrap();
-    };
+    let copy = |from: &str, to: &str| sdrt_tests::copy_fixture(root, from, to);
     copy("checkpoints/sd15-tiny.safetensors", "models/Stable-diffusion/sub/sd15-tiny.safetensors");
     copy("checkpoints/sd15-tiny.yaml", "models/Stable-diffusion/sub/sd15-tiny.yaml");
     copy("loras/sd15-tiny-locon.safetensors", "models/Lora/sd15-tiny-locon.safetensors");
