@@ -14,6 +14,7 @@ use sdrt_runtime::{
 };
 use sdrt_tests::oracle::{checkpoint_twin_cases, reproduce_cases, reproduce_oracle, request, settings};
 use sdrt_tests::{fixture, fixture_json, fixtures_dir};
+use serde_json::Value;
 
 #[test]
 fn every_reference_case_reproduces_through_checkpoint_twins() {
@@ -442,4 +443,60 @@ fn hires_passes_switch_to_their_own_networks() {
     // The second batch's first pass has the prompt's LoRA again: it equals that seed run on its own.
     let alone = run("a cat ", 8, 1);
     assert_eq!(switched[1].latents, alone[0].latents);
+}
+
+/// A copy of the safetensors file `from` at `to` whose header carries `metadata` as `__metadata__`.
+fn with_metadata(from: &Path, to: &Path, metadata: &[(&str, &str)]) {
+    let bytes = std::fs::read(from).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Map<String, Value> = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    let entries: serde_json::Map<String, Value> =
+        metadata.iter().map(|(k, v)| ((*k).to_owned(), Value::from(*v))).collect();
+    header.insert("__metadata__".into(), Value::Object(entries));
+    let mut text = serde_json::to_string(&header).unwrap();
+    while text.len() % 8 != 0 {
+        text.push(' ');
+    }
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(text.as_bytes());
+    out.extend_from_slice(&bytes[8 + header_len..]);
+    std::fs::write(to, out).unwrap();
+}
+
+/// A1111 finds a network by file stem or by its `ss_output_name` alias; an alias two files share finds neither.
+#[test]
+fn loras_answer_to_their_metadata_alias_unless_two_files_share_it() {
+    sdrt_models::ensure_runtime().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let source = fixture("loras/sd15-tiny-locon.safetensors");
+    with_metadata(&source, &dir.path().join("renamed-file.safetensors"), &[("ss_output_name", "pixel-art")]);
+    with_metadata(&source, &dir.path().join("twin-a.safetensors"), &[("ss_output_name", "twin")]);
+    with_metadata(&source, &dir.path().join("twin-b.safetensors"), &[("ss_output_name", "twin")]);
+    let loras = Arc::new(sdrt_runtime::LoraLibrary::new(vec![dir.path().to_owned()]).unwrap());
+    let listed: Vec<(String, String)> = loras.list().into_iter().map(|e| (e.name, e.alias)).collect();
+    assert_eq!(listed[0], ("renamed-file".to_owned(), "pixel-art".to_owned()));
+    assert_eq!(loras.list()[0].metadata.get("ss_output_name").map(String::as_str), Some("pixel-art"));
+    let provider =
+        Arc::new(ModelProvider::new(SessionConfig { intra_op_threads: Some(1), ..SessionConfig::default() }));
+    let settings = GenerationSettings {
+        model: Some(fixture("checkpoints/sd15-tiny.safetensors").display().to_string()),
+        randn_source: parse_randn_source("CPU").unwrap(),
+        loras,
+        ..GenerationSettings::default()
+    };
+    let run = |prompt: &str| {
+        let request = Txt2ImgRequest::from_json(
+            &serde_json::json!({"prompt": prompt, "seed": 5, "steps": 2, "width": 64, "height": 64}).to_string(),
+        )
+        .unwrap();
+        let job = GenerationJob::new(ProcessingRequest::Txt2Img(request), settings.clone(), provider.clone());
+        ProcessingRunner::new().run(job).unwrap().0.images.remove(0)
+    };
+    let by_name = run("a cat <lora:renamed-file:0.5>");
+    let by_alias = run("a cat <lora:pixel-art:0.5>");
+    assert_eq!(by_alias.latents, by_name.latents, "the alias finds the same file");
+    assert!(by_alias.infotext.contains("Lora hashes: \"pixel-art: "), "named as mentioned: {}", by_alias.infotext);
+    let plain = run("a cat ");
+    assert_eq!(run("a cat <lora:twin:0.5>").latents, plain.latents, "a shared alias finds nothing");
+    assert_eq!(run("a cat <lora:twin-a:0.5>").latents, by_name.latents, "its files still answer to their names");
 }

@@ -377,11 +377,11 @@ pub struct PromptStyleItem {
 pub struct LoraItem {
     /// The name prompts use: `<lora:NAME:multiplier>`.
     pub name: String,
-    /// The same name (sdrt reads no `ss_output_name` aliases).
+    /// The other name prompts may use: the file's `ss_output_name`, else the same name.
     pub alias: String,
     /// The file's name inside the LoRA folder.
     pub path: String,
-    /// The file's training metadata (not read by sdrt: empty).
+    /// The file's training metadata (`__metadata__`; values that are JSON objects parsed, as A1111 does).
     pub metadata: serde_json::Map<String, serde_json::Value>,
 }
 

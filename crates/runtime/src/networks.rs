@@ -10,11 +10,14 @@ use std::time::SystemTime;
 use sdrt_models::{AppliedLora, Lora};
 use sdrt_processing::{ExtraNetworkCall, LoraCall};
 
-/// The LoRA files of one folder (subfolders included), by file stem as A1111 names them.
+/// The LoRA files of one folder (subfolders included), by file stem as A1111 names them, and by the alias in
+/// their metadata (`ss_output_name`).
 #[derive(Debug, Default)]
 pub struct LoraLibrary {
     folders: Vec<PathBuf>,
     files: Mutex<BTreeMap<String, PathBuf>>,
+    /// Names and aliases a tag may use, as A1111's `available_network_aliases`.
+    aliases: Mutex<Aliases>,
     opened: Mutex<HashMap<PathBuf, OpenedLora>>,
     /// Short hashes of files looked up by hash, by file version.
     hashes: Mutex<HashMap<PathBuf, (Option<SystemTime>, String)>>,
@@ -30,10 +33,23 @@ struct OpenedLora {
 /// One entry of [`LoraLibrary::list`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoraEntry {
-    /// The name prompts use (`<lora:NAME:…>`).
+    /// The name prompts use (`<lora:NAME:…>`): the file stem.
     pub name: String,
+    /// The other name prompts may use: the metadata's `ss_output_name`, else the file stem (A1111's alias).
+    pub alias: String,
     /// The file.
     pub path: PathBuf,
+    /// The file's `__metadata__` strings.
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// A1111's alias table: every file stem and alias to its file; an alias two files share is forbidden (then
+/// only a file stem finds a network).
+#[derive(Debug, Default)]
+struct Aliases {
+    paths: BTreeMap<String, PathBuf>,
+    forbidden: std::collections::BTreeSet<String>,
+    entries: Vec<LoraEntry>,
 }
 
 /// The networks a prompt's tags resolve to.
@@ -65,14 +81,36 @@ impl LoraLibrary {
                 }
             }
         }
+        let mut aliases = Aliases::default();
+        aliases.forbidden.insert("none".to_owned());
+        for (name, path) in &files {
+            // A file whose header cannot be read is listed under its name; using it reports the problem.
+            let metadata = Lora::open(path).map(|lora| lora.metadata().clone()).unwrap_or_default();
+            let alias = metadata.get("ss_output_name").cloned().unwrap_or_else(|| name.clone());
+            if aliases.paths.contains_key(&alias) {
+                aliases.forbidden.insert(alias.to_lowercase());
+            }
+            aliases.paths.insert(name.clone(), path.clone());
+            aliases.paths.insert(alias.clone(), path.clone());
+            aliases.entries.push(LoraEntry { name: name.clone(), alias, path: path.clone(), metadata });
+        }
         *self.files.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = files;
+        *self.aliases.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = aliases;
         Ok(())
     }
 
     /// Every network, by name.
     pub fn list(&self) -> Vec<LoraEntry> {
-        let files = self.files.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        files.iter().map(|(name, path)| LoraEntry { name: name.clone(), path: path.clone() }).collect()
+        self.aliases.lock().unwrap_or_else(std::sync::PoisonError::into_inner).entries.clone()
+    }
+
+    /// The file a tag's name means: a file stem, or an alias no two files share (A1111's lookup).
+    fn find(&self, name: &str) -> Option<PathBuf> {
+        let aliases = self.aliases.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if aliases.forbidden.contains(&name.to_lowercase()) {
+            return self.files.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(name).cloned();
+        }
+        aliases.paths.get(name).cloned()
     }
 
     /// The networks of `calls` (a prompt's tags): `lora`/`lyco` tags resolved by name, opened (once per file
@@ -93,8 +131,7 @@ impl LoraLibrary {
                     continue;
                 }
             };
-            let path = self.files.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&lora.name).cloned();
-            let Some(path) = path else {
+            let Some(path) = self.find(&lora.name) else {
                 missing.push(lora.name.clone());
                 continue;
             };
@@ -135,7 +172,11 @@ impl LoraLibrary {
                 }
             };
             if hash == short_hash {
-                return Ok(Some(entry.name));
+                // A1111 pastes the alias (its default `lora_preferred_name`) unless that alias is ambiguous.
+                let forbidden =
+                    self.aliases.lock().unwrap_or_else(std::sync::PoisonError::into_inner).forbidden.clone();
+                let ambiguous = forbidden.contains(&entry.alias.to_lowercase());
+                return Ok(Some(if ambiguous { entry.name } else { entry.alias }));
             }
         }
         Ok(None)

@@ -408,10 +408,18 @@ async fn upscalers(State(state): Shared) -> Json<Vec<UpscalerItem>> {
 async fn loras(State(state): Shared) -> Json<Vec<LoraItem>> {
     let library = state.settings().loras;
     let item = |entry: sdrt_runtime::LoraEntry| LoraItem {
-        alias: entry.name.clone(),
+        alias: entry.alias,
         path: entry.path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
         name: entry.name,
-        metadata: serde_json::Map::new(),
+        // A1111's read_metadata_from_safetensors: values that look like JSON objects are parsed.
+        metadata: entry
+            .metadata
+            .into_iter()
+            .map(|(key, text)| {
+                let parsed = text.starts_with('{').then(|| serde_json::from_str(&text).ok()).flatten();
+                (key, parsed.unwrap_or(Value::String(text)))
+            })
+            .collect(),
     };
     Json(library.list().into_iter().map(item).collect())
 }

@@ -25,6 +25,8 @@ pub(crate) struct TensorEntry {
 pub(crate) struct TensorFile {
     path: PathBuf,
     tensors: BTreeMap<String, TensorEntry>,
+    /// The header's `__metadata__` (training tags such as kohya's `ss_output_name`).
+    metadata: BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for TensorFile {
@@ -58,6 +60,8 @@ impl TensorFile {
             )
         })?;
         let data_start = 8 + header_len;
+        let text_metadata: BTreeMap<String, String> =
+            metadata.metadata().clone().map(|m| m.into_iter().collect()).unwrap_or_default();
         let tensors = metadata
             .tensors()
             .into_iter()
@@ -83,7 +87,12 @@ impl TensorFile {
         }
         // The mapping only served the check; tensors are read by range later, so no mapped pages stay resident.
         drop(mmap);
-        Ok(Self { path: path.to_owned(), tensors })
+        Ok(Self { path: path.to_owned(), tensors, metadata: text_metadata })
+    }
+
+    /// The header's `__metadata__` strings.
+    pub(crate) fn metadata(&self) -> &BTreeMap<String, String> {
+        &self.metadata
     }
 
     pub(crate) fn path(&self) -> &Path {

@@ -62,6 +62,11 @@ impl Lora {
         self.file.path()
     }
 
+    /// The file's `__metadata__` (kohya's training tags: `ss_output_name`, `sshs_model_hash`, …).
+    pub fn metadata(&self) -> &BTreeMap<String, String> {
+        self.file.metadata()
+    }
+
     fn scalar(&self, parts: &Parts, part: &str) -> Result<Option<f32>> {
         let Some(name) = parts.get(part) else { return Ok(None) };
         let (_, values) = self.file.f32(name)?;
