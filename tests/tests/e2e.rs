@@ -454,7 +454,7 @@ fn with_metadata(from: &Path, to: &Path, metadata: &[(&str, &str)]) {
         metadata.iter().map(|(k, v)| ((*k).to_owned(), Value::from(*v))).collect();
     header.insert("__metadata__".into(), Value::Object(entries));
     let mut text = serde_json::to_string(&header).unwrap();
-    while text.len() % 8 != 0 {
+    while !text.len().is_multiple_of(8) {
         text.push(' ');
     }
     let mut out = (text.len() as u64).to_le_bytes().to_vec();
