@@ -347,10 +347,12 @@ impl Worker {
         let watcher = tokio::spawn(watch_job(
             self.connection.clone(),
             WatchedJob {
+                id: delivery.id,
                 key: job_key(delivery.id),
                 stream: delivery.stream.clone(),
                 entry: delivery.entry.clone(),
                 worker: self.options.name.clone(),
+                model: model.to_owned(),
                 refresh: self.options.reclaim_after / 3,
             },
             control.clone(),
@@ -391,10 +393,13 @@ impl Worker {
 }
 
 struct WatchedJob {
+    id: u64,
     key: String,
     stream: String,
     entry: String,
     worker: String,
+    /// The model the job runs on (what the worker holds while it runs).
+    model: String,
     refresh: Duration,
 }
 
@@ -432,8 +437,17 @@ async fn watch_job(
                 skips = skip;
             }
         }
-        if last_refresh.elapsed() >= job.refresh {
+        if last_refresh.elapsed() >= job.refresh.min(Duration::from_secs(2)) {
             last_refresh = Instant::now();
+            // The worker stays live (and listed) through a long job.
+            let record = WorkerRecord {
+                name: job.worker.clone(),
+                models: vec![job.model.clone()],
+                heartbeat: now_seconds(),
+                running: Some(job.id),
+            };
+            let text = serde_json::to_string(&record).unwrap_or_default();
+            let _: redis::RedisResult<()> = connection.hset(WORKERS, &job.worker, text).await;
             let _: redis::RedisResult<redis::Value> = redis::cmd("XCLAIM")
                 .arg(&job.stream)
                 .arg(GROUP)
