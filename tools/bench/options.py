@@ -37,7 +37,8 @@ VARIANTS = {
     "eager-vae-encoder": ["--load-vae-encoder"],
     "no-spinning": ["--no-spinning"],
     "no-prepacking": ["--no-prepacking"],
-    "no-memory-arena": ["--no-memory-arena"],
+    "no-memory-arena": ["--memory-arena", "off"],
+    "memory-arena": ["--memory-arena", "on"],
     "no-memory-pattern": ["--no-memory-pattern"],
     "opt-extended": ["--graph-optimization", "extended"],
     "opt-basic": ["--graph-optimization", "basic"],
@@ -62,6 +63,8 @@ VARIANTS.update({
     "ckpt-layernorm-groupnorm": ["--model", CHECKPOINT, "--graph-group-norm", "layernorm"],
     "ckpt-native-groupnorm": ["--model", CHECKPOINT, "--graph-group-norm", "native"],
     "ckpt-transpose-matmul": ["--model", CHECKPOINT, "--no-transposed-matmul"],
+    "ckpt-memory-arena": ["--model", CHECKPOINT, "--memory-arena", "on"],
+    "ckpt-no-prepacking": ["--model", CHECKPOINT, "--no-prepacking"],
 })
 
 # OpenVINO through ONNX Runtime's onnxruntime-openvino build (`cargo xtask provision-ort --openvino`): the same

@@ -133,9 +133,10 @@ pub struct SessionArgs {
     /// Do not pre-pack constant weights at load.
     #[arg(long)]
     pub no_prepacking: bool,
-    /// Disable the CPU memory arena.
+    /// CPU memory arena: on or off for every session [default: off for VAEs and graphs built from checkpoints,
+    /// on for exported UNets and text encoders, as measured].
     #[arg(long)]
-    pub no_memory_arena: bool,
+    pub memory_arena: Option<OnOff>,
     /// Disable memory-pattern planning.
     #[arg(long)]
     pub no_memory_pattern: bool,
@@ -202,6 +203,15 @@ impl GraphArgs {
     }
 }
 
+/// An on/off switch (`--memory-arena on|off`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    /// On.
+    On,
+    /// Off.
+    Off,
+}
+
 /// `--precision`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum PrecisionArg {
@@ -251,7 +261,7 @@ impl SessionArgs {
             optimization: self.optimization()?,
             intra_op_spinning: !self.no_spinning,
             prepacking: !self.no_prepacking,
-            memory_arena: !self.no_memory_arena,
+            memory_arena: self.memory_arena.map(|choice| choice == OnOff::On),
             memory_pattern: !self.no_memory_pattern,
             bound_io: !self.no_bound_io,
             parallel_load: !self.sequential_load,

@@ -106,7 +106,7 @@ impl OnnxModel {
             action: "creating session options",
             reason: e.to_string(),
         })?;
-        let mut builder = config.apply(builder, component)?;
+        let mut builder = config.apply(builder, component, false)?;
         let session = builder.commit_from_file(path).map_err(|e| Error::Session {
             component: component.to_owned(),
             action: "loading the model",
@@ -131,7 +131,7 @@ impl OnnxModel {
         };
         let builder =
             Session::builder(environment).map_err(|e| session_error("creating session options")(e.to_string()))?;
-        let builder = config.apply(builder, component)?;
+        let builder = config.apply(builder, component, true)?;
         // The weights stay in the checkpoint: ONNX Runtime reads each initializer's byte range from it.
         let (model, folder) = graph.for_loading();
         let mut builder = builder

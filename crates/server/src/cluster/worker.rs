@@ -165,14 +165,7 @@ impl Worker {
         if running.is_none() && self.last_heartbeat.is_some_and(|at| at.elapsed() < Duration::from_secs(2)) {
             return Ok(());
         }
-        let record = WorkerRecord {
-            name: self.options.name.clone(),
-            models: vec![self.held.clone()],
-            heartbeat: now_seconds(),
-            running,
-        };
-        let text = serde_json::to_string(&record).unwrap_or_default();
-        let _: () = self.connection.hset(WORKERS, &self.options.name, text).await.map_err(|e| unavailable(&e))?;
+        announce(&mut self.connection, &self.options.name, &self.held, running).await.map_err(|e| unavailable(&e))?;
         ensure_group(&mut self.connection, &queue_key(&self.held)).await?;
         self.last_heartbeat = Some(Instant::now());
         Ok(())
@@ -440,14 +433,7 @@ async fn watch_job(
         if last_refresh.elapsed() >= job.refresh.min(Duration::from_secs(2)) {
             last_refresh = Instant::now();
             // The worker stays live (and listed) through a long job.
-            let record = WorkerRecord {
-                name: job.worker.clone(),
-                models: vec![job.model.clone()],
-                heartbeat: now_seconds(),
-                running: Some(job.id),
-            };
-            let text = serde_json::to_string(&record).unwrap_or_default();
-            let _: redis::RedisResult<()> = connection.hset(WORKERS, &job.worker, text).await;
+            let _: redis::RedisResult<()> = announce(&mut connection, &job.worker, &job.model, Some(job.id)).await;
             let _: redis::RedisResult<redis::Value> = redis::cmd("XCLAIM")
                 .arg(&job.stream)
                 .arg(GROUP)
@@ -459,6 +445,18 @@ async fn watch_job(
                 .await;
         }
     }
+}
+
+/// Writes this worker's heartbeat, the model it holds and the job it runs to `sdrt:workers`.
+async fn announce(
+    connection: &mut redis::aio::ConnectionManager,
+    name: &str,
+    model: &str,
+    running: Option<u64>,
+) -> redis::RedisResult<()> {
+    let record =
+        WorkerRecord { name: name.to_owned(), models: vec![model.to_owned()], heartbeat: now_seconds(), running };
+    connection.hset(WORKERS, name, serde_json::to_string(&record).unwrap_or_default()).await
 }
 
 /// The first entry an `XAUTOCLAIM` reply claimed: its id and job id.
