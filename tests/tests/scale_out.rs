@@ -351,6 +351,14 @@ fn two_api_servers_agree_on_jobs_and_progress() {
     delete(&format!("{base_b}/sdrt/v1/jobs/{id}"));
     let done = wait_until(&base_a, id, Duration::from_secs(60), finished);
     assert_eq!(done["state"], "cancelled", "{done}");
+    // Options posted to B reach the worker that runs A's next job (A1111's options are global).
+    let (code, body) = post(&format!("{base_b}/sdapi/v1/options"), &json!({"CLIP_stop_at_last_layers": 2}));
+    assert_eq!(code, 200, "{body}");
+    let next = submit(&base_a, &txt2img(10, 2));
+    assert_eq!(wait_until(&base_a, next, Duration::from_secs(60), finished)["state"], "succeeded");
+    let (_, result) = get(&format!("{base_a}/sdrt/v1/jobs/{next}/result"));
+    let info: Value = serde_json::from_str(result["info"].as_str().unwrap()).unwrap();
+    assert!(info["infotexts"][0].as_str().unwrap().contains("Clip skip: 2"), "{info}");
 }
 
 #[test]

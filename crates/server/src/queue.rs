@@ -15,11 +15,11 @@ impl ServerState {
     pub(crate) async fn submit(self: &Arc<Self>, body: &str, job: PreparedJob) -> Result<(u64, usize)> {
         match &self.cluster {
             Some(queue) => {
-                let model = job
-                    .base
-                    .override_settings
-                    .get("sd_model_checkpoint")
-                    .and_then(serde_json::Value::as_str)
+                // The request's checkpoint, else the one posted to any API server, else this server's default.
+                let posted = queue.options().await?;
+                let model = [&job.base.override_settings, &posted]
+                    .into_iter()
+                    .find_map(|entries| entries.get("sd_model_checkpoint").and_then(serde_json::Value::as_str))
                     .map(str::to_owned)
                     .or_else(|| self.settings().model)
                     .unwrap_or_else(|| "default".to_owned());

@@ -284,6 +284,10 @@ async fn set_options(State(state): Shared, body: String) -> Result<Json<serde_js
     let mut settings = state.settings();
     let ignored = settings.apply_settings(&entries).map_err(|p| Error::Setting { key: p.key, message: p.problem })?;
     state.set_settings(settings);
+    if let Some(queue) = &state.cluster {
+        // A1111's options are global: with a shared queue every worker applies them.
+        queue.store_options(&entries).await?;
+    }
     Ok(Json(serde_json::json!({ "ignored": ignored })))
 }
 

@@ -11,6 +11,8 @@
 //!   to a worker that holds its model warm; `sdrt:queues` lists the streams.
 //! - `sdrt:workers`: worker name → the models it holds and its last heartbeat (routing, reclaiming).
 //! - `sdrt:current`: the job started last (A1111's global `/progress`, `/interrupt`, `/skip`).
+//! - `sdrt:options`: the settings posted to any API server (`POST /sdapi/v1/options`), which every worker applies
+//!   before each job, as A1111's options are global.
 //!
 //! State changes that race (start, finish, cancel) are Lua scripts, so a job is started by one worker at a
 //! time, finishes once, and a cancelled job never starts.
@@ -33,6 +35,8 @@ const NEXT_ID: &str = "sdrt:next_id";
 const QUEUES: &str = "sdrt:queues";
 const WORKERS: &str = "sdrt:workers";
 const CURRENT: &str = "sdrt:current";
+/// A1111 settings posted to any API server (`POST /sdapi/v1/options`), by key, as JSON: every worker applies them.
+const OPTIONS: &str = "sdrt:options";
 /// How often a waiting A1111 client's job is looked at.
 const WAIT_POLL: Duration = Duration::from_millis(100);
 
@@ -325,6 +329,21 @@ impl RedisQueue {
         self.connection().get(CURRENT).await.map_err(|e| unavailable(&e))
     }
 
+    /// Stores settings posted to this server for every worker (and every API server's routing).
+    pub(crate) async fn store_options(&self, entries: &serde_json::Map<String, Value>) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let fields: Vec<(String, String)> = entries.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
+        let _: () = self.connection().hset_multiple(OPTIONS, &fields).await.map_err(|e| unavailable(&e))?;
+        Ok(())
+    }
+
+    /// The settings posted to any API server.
+    pub(crate) async fn options(&self) -> Result<serde_json::Map<String, Value>> {
+        shared_options(&mut self.connection()).await
+    }
+
     /// The workers that sent a heartbeat recently, with the models they hold.
     pub(crate) async fn live_workers(&self) -> Result<Vec<WorkerRecord>> {
         live_workers(&mut self.connection()).await
@@ -352,6 +371,15 @@ pub(crate) async fn live_workers(connection: &mut redis::aio::ConnectionManager)
         .filter_map(|text| serde_json::from_str::<WorkerRecord>(text).ok())
         .filter(|worker| now - worker.heartbeat < WORKER_LIVENESS.as_secs_f64())
         .collect())
+}
+
+/// The settings posted to any API server, as a settings map.
+pub(crate) async fn shared_options(
+    connection: &mut redis::aio::ConnectionManager,
+) -> Result<serde_json::Map<String, Value>> {
+    let stored: std::collections::HashMap<String, String> =
+        connection.hgetall(OPTIONS).await.map_err(|e| unavailable(&e))?;
+    Ok(stored.into_iter().filter_map(|(k, v)| serde_json::from_str(&v).ok().map(|v| (k, v))).collect())
 }
 
 /// Creates the consumer group of `stream` (and the stream) unless it exists; from the stream's start, so no

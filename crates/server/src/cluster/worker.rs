@@ -108,6 +108,8 @@ pub async fn run_worker(state: Arc<ServerState>, options: WorkerOptions, shutdow
 
 struct Worker {
     state: Arc<ServerState>,
+    /// The settings this worker was started with; each job runs on them plus the cluster's posted options.
+    base_settings: sdrt_runtime::GenerationSettings,
     options: WorkerOptions,
     connection: redis::aio::ConnectionManager,
     /// The model this worker has loaded (its stream is read first).
@@ -143,7 +145,8 @@ impl Worker {
         let held = state.settings().model.unwrap_or_else(|| "default".to_owned());
         let last_reclaim = Instant::now().checked_sub(options.reclaim_after).unwrap_or_else(Instant::now);
         eprintln!("worker {} reading {} (model {held})", options.name, queue_key(&held));
-        Ok(Self { state, options, connection, held, last_reclaim, last_heartbeat: None })
+        let base_settings = state.settings();
+        Ok(Self { state, base_settings, options, connection, held, last_reclaim, last_heartbeat: None })
     }
 
     /// Runs at most one job; false when there was none.
@@ -275,6 +278,7 @@ impl Worker {
         let fields: std::collections::HashMap<String, String> =
             self.connection.hgetall(&key).await.map_err(|e| unavailable(&e))?;
         let model = fields.get("model").cloned().unwrap_or_else(|| self.held.clone());
+        self.apply_shared_options().await?;
         let (outcome, cancelled) = self.run(&delivery, &fields, &model).await;
         self.held = model;
         let (state, field, value) = match &outcome {
@@ -290,6 +294,22 @@ impl Worker {
         self.store(&delivery, state, field, &value).await;
         self.acknowledge(&delivery.stream, &delivery.entry).await?;
         self.heartbeat(None).await
+    }
+
+    /// The worker's own settings with the options posted to any API server over them (A1111's are global).
+    async fn apply_shared_options(&mut self) -> Result<()> {
+        let posted = super::shared_options(&mut self.connection).await?;
+        let mut settings = self.base_settings.clone();
+        if let Err(problem) = settings.apply_settings(&posted) {
+            // The API server checked them against its own models; this worker keeps its settings for that key.
+            eprintln!(
+                "worker {}: posted option {} not applied here: {}",
+                self.options.name, problem.key, problem.problem
+            );
+            settings = self.base_settings.clone();
+        }
+        self.state.set_settings(settings);
+        Ok(())
     }
 
     /// Stores the outcome, retrying while Redis is unreachable: it is acknowledged only once stored.
