@@ -418,3 +418,16 @@ fn a_job_for_a_model_no_worker_holds_goes_to_a_worker_that_loads_it() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn a_worker_stops_a_job_past_its_time_limit() {
+    let redis = Redis::start();
+    let (_server, base) = api_server(&redis, &[]);
+    let _worker = worker(&redis, "strict", &["--job-timeout", "1"]);
+    let id = submit(&base, &txt2img(8, 1000));
+    let done = wait_until(&base, id, Duration::from_secs(120), finished);
+    assert_eq!(done["state"], "timed_out", "{done}");
+    assert!(done["error"].as_str().unwrap().contains("time limit"), "{done}");
+    let (code, body) = get(&format!("{base}/sdrt/v1/jobs/{id}/result"));
+    assert_eq!(code, 504, "{body}");
+}

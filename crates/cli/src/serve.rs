@@ -60,6 +60,9 @@ pub struct WorkerArgs {
     /// Seconds a finished job's result stays in Redis.
     #[arg(long, default_value_t = 3600)]
     pub result_ttl: u64,
+    /// Stop a job that runs longer than this many seconds (its state becomes `timed_out`); 0 = no limit.
+    #[arg(long, default_value_t = 0)]
+    pub job_timeout: u64,
     /// Models, data folders, libraries and sessions.
     #[command(flatten)]
     pub node: NodeArgs,
@@ -205,6 +208,7 @@ pub fn worker(args: &WorkerArgs, shutdown: Arc<AtomicBool>) -> Result<()> {
     options.reclaim_after = std::time::Duration::from_secs_f64(args.reclaim_after.max(0.1));
     options.max_attempts = args.max_attempts.max(1);
     options.result_ttl = std::time::Duration::from_secs(args.result_ttl.max(1));
+    options.job_timeout = (args.job_timeout > 0).then(|| std::time::Duration::from_secs(args.job_timeout));
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime
         .block_on(sdrt_server::run_worker(Arc::new(state), options, shutdown))

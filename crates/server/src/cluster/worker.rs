@@ -39,6 +39,8 @@ pub struct WorkerOptions {
     pub result_ttl: Duration,
     /// How long an idle worker waits before looking at the streams again.
     pub poll: Duration,
+    /// A job running longer is stopped and ends `timed_out` (`None`: no limit).
+    pub job_timeout: Option<Duration>,
 }
 
 impl WorkerOptions {
@@ -52,6 +54,7 @@ impl WorkerOptions {
             max_attempts: 3,
             result_ttl: Duration::from_secs(3600),
             poll: Duration::from_millis(100),
+            job_timeout: None,
         }
     }
 }
@@ -116,6 +119,16 @@ struct Worker {
     held: String,
     last_reclaim: Instant,
     last_heartbeat: Option<Instant>,
+}
+
+/// How a job that ran came to its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    Finished,
+    /// The client cancelled it while it ran.
+    Cancelled,
+    /// It ran past `--job-timeout`.
+    TimedOut,
 }
 
 /// One stream entry: the stream, the entry id and the job id it carries.
@@ -279,17 +292,23 @@ impl Worker {
             self.connection.hgetall(&key).await.map_err(|e| unavailable(&e))?;
         let model = fields.get("model").cloned().unwrap_or_else(|| self.held.clone());
         self.apply_shared_options().await?;
-        let (outcome, cancelled) = self.run(&delivery, &fields, &model).await;
+        let (outcome, ending) = self.run(&delivery, &fields, &model).await;
         self.held = model;
-        let (state, field, value) = match &outcome {
-            Ok(response) => (
-                if cancelled { JobState::Cancelled } else { JobState::Succeeded },
+        let (state, field, value) = match (&outcome, ending) {
+            (_, Ending::TimedOut) => {
+                let seconds = self.options.job_timeout.map_or(0, |t| t.as_secs());
+                (JobState::TimedOut, "error", error_record(&Error::TimedOut { seconds }))
+            }
+            (Ok(response), ending) => (
+                if ending == Ending::Cancelled { JobState::Cancelled } else { JobState::Succeeded },
                 "result",
                 serde_json::to_string(response).unwrap_or_default(),
             ),
-            Err(error) => {
-                (if cancelled { JobState::Cancelled } else { JobState::Failed }, "error", error_record(error))
-            }
+            (Err(error), ending) => (
+                if ending == Ending::Cancelled { JobState::Cancelled } else { JobState::Failed },
+                "error",
+                error_record(error),
+            ),
         };
         self.store(&delivery, state, field, &value).await;
         self.acknowledge(&delivery.stream, &delivery.entry).await?;
@@ -347,11 +366,11 @@ impl Worker {
         delivery: &Delivery,
         fields: &std::collections::HashMap<String, String>,
         model: &str,
-    ) -> (Result<ImageResponse>, bool) {
+    ) -> (Result<ImageResponse>, Ending) {
         let prepared = self.prepare(fields, model);
         let prepared = match prepared {
             Ok(prepared) => prepared,
-            Err(error) => return (Err(error), false),
+            Err(error) => return (Err(error), Ending::Finished),
         };
         let control = JobControl::default();
         let progress = Arc::new(ProgressTracker::default());
@@ -373,10 +392,29 @@ impl Worker {
             Arc::clone(&cancelled),
             Arc::clone(&done),
         ));
+        let timed_out = Arc::new(AtomicBool::new(false));
+        let timer = self.options.job_timeout.map(|limit| {
+            let (control, timed_out) = (control.clone(), Arc::clone(&timed_out));
+            tokio::spawn(async move {
+                tokio::time::sleep(limit).await;
+                timed_out.store(true, Ordering::SeqCst);
+                control.interrupt();
+            })
+        });
         let outcome = crate::generate::execute(&self.state, prepared, control, progress).await;
+        if let Some(timer) = timer {
+            timer.abort();
+        }
         done.notify_one();
         let _ = watcher.await;
-        (outcome, cancelled.load(Ordering::SeqCst))
+        let ending = if timed_out.load(Ordering::SeqCst) {
+            Ending::TimedOut
+        } else if cancelled.load(Ordering::SeqCst) {
+            Ending::Cancelled
+        } else {
+            Ending::Finished
+        };
+        (outcome, ending)
     }
 
     /// The request as the API server received it, checked again here (this worker's models and limits).
