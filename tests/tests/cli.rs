@@ -57,3 +57,24 @@ fn txt2img_reads_an_a1111_folder_and_flags_win_over_its_config() {
     assert!(!infotext.contains("Clip skip") && !infotext.contains("RNG:"), "the flags win: {infotext}");
     assert!(infotext.contains("ENSD: 31337"), "what no flag sets still comes from config.json: {infotext}");
 }
+
+/// `sdrt png-info --lora-dir`: a pasted `<lora:…>` tag is renamed to the local file with the infotext's hash.
+#[test]
+fn png_info_renames_pasted_loras_with_a_lora_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let hashes = sdrt_tests::fixture_json("loras/hashes.json");
+    let hash = &hashes["sd15-tiny-locon.safetensors"].as_str().unwrap()[..12];
+    let infotext = format!("a cat <lora:their-name:0.5>\nSteps: 4, Seed: 1, Lora hashes: \"their-name: {hash}\"");
+    let png = sdrt_io::encode_png_with_infotext(&[0u8; 3 * 8 * 8], 8, 8, &infotext).unwrap();
+    let image = dir.path().join("pasted.png");
+    std::fs::write(&image, png).unwrap();
+    let loras = sdrt_tests::fixtures_dir().join("loras");
+    let output = Command::new(SDRT)
+        .args(["png-info", "--json", "--lora-dir", loras.to_str().unwrap(), image.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let answer: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(answer["parameters"]["Prompt"], "a cat <lora:sd15-tiny-locon:0.5>");
+    assert_eq!(answer["info"], infotext.as_str());
+}

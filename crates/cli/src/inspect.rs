@@ -13,6 +13,10 @@ pub struct PngInfoArgs {
     /// Print the parsed fields as A1111's /sdapi/v1/png-info JSON.
     #[arg(long)]
     pub json: bool,
+    /// LoRA folders (A1111's `models/Lora`): pasted `<lora:NAME:…>` tags are renamed to the local files with the
+    /// infotext's `Lora hashes`, as A1111's paste does.
+    #[arg(long)]
+    pub lora_dir: Vec<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -34,17 +38,19 @@ pub fn png_info(args: &PngInfoArgs) -> Result<()> {
         );
     };
     let parsed = sdrt_io::ParsedInfotext::parse(&text);
+    let mut parameters = parsed.to_a1111_parameters();
+    if !args.lora_dir.is_empty() {
+        let loras = sdrt_runtime::LoraLibrary::new(args.lora_dir.clone()).context("--lora-dir")?;
+        loras.rename_pasted(&mut parameters);
+    }
     let mut out = std::io::stdout().lock();
     if args.json {
-        let json = serde_json::json!({
-            "info": text,
-            "parameters": parsed.to_a1111_parameters(),
-        });
+        let json = serde_json::json!({ "info": text, "parameters": parameters });
         writeln!(out, "{}", serde_json::to_string_pretty(&json)?)?;
         return Ok(());
     }
     writeln!(out, "{text}\n")?;
-    writeln!(out, "Prompt: {}", parsed.prompt)?;
+    writeln!(out, "Prompt: {}", parameters.get("Prompt").and_then(|p| p.as_str()).unwrap_or(&parsed.prompt))?;
     if !parsed.negative_prompt.is_empty() {
         writeln!(out, "Negative prompt: {}", parsed.negative_prompt)?;
     }

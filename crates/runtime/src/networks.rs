@@ -152,6 +152,18 @@ impl LoraLibrary {
         Ok(resolved)
     }
 
+    /// A1111's Lora `infotext_pasted` on parsed infotext parameters: `<lora:NAME:` tags of `Prompt` renamed to the
+    /// local networks with the `Lora hashes` they list (hashing each file once per version).
+    pub fn rename_pasted(&self, parameters: &mut serde_json::Map<String, serde_json::Value>) {
+        let Some(hashes) = parameters.get("Lora hashes").and_then(serde_json::Value::as_str).map(str::to_owned) else {
+            return;
+        };
+        let prompt = parameters.get("Prompt").and_then(serde_json::Value::as_str).unwrap_or_default();
+        let renamed =
+            sdrt_io::rename_pasted_networks(prompt, &hashes, |hash| self.name_for_short_hash(hash).ok().flatten());
+        parameters.insert("Prompt".into(), renamed.into());
+    }
+
     /// The network whose A1111 short hash (`Lora hashes`) is `short_hash`; hashing each file once per version.
     pub fn name_for_short_hash(&self, short_hash: &str) -> crate::Result<Option<String>> {
         for entry in self.list() {

@@ -297,18 +297,16 @@ async fn png_info(State(state): Shared, body: String) -> Result<Json<PngInfoResp
         message: format!("the body must be {{\"image\": \"<base64>\"}} ({e})"),
     })?;
     let mut info = images::png_info(&state.limits.decode, &request)?;
-    // A1111 renames pasted `<lora:…>` tags to the local files with the infotext's `Lora hashes`.
-    if let Some(hashes) = info.parameters.get("Lora hashes").and_then(serde_json::Value::as_str).map(str::to_owned) {
-        let loras = state.settings().loras;
-        let prompt = info.parameters.get("Prompt").and_then(serde_json::Value::as_str).unwrap_or_default().to_owned();
-        // Hashing a network file the first time reads all of it: off the async threads.
-        let renamed = tokio::task::spawn_blocking(move || {
-            sdrt_io::rename_pasted_networks(&prompt, &hashes, |hash| loras.name_for_short_hash(hash).ok().flatten())
-        })
-        .await
-        .map_err(|e| Error::Worker(e.to_string()))?;
-        info.parameters.insert("Prompt".into(), renamed.into());
-    }
+    // A1111 renames pasted `<lora:…>` tags to the local files with the infotext's `Lora hashes`; hashing a network
+    // file the first time reads all of it, so off the async threads.
+    let loras = state.settings().loras;
+    let mut parameters = std::mem::take(&mut info.parameters);
+    info.parameters = tokio::task::spawn_blocking(move || {
+        loras.rename_pasted(&mut parameters);
+        parameters
+    })
+    .await
+    .map_err(|e| Error::Worker(e.to_string()))?;
     Ok(Json(info))
 }
 
