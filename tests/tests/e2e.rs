@@ -238,20 +238,7 @@ fn lora_tags_merge_networks_and_write_lora_hashes() {
         names,
         ["sd15-inpaint-conv-in", "sd15-tiny-locon", "sd15-tiny-lycoris", "sd2-tiny-v-lora", "sdxl-tiny-lora"]
     );
-    let settings = GenerationSettings {
-        model: Some(fixture("checkpoints/sd15-tiny.safetensors").display().to_string()),
-        randn_source: parse_randn_source("CPU").unwrap(),
-        loras,
-        ..GenerationSettings::default()
-    };
-    let run = |prompt: &str| {
-        let request = Txt2ImgRequest::from_json(
-            &serde_json::json!({"prompt": prompt, "seed": 5, "steps": 3, "width": 64, "height": 64}).to_string(),
-        )
-        .unwrap();
-        let job = GenerationJob::new(ProcessingRequest::Txt2Img(request), settings.clone(), provider.clone());
-        runner.run(job).unwrap().0.images.remove(0)
-    };
+    let run = |prompt: &str| tiny_checkpoint_image(&loras, &provider, &runner, prompt, 3);
     let plain = run("a cat ");
     let merged = run("a cat <lora:sd15-tiny-locon:0.5:0.75>");
     let hashes = fixture_json("loras/hashes.json");
@@ -445,6 +432,26 @@ fn hires_passes_switch_to_their_own_networks() {
     assert_eq!(switched[1].latents, alone[0].latents);
 }
 
+/// One 64×64 image (seed 5, CPU noise) of `prompt` on the sd15-tiny checkpoint with `loras`.
+fn tiny_checkpoint_image(
+    loras: &Arc<sdrt_runtime::LoraLibrary>,
+    provider: &Arc<ModelProvider>,
+    runner: &ProcessingRunner,
+    prompt: &str,
+    steps: u32,
+) -> sdrt_runtime::GeneratedImage {
+    let settings = GenerationSettings {
+        model: Some(fixture("checkpoints/sd15-tiny.safetensors").display().to_string()),
+        randn_source: parse_randn_source("CPU").unwrap(),
+        loras: Arc::clone(loras),
+        ..GenerationSettings::default()
+    };
+    let request = serde_json::json!({"prompt": prompt, "seed": 5, "steps": steps, "width": 64, "height": 64});
+    let request = Txt2ImgRequest::from_json(&request.to_string()).unwrap();
+    let job = GenerationJob::new(ProcessingRequest::Txt2Img(request), settings, Arc::clone(provider));
+    runner.run(job).unwrap().0.images.remove(0)
+}
+
 /// A copy of the safetensors file `from` at `to` whose header carries `metadata` as `__metadata__`.
 fn with_metadata(from: &Path, to: &Path, metadata: &[(&str, &str)]) {
     let bytes = std::fs::read(from).unwrap();
@@ -478,20 +485,8 @@ fn loras_answer_to_their_metadata_alias_unless_two_files_share_it() {
     assert_eq!(loras.list()[0].metadata.get("ss_output_name").map(String::as_str), Some("pixel-art"));
     let provider =
         Arc::new(ModelProvider::new(SessionConfig { intra_op_threads: Some(1), ..SessionConfig::default() }));
-    let settings = GenerationSettings {
-        model: Some(fixture("checkpoints/sd15-tiny.safetensors").display().to_string()),
-        randn_source: parse_randn_source("CPU").unwrap(),
-        loras,
-        ..GenerationSettings::default()
-    };
-    let run = |prompt: &str| {
-        let request = Txt2ImgRequest::from_json(
-            &serde_json::json!({"prompt": prompt, "seed": 5, "steps": 2, "width": 64, "height": 64}).to_string(),
-        )
-        .unwrap();
-        let job = GenerationJob::new(ProcessingRequest::Txt2Img(request), settings.clone(), provider.clone());
-        ProcessingRunner::new().run(job).unwrap().0.images.remove(0)
-    };
+    let runner = ProcessingRunner::new();
+    let run = |prompt: &str| tiny_checkpoint_image(&loras, &provider, &runner, prompt, 2);
     let by_name = run("a cat <lora:renamed-file:0.5>");
     let by_alias = run("a cat <lora:pixel-art:0.5>");
     assert_eq!(by_alias.latents, by_name.latents, "the alias finds the same file");
