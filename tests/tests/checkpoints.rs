@@ -13,8 +13,10 @@ use sdrt_models::{
 use sdrt_tests::{fixture, fixture_json};
 use serde_json::Value;
 
-/// Relative to max(1, |reference|): the built graphs run the same math as torch in another order.
-const TOLERANCE: f32 = 1e-5;
+/// Relative to max(1, |reference|): the built graphs run the same math as torch in another order. The
+/// references come from torch's AVX2 kernels; on an AVX-512 CPU onnxruntime's kernels sum in another order
+/// again (the portable UNet measured 1.02e-5 there).
+const TOLERANCE: f32 = 2e-5;
 /// The tiny VAE encoder's `quant_conv` is scaled up ~5× (gen_pipelines.py `shape_vae`), which amplifies
 /// float32 summation-order noise: on an AVX2 CPU the optimum export of the same weights differs from torch by
 /// 1.9e-5 here (onnxruntime 1.31.1, one thread), and the built graph by 1.7e-5.
