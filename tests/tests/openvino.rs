@@ -20,6 +20,21 @@ fn openvino(precision: Precision) -> SessionConfig {
     }
 }
 
+/// Static shapes and the compiled-model cache change nothing in the results: every oracle case reproduces with
+/// both, and the cache folder holds what OpenVINO compiled.
+#[test]
+fn static_shapes_and_the_compiled_model_cache_reproduce_every_case() {
+    let cache = tempfile::tempdir().unwrap();
+    let config = SessionConfig {
+        openvino_static_shapes: true,
+        openvino_cache: Some(cache.path().to_owned()),
+        ..openvino(Precision::Fp32)
+    };
+    reproduce_cases_with("e2e/cases.json", fixture_json("e2e/cases.json"), config);
+    let cached = std::fs::read_dir(cache.path()).unwrap().count();
+    assert!(cached > 0, "OpenVINO wrote nothing into its cache folder {}", cache.path().display());
+}
+
 #[test]
 fn every_reference_case_reproduces_on_openvino_fp32() {
     let cases = reproduce_cases_with("e2e/cases.json", fixture_json("e2e/cases.json"), openvino(Precision::Fp32));
@@ -92,5 +107,6 @@ fn bf16_runs_only_where_the_cpu_computes_it_and_then_changes_the_numbers() {
     let relative = norm(&(&bf16 - &fp32)) / norm(&fp32);
     eprintln!("bf16 vs fp32 final latents: relative L2 difference {relative:.3e}");
     assert!(relative > 0.0, "bf16 gave exactly the fp32 latents: the precision hint was not applied");
-    assert!(relative < 0.5, "bf16 latents are {relative:.3} away from fp32");
+    // bf16 keeps 8 bits of mantissa: 2.7e-2 measured here on an AVX512_BF16 Zen 4 (tools/bench/README.md).
+    assert!(relative < 0.1, "bf16 latents are {relative:.3} away from fp32");
 }

@@ -1,4 +1,5 @@
-"""Compares sdrt with optimum's ORTStableDiffusionPipeline (Python onnxruntime) and PyTorch diffusers.
+"""Compares sdrt with optimum's ORTStableDiffusionPipeline (Python onnxruntime), PyTorch diffusers and
+OpenVINO's own runtime.
 
 One invocation runs the same model, prompt, negative prompt, seed, size, steps, CFG scale, sampler (Euler
 discrete) and thread count on every engine and prints medians and ratios; see tools/bench/README.md.
@@ -11,7 +12,8 @@ Two kinds of timing, each in its own child processes (so peak RSS is per engine)
   orchestrator asks the engines in round-robin order (the first engine of each round rotates).
 - whole-process: launch -> image written, a fresh process per run, also round-robin.
 
-The same file is the worker (`--worker optimum|torch`); sdrt's in-process numbers come from `sdrt bench`.
+The same file is the worker (`--worker optimum|torch|openvino`); sdrt's in-process numbers come from
+`sdrt bench`.
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ ROOT = HERE.parents[1]
 FIXTURE_TOOLS = ROOT / "tools" / "fixtures"
 TINY_MODEL = ROOT / "tests" / "fixtures" / "models" / "sd15-tiny"
 PROTOCOL = "@@bench "  # prefix of the worker's protocol lines on stdout; anything else there is ignored
-ENGINES = ("sdrt", "optimum", "torch")
+ENGINES = ("sdrt", "optimum", "torch", "openvino")
 
 
 def cache_dir() -> pathlib.Path:
@@ -117,10 +119,90 @@ def euler_scheduler(config):
     return EulerDiscreteScheduler.from_config(config, timestep_spacing="linspace", steps_offset=0)
 
 
+class OpenVinoPipeline:
+    """OpenVINO's own runtime (PyPI `openvino`, tools/bench/requirements.txt) on the optimum export's ONNX files,
+    reshaped to static shapes and compiled for the CPU with `INFERENCE_PRECISION_HINT` (bf16 by default: what
+    OpenVINO picks by itself on a CPU with AVX512_BF16 or AMX), driven by the same diffusers Euler scheduler as
+    the other Python engines."""
+
+    class Part:
+        def __init__(self, compiled, method):
+            self.compiled = compiled
+            setattr(self, method, self.run)
+
+        def run(self, *arrays):
+            import numpy as np
+
+            inputs = [np.asarray(a, dtype=i.get_element_type().to_dtype()) for a, i in zip(arrays, self.compiled.inputs)]
+            return self.compiled(inputs)[self.compiled.outputs[0]]
+
+    def __init__(self, folder, threads, precision, width, height, cache_dir=None):
+        import openvino as ov
+        from diffusers import EulerDiscreteScheduler
+        from transformers import CLIPTokenizer
+
+        folder = pathlib.Path(folder)
+        core = ov.Core()
+        config = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": threads}
+        if cache_dir:
+            config["CACHE_DIR"] = str(cache_dir)
+        latent = [height // 8, width // 8]
+
+        def compiled(component, shapes):
+            """Reshaped to `shapes` where the export left a dimension dynamic (scalar inputs stay scalars)."""
+            model = core.read_model(folder / component / "model.onnx")
+            static = {}
+            for i in model.inputs:
+                dims = list(i.get_partial_shape())
+                static[i.get_any_name()] = [d.get_length() if d.is_static else want
+                                            for d, want in zip(dims, shapes[i.get_any_name()])]
+            model.reshape(static)
+            return core.compile_model(model, "CPU", config)
+
+        self.tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
+        self.text_encoder = self.Part(compiled("text_encoder", {"input_ids": [1, 77]}), "forward")
+        self.unet = self.Part(compiled("unet", {"sample": [2, 4, *latent], "timestep": [2],
+                                                "encoder_hidden_states": [2, 77, 0]}), "forward")
+        self.vae = self.Part(compiled("vae_decoder", {"latent_sample": [1, 4, *latent]}), "decode")
+        self.scheduler = EulerDiscreteScheduler.from_pretrained(folder / "scheduler")
+        self.vae_scale = json.loads((folder / "vae_decoder" / "config.json").read_text()).get("scaling_factor", 0.18215)
+
+    def set_progress_bar_config(self, **_):
+        pass
+
+    def __call__(self, prompt, negative_prompt, num_inference_steps, guidance_scale, width, height, generator,
+                 callback_on_step_end):
+        import numpy as np
+        import torch
+        from PIL import Image
+
+        def encode(text):
+            ids = self.tokenizer(text, padding="max_length", max_length=77, truncation=True, return_tensors="np")
+            return self.text_encoder.forward(ids.input_ids)
+
+        context = np.concatenate([encode(negative_prompt), encode(prompt)])
+        self.scheduler.set_timesteps(num_inference_steps)
+        latents = torch.randn((1, 4, height // 8, width // 8), generator=generator) * self.scheduler.init_noise_sigma
+        for i, t in enumerate(self.scheduler.timesteps):
+            x = self.scheduler.scale_model_input(torch.cat([latents, latents]), t)
+            scalar_time = len(self.unet.compiled.inputs[1].get_partial_shape()) == 0
+            noise = torch.from_numpy(self.unet.forward(x.numpy(), np.array(t if scalar_time else [t, t]), context))
+            uncond, cond = noise.chunk(2)
+            latents = self.scheduler.step(uncond + guidance_scale * (cond - uncond), t, latents).prev_sample
+            callback_on_step_end(self, i, t, {})
+        image = self.vae.decode(latents.numpy() / self.vae_scale)[0]
+        pixels = ((np.clip(image, -1, 1) + 1) * 127.5).round().astype(np.uint8).transpose(1, 2, 0)
+        return argparse.Namespace(images=[Image.fromarray(pixels)])
+
+
 def import_pipeline_class(engine):
     """Imports what the engine needs (timed apart from the model load: diffusers and optimum import lazily)."""
     import torch
 
+    if engine == "openvino":
+        import openvino  # noqa: F401
+
+        return OpenVinoPipeline
     if engine == "optimum":
         ort_torch_shim(torch)
         from optimum.onnxruntime import ORTStableDiffusionPipeline
@@ -145,6 +227,9 @@ def load_pipeline(spec, pipeline_class, timers):
         pipe = pipeline_class.from_pretrained(spec["model"], provider="CPUExecutionProvider", session_options=options)
         for part in (pipe.text_encoder, pipe.unet, pipe.vae_decoder):
             part.session.run = timers.wrap("onnx", part.session.run)
+    elif spec["engine"] == "openvino":
+        pipe = pipeline_class(spec["model"], spec["threads"], spec["openvino_precision"], spec["width"],
+                              spec["height"], spec.get("openvino_cache"))
     else:
         pipe = pipeline_class.from_pretrained(spec["torch_model"], torch_dtype=torch.float32)
         pipe.to("cpu")
@@ -298,7 +383,7 @@ def sdrt_bench(cfg, env, runs, tmp, log_file):
     # --save (into tmp) so that sdrt's total includes writing the PNG, as the Python engines' totals include
     # encoding it.
     argv = [cfg["sdrt"], "bench", *sdrt_common_flags(cfg), "--runs", str(runs), "--warmup", str(cfg["warmup"]),
-            "--provider", "cpu", "--save", "--outdir", str(tmp / "sdrt-bench-images"), "--json-out", str(out)]
+            "--provider", cfg["sdrt_provider"], "--precision", cfg["sdrt_precision"], "--save", "--outdir", str(tmp / "sdrt-bench-images"), "--json-out", str(out)]
     wall, rss, code = run_process(argv, env, log_file, cfg["timeout"])
     if code != 0 or not out.exists():
         raise RuntimeError(f"sdrt bench failed (exit {code}): {shlex.join(argv)}; see {log_file.name}")
@@ -434,15 +519,14 @@ ROWS = [
 
 
 def table(results, engines):
-    """Rows of medians per engine and the ratios sdrt / optimum and sdrt / torch (< 1: sdrt is faster or
-    smaller)."""
+    """Rows of medians per engine and the ratios sdrt / each other engine (< 1: sdrt is faster or smaller)."""
     rows = []
     for name, unit, get in ROWS:
         vals = {e: get(results["in_process"].get(e, {}), results["whole_process"].get(e, {})) for e in engines}
         if unit == "MiB":
             vals = {e: v / 2**20 if v is not None else None for e, v in vals.items()}
         ratios = {}
-        for other in ("optimum", "torch"):
+        for other in ENGINES[1:]:
             a, b = vals.get("sdrt"), vals.get(other)
             ratios[f"sdrt/{other}"] = a / b if a is not None and b else None
         rows.append({"metric": f"{name} [{unit}]", **vals, **ratios})
@@ -450,7 +534,7 @@ def table(results, engines):
 
 
 def format_table(rows, engines):
-    cols = ["metric", *engines, "sdrt/optimum", "sdrt/torch"]
+    cols = ["metric", *engines, *(f"sdrt/{e}" for e in engines if e != "sdrt" and "sdrt" in engines)]
     fmt = lambda v: "-" if v is None else (v if isinstance(v, str) else f"{v:.3g}" if abs(v) < 10 else f"{v:.1f}")  # noqa: E731
     cells = [[fmt(row.get(c)) for c in cols] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(cols)]
@@ -470,20 +554,27 @@ def environment(cfg):
                 if ln.startswith("model name")), platform.processor())
     return {"cpu": cpu, "cpus": os.cpu_count(), "python": platform.python_version(), "git_commit": commit,
             "onnxruntime": version("onnxruntime"), "torch": version("torch"), "diffusers": version("diffusers"),
+            "openvino": version("openvino"),
             "sdrt": cfg.get("sdrt")}
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description="sdrt vs optimum (onnxruntime) vs PyTorch diffusers")
+    ap = argparse.ArgumentParser(description="sdrt vs optimum (onnxruntime) vs PyTorch diffusers vs OpenVINO")
     ap.add_argument("--workload", choices=sorted(WORKLOADS), default="tiny")
     ap.add_argument("--model", type=pathlib.Path, help="ONNX model folder (default: the workload's)")
     ap.add_argument("--torch-model", type=pathlib.Path, help="diffusers folder for the torch engine")
-    ap.add_argument("--engines", default=",".join(ENGINES), help="comma-separated subset of sdrt,optimum,torch")
+    ap.add_argument("--engines", default=",".join(ENGINES), help="comma-separated subset of sdrt,optimum,torch,openvino")
     ap.add_argument("--sdrt", help="sdrt binary (default: $CARGO_TARGET_DIR or target/, release/sdrt)")
     ap.add_argument("--sdrt-mode", choices=("interleaved", "block"),
                     help="interleaved: one `sdrt bench --runs 1` per round; block: one `sdrt bench --runs N`")
     ap.add_argument("--sdrt-sampler", default="Euler")
     ap.add_argument("--sdrt-scheduler", default="Automatic")
+    ap.add_argument("--sdrt-provider", default="cpu", help="sdrt's --provider (cpu, openvino, ...)")
+    ap.add_argument("--sdrt-precision", default="auto", help="sdrt's --precision (fp32, bf16, auto)")
+    ap.add_argument("--openvino-precision", default="bf16", choices=("bf16", "f32"),
+                    help="INFERENCE_PRECISION_HINT of the openvino engine")
+    ap.add_argument("--openvino-cache", type=pathlib.Path,
+                    help="CACHE_DIR of the openvino engine (compiled models; default: none, compile on load)")
     ap.add_argument("--prompt", default="a photo of an astronaut riding a horse on mars, highly detailed")
     ap.add_argument("--negative-prompt", default="blurry, low quality")
     ap.add_argument("--seed", type=int, default=1234)
@@ -494,7 +585,7 @@ def parse_args(argv=None):
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="intra-op threads for every engine")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per process / per request")
     ap.add_argument("--json", type=pathlib.Path, help="write the results here (default: tools/bench/results/…)")
-    ap.add_argument("--worker", choices=("optimum", "torch"), help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=("optimum", "torch", "openvino"), help=argparse.SUPPRESS)
     ap.add_argument("--spec", help=argparse.SUPPRESS)
     ap.add_argument("--once", help=argparse.SUPPRESS)
     return ap.parse_args(argv)
@@ -509,7 +600,9 @@ def resolve_config(args):
     cfg.update(workload=args.workload, prompt=args.prompt, negative_prompt=args.negative_prompt, seed=args.seed,
                cfg_scale=args.cfg_scale, threads=args.threads, timeout=args.timeout,
                sdrt=args.sdrt or str(target / "release" / "sdrt"), sdrt_sampler=args.sdrt_sampler,
-               sdrt_scheduler=args.sdrt_scheduler,
+               sdrt_scheduler=args.sdrt_scheduler, sdrt_provider=args.sdrt_provider,
+               sdrt_precision=args.sdrt_precision, openvino_precision=args.openvino_precision,
+               openvino_cache=str(args.openvino_cache) if args.openvino_cache else None,
                process_runs=cfg["runs"] if args.process_runs is None else args.process_runs)
     if cfg["runs"] < 5:
         log(f"note: {cfg['runs']} runs; the comparison asks for at least 5")
@@ -540,7 +633,7 @@ def main(argv=None):
             sys.exit(f"--torch-model: {cfg['torch_model']} has no model_index.json")
     spec = {k: (str(cfg[k]) if k in ("model", "torch_model") else cfg[k])
             for k in ("model", "torch_model", "prompt", "negative_prompt", "steps", "width", "height", "cfg_scale",
-                      "seed", "threads", "warmup")}
+                      "seed", "threads", "warmup", "openvino_precision", "openvino_cache")}
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out_json = args.json or HERE / "results" / f"{args.workload}-{stamp}.json"
     out_json.parent.mkdir(parents=True, exist_ok=True)

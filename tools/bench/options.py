@@ -72,6 +72,7 @@ VARIANTS.update({
 VARIANTS.update({
     "openvino-fp32": ["--provider", "openvino", "--precision", "fp32"],
     "openvino-bf16": ["--provider", "openvino", "--precision", "bf16"],
+    "openvino-bf16-static": ["--provider", "openvino", "--precision", "bf16", "--openvino-static-shapes"],
     "ckpt-openvino-fp32": ["--model", CHECKPOINT, "--provider", "openvino", "--precision", "fp32"],
     "ckpt-openvino-bf16": ["--model", CHECKPOINT, "--provider", "openvino", "--precision", "bf16"],
 })

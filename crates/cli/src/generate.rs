@@ -150,6 +150,14 @@ pub struct SessionArgs {
     /// kept UNet holds its own weights: ~3.4 GB for SD 1.5 in fp32). 0 = rebuild on every switch.
     #[arg(long, default_value_t = 1)]
     pub lora_cache: usize,
+    /// Where OpenVINO keeps the models it compiled, so the second load of a model skips compiling it
+    /// [default: openvino/ in sdrt's cache folder]; `off` compiles on every load.
+    #[arg(long)]
+    pub openvino_cache: Option<PathBuf>,
+    /// OpenVINO compiles each graph for the shapes it runs with (recompiling when the size changes) instead of
+    /// once for any shape.
+    #[arg(long)]
+    pub openvino_static_shapes: bool,
     /// How graphs built from checkpoints are written.
     #[command(flatten)]
     pub graph: GraphArgs,
@@ -268,7 +276,18 @@ impl SessionArgs {
             profiling: None,
             graph: self.graph.options()?,
             network_cache: self.lora_cache,
+            openvino_cache: self.openvino_cache(),
+            openvino_static_shapes: self.openvino_static_shapes,
         })
+    }
+
+    /// `--openvino-cache`: a folder, `off`, or sdrt's cache folder.
+    fn openvino_cache(&self) -> Option<PathBuf> {
+        match &self.openvino_cache {
+            Some(dir) if dir.as_os_str() == "off" => None,
+            Some(dir) => Some(dir.clone()),
+            None => sdrt_io::cache_dir().map(|dir| dir.join("openvino")),
+        }
     }
 
     /// `--provider` and `--precision` as one execution provider.

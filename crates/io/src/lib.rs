@@ -39,7 +39,7 @@ pub use infotext::{
 };
 pub use load::{DecodeLimits, load_image};
 pub use mask::{CropBox, blur_mask, crop_region, expand_crop_region, mask_from_image, pil_luminance};
-pub use model_hash::{NETWORK_SHORT_HASH_LEN, SHORT_HASH_LEN, addnet_hash, model_hash, model_sha256};
+pub use model_hash::{NETWORK_SHORT_HASH_LEN, SHORT_HASH_LEN, addnet_hash, cache_dir, model_hash, model_sha256};
 pub use naming::{
     DEFAULT_PATTERN, NameParams, apply_pattern, limit_stem, next_image_path, next_sequence_number, pause_saves,
     sanitize_filename_part, write_atomically,

@@ -58,13 +58,17 @@ pub fn model_sha256(model: &Path) -> Result<String> {
 const PERSIST_FROM_BYTES: u64 = 64 << 20;
 
 fn disk_cache_path() -> Option<std::path::PathBuf> {
-    let dir = std::env::var_os("SDRT_CACHE_DIR").map(std::path::PathBuf::from).or_else(|| {
+    Some(cache_dir()?.join("hashes.json"))
+}
+
+/// sdrt's cache folder: `SDRT_CACHE_DIR`, else `$XDG_CACHE_HOME/sdrt`, else `~/.cache/sdrt`.
+pub fn cache_dir() -> Option<std::path::PathBuf> {
+    std::env::var_os("SDRT_CACHE_DIR").map(std::path::PathBuf::from).or_else(|| {
         std::env::var_os("XDG_CACHE_HOME")
             .map(std::path::PathBuf::from)
             .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))
             .map(|c| c.join("sdrt"))
-    })?;
-    Some(dir.join("hashes.json"))
+    })
 }
 
 fn read_disk_cache(file: &Path) -> serde_json::Map<String, serde_json::Value> {

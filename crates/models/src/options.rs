@@ -1,6 +1,6 @@
 //! Session configuration: graph optimisation, threads, memory, profiling and the execution provider.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 
@@ -190,6 +190,12 @@ pub struct SessionConfig {
     /// Text-encoder and UNet sessions kept for LoRA sets used before, so switching back to one (or to none)
     /// costs no rebuild; each kept UNet holds a copy of its weights (`--lora-cache`).
     pub network_cache: usize,
+    /// OpenVINO keeps the models it compiled here (its `CACHE_DIR`), so the next load of the same graph skips
+    /// compilation; `None` compiles on every load.
+    pub openvino_cache: Option<PathBuf>,
+    /// OpenVINO compiles each graph for the input shapes it is run with (recompiling when they change) instead
+    /// of once for dynamic shapes.
+    pub openvino_static_shapes: bool,
 }
 
 impl Default for SessionConfig {
@@ -207,6 +213,8 @@ impl Default for SessionConfig {
             provider: ExecutionProvider::Cpu,
             graph: crate::graph::GraphOptions::default(),
             network_cache: 1,
+            openvino_cache: None,
+            openvino_static_shapes: false,
         }
     }
 }
@@ -272,8 +280,13 @@ impl SessionConfig {
 
     fn register_provider(&self, builder: SessionBuilder, component: &str, arena: bool) -> Result<SessionBuilder> {
         let provider = self.provider;
-        let dispatch = provider_dispatch(provider, arena, self.resolved_intra_op_threads()).map_err(|reason| {
-            Error::Provider { provider: provider.onnx_runtime_name(), component: component.to_owned(), reason }
+        let threads = self.resolved_intra_op_threads();
+        let openvino =
+            OpenVinoOptions { cache: self.openvino_cache.as_deref(), static_shapes: self.openvino_static_shapes };
+        let dispatch = provider_dispatch(provider, arena, threads, openvino).map_err(|reason| Error::Provider {
+            provider: provider.onnx_runtime_name(),
+            component: component.to_owned(),
+            reason,
         })?;
         builder.with_execution_providers([dispatch.error_on_failure()]).map_err(|e| Error::Provider {
             provider: provider.onnx_runtime_name(),
@@ -289,9 +302,12 @@ fn provider_dispatch(
     provider: ExecutionProvider,
     memory_arena: bool,
     threads: usize,
+    openvino: OpenVinoOptions<'_>,
 ) -> std::result::Result<ort::ep::ExecutionProviderDispatch, String> {
     match provider {
-        ExecutionProvider::OpenVino { precision } => Ok(openvino_dispatch(&openvino_load_config(precision), threads)),
+        ExecutionProvider::OpenVino { precision } => {
+            Ok(openvino_dispatch(&openvino_load_config(precision), threads, openvino))
+        }
         ExecutionProvider::Cpu => Ok(ort::ep::CPU::default().with_arena_allocator(memory_arena).build()),
         ExecutionProvider::Cuda { device_id } => cuda_dispatch(device_id),
         ExecutionProvider::TensorRt { device_id } => tensorrt_dispatch(device_id),
@@ -309,13 +325,28 @@ fn openvino_load_config(precision: Precision) -> String {
     format!(r#"{{"CPU":{{"INFERENCE_PRECISION_HINT":"{hint}"}}}}"#)
 }
 
-fn openvino_dispatch(load_config: &str, threads: usize) -> ort::ep::ExecutionProviderDispatch {
+/// The OpenVINO settings of a [`SessionConfig`] the provider is registered with.
+#[derive(Clone, Copy, Default)]
+struct OpenVinoOptions<'a> {
+    cache: Option<&'a Path>,
+    static_shapes: bool,
+}
+
+fn openvino_dispatch(
+    load_config: &str,
+    threads: usize,
+    options: OpenVinoOptions<'_>,
+) -> ort::ep::ExecutionProviderDispatch {
     use ort::ep::ArbitrarilyConfigurableExecutionProvider;
-    ort::ep::OpenVINO::default()
+    let mut openvino = ort::ep::OpenVINO::default()
         .with_device_type("CPU")
         .with_num_threads(threads)
-        .with_arbitrary_config("load_config", load_config)
-        .build()
+        .with_dynamic_shapes(!options.static_shapes)
+        .with_arbitrary_config("load_config", load_config);
+    if let Some(dir) = options.cache {
+        openvino = openvino.with_cache_dir(dir.display());
+    }
+    openvino.build()
 }
 
 #[cfg(not(all(feature = "cuda", feature = "tensorrt", feature = "coreml")))]
@@ -406,8 +437,9 @@ mod tests {
     #[cfg(not(feature = "cuda"))]
     #[test]
     fn a_provider_not_compiled_in_says_which_feature() {
-        let reason =
-            provider_dispatch(ExecutionProvider::Cuda { device_id: 0 }, true, 1).err().expect("not compiled in");
+        let reason = provider_dispatch(ExecutionProvider::Cuda { device_id: 0 }, true, 1, OpenVinoOptions::default())
+            .err()
+            .expect("not compiled in");
         assert!(reason.contains("--features cuda"), "{reason}");
     }
 }
