@@ -78,3 +78,34 @@ fn png_info_renames_pasted_loras_with_a_lora_dir() {
     assert_eq!(answer["parameters"]["Prompt"], "a cat <lora:sd15-tiny-locon:0.5>");
     assert_eq!(answer["info"], infotext.as_str());
 }
+
+/// `sdrt grid` lays images out as A1111's `image_grid`: round(√n) rows, cells of the largest image, white where
+/// no image falls, and a clear error for a file that is not an image.
+#[test]
+fn grid_lays_images_out_as_a1111_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let colours = [[200u8, 10, 10], [10, 200, 10], [10, 10, 200]];
+    let paths: Vec<String> = colours
+        .iter()
+        .enumerate()
+        .map(|(i, colour)| {
+            let path = dir.path().join(format!("{i}.png"));
+            image::RgbImage::from_pixel(8, 6, image::Rgb(*colour)).save(&path).unwrap();
+            path.display().to_string()
+        })
+        .collect();
+    let out = dir.path().join("grid.png");
+    let mut args = vec!["grid".to_owned(), "--out".to_owned(), out.display().to_string()];
+    args.extend(paths.iter().cloned());
+    let status = Command::new(SDRT).args(&args).output().unwrap();
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    let grid = image::open(&out).unwrap().to_rgb8();
+    assert_eq!(grid.dimensions(), (16, 12), "3 images: 2 rows of 2 cells");
+    let at = |x, y| grid.get_pixel(x, y).0;
+    assert_eq!([at(0, 0), at(8, 0), at(0, 6), at(8, 6)], [colours[0], colours[1], colours[2], [255, 255, 255]]);
+    std::fs::write(dir.path().join("bad.png"), b"not an image").unwrap();
+    let bad = dir.path().join("bad.png").display().to_string();
+    let failed = Command::new(SDRT).args(["grid", "--out", &out.display().to_string(), &bad]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success() && stderr.contains("bad.png: not an image"), "{stderr}");
+}

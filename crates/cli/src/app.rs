@@ -34,6 +34,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Run jobs from a Redis queue filled by `sdrt serve --queue` (any number of workers, any machines).
     Worker(serve::WorkerArgs),
+    /// Lay images out in a grid as A1111 does (rows = round(√n) unless given).
+    Grid(inspect::GridArgs),
     /// Show where ONNX Runtime is loaded from.
     Doctor,
 }
@@ -101,6 +103,7 @@ fn run(command: Command, shutdown: Arc<AtomicBool>) -> Result<()> {
         Command::Txt2img(args) => generate::txt2img(&args),
         Command::Img2img(args) => generate::img2img(&args),
         Command::PngInfo(args) => inspect::png_info(&args),
+        Command::Grid(args) => inspect::grid(&args),
         Command::Models(args) => inspect::models(&args),
         Command::Convert(args) => convert::convert(&args),
         Command::Bench(args) => bench::bench(&args),

@@ -92,3 +92,33 @@ pub fn models(args: &ModelsArgs) -> Result<()> {
     }
     Ok(())
 }
+
+#[derive(Args, Debug)]
+pub struct GridArgs {
+    /// Where to write the grid (PNG).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Rows [default: A1111's round(√n)].
+    #[arg(long)]
+    pub rows: Option<u32>,
+    /// The images, row by row.
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+}
+
+/// `sdrt grid`: images laid out as A1111 lays out its grids.
+pub fn grid(args: &GridArgs) -> Result<()> {
+    let images = args
+        .images
+        .iter()
+        .map(|path| {
+            let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let image = sdrt_io::load_image(&bytes).with_context(|| format!("{}: not an image", path.display()))?;
+            Ok(sdrt_io::flatten(&image))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let grid = sdrt_io::image_grid(&images, args.rows)?;
+    grid.save(&args.out).with_context(|| format!("writing {}", args.out.display()))?;
+    println!("{} ({}×{}, {} images)", args.out.display(), grid.width(), grid.height(), images.len());
+    Ok(())
+}
