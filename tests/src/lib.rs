@@ -2,6 +2,7 @@
 //! `tests/fixtures/MANIFEST.json` (written by `tools/fixtures/regen.sh`).
 
 pub mod oracle;
+pub mod shapes;
 
 use std::path::{Path, PathBuf};
 
