@@ -95,7 +95,7 @@ pub fn models(args: &ModelsArgs) -> Result<()> {
 
 #[derive(Args, Debug)]
 pub struct GridArgs {
-    /// Where to write the grid (PNG).
+    /// Where to write the grid (PNG, JPEG or WebP, by its extension).
     #[arg(long)]
     pub out: PathBuf,
     /// Rows [default: A1111's round(√n)].

@@ -1,6 +1,6 @@
 //! Session configuration: graph optimisation, threads, memory, profiling and the execution provider.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 
@@ -280,10 +280,7 @@ impl SessionConfig {
 
     fn register_provider(&self, builder: SessionBuilder, component: &str, arena: bool) -> Result<SessionBuilder> {
         let provider = self.provider;
-        let threads = self.resolved_intra_op_threads();
-        let openvino =
-            OpenVinoOptions { cache: self.openvino_cache.as_deref(), static_shapes: self.openvino_static_shapes };
-        let dispatch = provider_dispatch(provider, arena, threads, openvino).map_err(|reason| Error::Provider {
+        let dispatch = provider_dispatch(self, arena).map_err(|reason| Error::Provider {
             provider: provider.onnx_runtime_name(),
             component: component.to_owned(),
             reason,
@@ -299,15 +296,11 @@ impl SessionConfig {
 }
 
 fn provider_dispatch(
-    provider: ExecutionProvider,
+    config: &SessionConfig,
     memory_arena: bool,
-    threads: usize,
-    openvino: OpenVinoOptions<'_>,
 ) -> std::result::Result<ort::ep::ExecutionProviderDispatch, String> {
-    match provider {
-        ExecutionProvider::OpenVino { precision } => {
-            Ok(openvino_dispatch(&openvino_load_config(precision), threads, openvino))
-        }
+    match config.provider {
+        ExecutionProvider::OpenVino { precision } => Ok(openvino_dispatch(config, precision)),
         ExecutionProvider::Cpu => Ok(ort::ep::CPU::default().with_arena_allocator(memory_arena).build()),
         ExecutionProvider::Cuda { device_id } => cuda_dispatch(device_id),
         ExecutionProvider::TensorRt { device_id } => tensorrt_dispatch(device_id),
@@ -325,25 +318,14 @@ fn openvino_load_config(precision: Precision) -> String {
     format!(r#"{{"CPU":{{"INFERENCE_PRECISION_HINT":"{hint}"}}}}"#)
 }
 
-/// The OpenVINO settings of a [`SessionConfig`] the provider is registered with.
-#[derive(Clone, Copy, Default)]
-struct OpenVinoOptions<'a> {
-    cache: Option<&'a Path>,
-    static_shapes: bool,
-}
-
-fn openvino_dispatch(
-    load_config: &str,
-    threads: usize,
-    options: OpenVinoOptions<'_>,
-) -> ort::ep::ExecutionProviderDispatch {
+fn openvino_dispatch(config: &SessionConfig, precision: Precision) -> ort::ep::ExecutionProviderDispatch {
     use ort::ep::ArbitrarilyConfigurableExecutionProvider;
     let mut openvino = ort::ep::OpenVINO::default()
         .with_device_type("CPU")
-        .with_num_threads(threads)
-        .with_dynamic_shapes(!options.static_shapes)
-        .with_arbitrary_config("load_config", load_config);
-    if let Some(dir) = options.cache {
+        .with_num_threads(config.resolved_intra_op_threads())
+        .with_dynamic_shapes(!config.openvino_static_shapes)
+        .with_arbitrary_config("load_config", openvino_load_config(precision));
+    if let Some(dir) = &config.openvino_cache {
         openvino = openvino.with_cache_dir(dir.display());
     }
     openvino.build()
@@ -437,9 +419,8 @@ mod tests {
     #[cfg(not(feature = "cuda"))]
     #[test]
     fn a_provider_not_compiled_in_says_which_feature() {
-        let reason = provider_dispatch(ExecutionProvider::Cuda { device_id: 0 }, true, 1, OpenVinoOptions::default())
-            .err()
-            .expect("not compiled in");
+        let config = SessionConfig { provider: ExecutionProvider::Cuda { device_id: 0 }, ..SessionConfig::default() };
+        let reason = provider_dispatch(&config, true).err().expect("not compiled in");
         assert!(reason.contains("--features cuda"), "{reason}");
     }
 }
