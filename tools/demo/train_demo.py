@@ -59,6 +59,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--unet-steps", type=int, default=3500)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=8e-4)
+    p.add_argument("--unet-channels", default=",".join(map(str, UNET_CHANNELS)),
+                   help="UNet block widths; the last level has no attention, the others cross-attention")
+    p.add_argument("--unet-heads", type=int, default=UNET_HEADS)
     p.add_argument("--snapshots", type=pathlib.Path, help="also write the EMA weights every 500 steps here")
     return p.parse_args()
 
@@ -89,7 +92,7 @@ def tokenizer() -> CLIPTokenizer:
     return CLIPTokenizer(vocab_file=str(clip / "vocab.json"), merges_file=str(clip / "merges.txt"))
 
 
-def build_models():
+def build_models(unet_channels=UNET_CHANNELS, unet_heads=UNET_HEADS):
     te = CLIPTextModel(CLIPTextConfig(
         vocab_size=49408, hidden_size=TEXT["hidden"], intermediate_size=4 * TEXT["hidden"],
         num_hidden_layers=TEXT["layers"], num_attention_heads=TEXT["heads"], max_position_embeddings=77,
@@ -98,9 +101,9 @@ def build_models():
     unet = UNet2DConditionModel(
         sample_size=shapes.SIZE // 8, in_channels=4, out_channels=4, layers_per_block=1,
         norm_num_groups=NORM_GROUPS, cross_attention_dim=TEXT["hidden"],
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        block_out_channels=UNET_CHANNELS, attention_head_dim=UNET_HEADS)
+        down_block_types=("CrossAttnDownBlock2D",) * (len(unet_channels) - 1) + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (len(unet_channels) - 1),
+        block_out_channels=tuple(unet_channels), attention_head_dim=unet_heads)
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=VAE_CHANNELS, layers_per_block=1,
@@ -327,10 +330,11 @@ def export(te, unet, vae, out: pathlib.Path, args, log: Log) -> None:
     state = {k: v.to(torch.float16).contiguous() for k, v in state.items()}
     metadata = {"sdrt.demo": json.dumps(dict(seed=args.seed, threads=args.threads, scale=args.scale,
                                              vae_steps=args.vae_steps, pool=args.pool,
-                                             unet_steps=args.unet_steps, batch=args.batch, lr=args.lr))}
+                                             unet_steps=args.unet_steps, batch=args.batch, lr=args.lr,
+                                             unet_channels=args.unet_channels, unet_heads=args.unet_heads))}
     path = out / f"{NAME}.safetensors"
     save_file(state, str(path), metadata=metadata)
-    yaml = ["model:", "  params:", "    unet_config:", "      params:", f"        num_heads: {UNET_HEADS}",
+    yaml = ["model:", "  params:", "    unet_config:", "      params:", f"        num_heads: {args.unet_heads}",
             "sdrt:", f"  norm_groups: {NORM_GROUPS}", f"  text_encoder_heads: [{TEXT['heads']}]"]
     (out / f"{NAME}.yaml").write_text("\n".join(yaml) + "\n")
     params = sum(v.numel() for v in state.values())
@@ -348,7 +352,8 @@ def main() -> None:
     rng = random.Random(args.seed)
     log = Log(args.out)
     log(f"args: {vars(args)} torch {torch.__version__}")
-    te, unet, vae = build_models()
+    args.unet_channels = [int(c) for c in args.unet_channels.split(",")]
+    te, unet, vae = build_models(args.unet_channels, args.unet_heads)
     for name, m in (("text encoder", te), ("unet", unet), ("vae", vae)):
         log(f"{name}: {sum(p.numel() for p in m.parameters())} parameters")
     train_vae(vae, args.vae_steps, random.Random(args.seed + 1), log)
