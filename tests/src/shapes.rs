@@ -18,7 +18,7 @@ pub const COLOURS: [(&str, [u8; 3]); 8] = [
 /// What a picture shows.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Reading {
-    /// Palette name nearest to the shapes' mean colour ("none" when nothing stands out).
+    /// The palette name most shape pixels are nearest to ("none" when nothing stands out).
     pub shape_colour: &'static str,
     /// Palette name nearest to the background.
     pub background: &'static str,
@@ -39,8 +39,9 @@ pub fn nearest_colour(rgb: [f64; 3]) -> &'static str {
     COLOURS.iter().min_by(|a, b| distance(a.1).total_cmp(&distance(b.1))).map(|c| c.0).unwrap_or("none")
 }
 
-/// Background: the per-channel median of a 4-pixel frame; shape: pixels farther than 80 from it; position:
-/// the shape pixels' centroid; count: 4-connected blobs of at least 1 % of the picture.
+/// Background: the per-channel median of a 4-pixel frame; shape: pixels farther than 80 from it, its colour
+/// the palette entry most of them are nearest to (soft outlines blend into the background, so the mean
+/// drifts); position: the shape pixels' centroid; count: 4-connected blobs of at least 1 % of the picture.
 pub fn measure(image: &RgbImage) -> Reading {
     let (w, h) = (image.width as usize, image.height as usize);
     let pixel = |x: usize, y: usize| -> [f64; 3] {
@@ -75,15 +76,27 @@ pub fn measure(image: &RgbImage) -> Reading {
         let p = pixel(i % w, i / w);
         (0..3).for_each(|c| shape_rgb[c] += p[c] / n);
     }
+    let shape_colour = dominant_colour(on.iter().map(|&i| pixel(i % w, i / w)));
     let cx = on.iter().map(|&i| (i % w) as f64).sum::<f64>() / n / w as f64;
     let cy = on.iter().map(|&i| (i / w) as f64).sum::<f64>() / n / h as f64;
     Reading {
-        shape_colour: nearest_colour(shape_rgb),
+        shape_colour,
         background: nearest_colour(background),
         position: position(cx, cy),
         count: blobs(&mask, w, h, h * w / 100),
         shape_rgb,
     }
+}
+
+/// The palette name most of `pixels` are nearest to; ties go to the earlier palette entry.
+fn dominant_colour(pixels: impl Iterator<Item = [f64; 3]>) -> &'static str {
+    let mut votes = [0usize; COLOURS.len()];
+    for rgb in pixels {
+        let name = nearest_colour(rgb);
+        votes[COLOURS.iter().position(|c| c.0 == name).unwrap_or(0)] += 1;
+    }
+    let most = votes.iter().copied().max().unwrap_or(0);
+    COLOURS[votes.iter().position(|&v| v == most).unwrap_or(0)].0
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -159,5 +172,14 @@ mod tests {
         assert_eq!((two.shape_colour, two.background, two.position, two.count), ("black", "white", "centre", 2));
         let empty = measure(&picture(64, [240, 220, 30], &[]));
         assert_eq!((empty.background, empty.count), ("yellow", 0));
+    }
+
+    #[test]
+    fn the_shape_colour_is_the_one_most_pixels_have_not_their_mean() {
+        let (red, yellow) = ([220.0, 30.0, 30.0], [240.0, 220.0, 30.0]);
+        let pixels = [red, red, red, yellow, yellow];
+        let mean = [0, 1, 2].map(|c| pixels.iter().map(|p| p[c]).sum::<f64>() / 5.0);
+        assert_eq!(nearest_colour(mean), "orange", "the mean of red and yellow pixels is orange");
+        assert_eq!(dominant_colour(pixels.into_iter()), "red");
     }
 }

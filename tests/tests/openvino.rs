@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use sdrt_models::{
-    Checkpoint, CheckpointOptions, Error, ExecutionProvider, GraphOptions, OnnxModel, Precision, PrecisionChoice,
-    RuntimeBuild, SessionConfig,
+    Checkpoint, CheckpointOptions, Error, ExecutionProvider, GraphOptions, OnnxModel, OpenVinoDevice, Precision,
+    PrecisionChoice, RuntimeBuild, SessionConfig,
 };
 use sdrt_runtime::{GenerationJob, ModelProvider, ProcessingRunner};
 use sdrt_tests::oracle::{checkpoint_twin_cases, reproduce_cases_with, request, settings};
@@ -14,7 +14,7 @@ use sdrt_tests::{fixture, fixture_json};
 
 fn openvino(precision: Precision) -> SessionConfig {
     SessionConfig {
-        provider: ExecutionProvider::OpenVino { precision },
+        provider: ExecutionProvider::OpenVino { device: OpenVinoDevice::Cpu, precision },
         intra_op_threads: Some(1),
         ..SessionConfig::default()
     }
@@ -109,4 +109,23 @@ fn bf16_runs_only_where_the_cpu_computes_it_and_then_changes_the_numbers() {
     assert!(relative > 0.0, "bf16 gave exactly the fp32 latents: the precision hint was not applied");
     // bf16 keeps 8 bits of mantissa: 2.7e-2 measured here on an AVX512_BF16 Zen 4 (tools/bench/README.md).
     assert!(relative < 0.1, "bf16 latents are {relative:.3} away from fp32");
+}
+
+/// An OpenVINO device this machine lacks is an error that names it, never a silent run on the CPU.
+#[test]
+fn a_missing_openvino_device_is_an_error_naming_it() {
+    let npu = SessionConfig {
+        provider: ExecutionProvider::OpenVino { device: OpenVinoDevice::Npu, precision: Precision::Fp16 },
+        intra_op_threads: Some(1),
+        ..SessionConfig::default()
+    };
+    sdrt_models::ensure_runtime_for(&npu.provider).unwrap();
+    let encoder = fixture("models/sd15-tiny/text_encoder/model.onnx");
+    match OnnxModel::load_with("text_encoder", &encoder, &npu) {
+        Ok(_) => eprintln!("this machine has an Intel NPU: the text encoder compiled for it"),
+        Err(error) => {
+            let message = format!("{error}");
+            assert!(message.contains("NPU") && message.contains("text_encoder"), "{message}");
+        }
+    }
 }

@@ -383,7 +383,8 @@ def sdrt_bench(cfg, env, runs, tmp, log_file):
     # --save (into tmp) so that sdrt's total includes writing the PNG, as the Python engines' totals include
     # encoding it.
     argv = [cfg["sdrt"], "bench", *sdrt_common_flags(cfg), "--runs", str(runs), "--warmup", str(cfg["warmup"]),
-            "--provider", cfg["sdrt_provider"], "--precision", cfg["sdrt_precision"], "--save", "--outdir", str(tmp / "sdrt-bench-images"), "--json-out", str(out)]
+            "--provider", cfg["sdrt_provider"], "--precision", cfg["sdrt_precision"], "--save", "--outdir", str(tmp / "sdrt-bench-images"), "--json-out", str(out),
+            *shlex.split(cfg["sdrt_flags"])]
     wall, rss, code = run_process(argv, env, log_file, cfg["timeout"])
     if code != 0 or not out.exists():
         raise RuntimeError(f"sdrt bench failed (exit {code}): {shlex.join(argv)}; see {log_file.name}")
@@ -571,6 +572,7 @@ def parse_args(argv=None):
     ap.add_argument("--sdrt-scheduler", default="Automatic")
     ap.add_argument("--sdrt-provider", default="cpu", help="sdrt's --provider (cpu, openvino, ...)")
     ap.add_argument("--sdrt-precision", default="auto", help="sdrt's --precision (fp32, bf16, auto)")
+    ap.add_argument("--sdrt-flags", default="", help="more flags for sdrt, e.g. \"--openvino-static-shapes\"")
     ap.add_argument("--openvino-precision", default="bf16", choices=("bf16", "f32"),
                     help="INFERENCE_PRECISION_HINT of the openvino engine")
     ap.add_argument("--openvino-cache", type=pathlib.Path,
@@ -601,7 +603,7 @@ def resolve_config(args):
                cfg_scale=args.cfg_scale, threads=args.threads, timeout=args.timeout,
                sdrt=args.sdrt or str(target / "release" / "sdrt"), sdrt_sampler=args.sdrt_sampler,
                sdrt_scheduler=args.sdrt_scheduler, sdrt_provider=args.sdrt_provider,
-               sdrt_precision=args.sdrt_precision, openvino_precision=args.openvino_precision,
+               sdrt_precision=args.sdrt_precision, sdrt_flags=args.sdrt_flags, openvino_precision=args.openvino_precision,
                openvino_cache=str(args.openvino_cache) if args.openvino_cache else None,
                process_runs=cfg["runs"] if args.process_runs is None else args.process_runs)
     if cfg["runs"] < 5:

@@ -159,7 +159,9 @@ class Reading:
 
 def measure(pixels: np.ndarray) -> Reading:
     """Background: the median colour of a 4-pixel frame; shape: pixels farther than 80 from it (RGB
-    distance); count: 4-connected blobs of at least 1 % of the image; position: the mask's centroid."""
+    distance), its colour the palette entry most of them are nearest to (soft outlines blend into the
+    background, so a mean would drift); count: 4-connected blobs of at least 1 % of the image; position: the
+    mask's centroid."""
     h, w, _ = pixels.shape
     px = pixels.astype(np.float64)
     frame = np.concatenate([px[:4].reshape(-1, 3), px[-4:].reshape(-1, 3), px[:, :4].reshape(-1, 3),
@@ -168,7 +170,7 @@ def measure(pixels: np.ndarray) -> Reading:
     mask = np.sqrt(((px - background) ** 2).sum(-1)) > 80
     if not mask.any():
         return Reading("none", nearest_colour(background), "none", 0)
-    shape_rgb = px[mask].mean(0)
+    shape_colour = dominant_colour(px[mask])
     ys, xs = np.nonzero(mask)
     cx, cy = xs.mean() / w, ys.mean() / h
     if abs(cx - 0.5) < 0.12 and abs(cy - 0.5) < 0.12:
@@ -177,7 +179,14 @@ def measure(pixels: np.ndarray) -> Reading:
         position = "left" if cx < 0.5 else "right"
     else:
         position = "top" if cy < 0.5 else "bottom"
-    return Reading(nearest_colour(shape_rgb), nearest_colour(background), position, _blobs(mask, h * w // 100))
+    return Reading(shape_colour, nearest_colour(background), position, _blobs(mask, h * w // 100))
+
+
+def dominant_colour(pixels: np.ndarray) -> str:
+    """The palette name most of `pixels` (N×3) are nearest to; ties go to the earlier palette entry."""
+    palette = np.array(list(COLOURS.values()), dtype=np.float64)
+    nearest = ((pixels[:, None, :] - palette[None]) ** 2).sum(-1).argmin(1)
+    return list(COLOURS)[int(np.bincount(nearest, minlength=len(COLOURS)).argmax())]
 
 
 def _blobs(mask: np.ndarray, min_area: int) -> int:

@@ -74,12 +74,13 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         model.vae_encoder().context("loading the VAE encoder")?;
         load_ms += started.elapsed().as_secs_f64() * 1e3;
     }
+    let base = common.base_request(crate::generate::model_side(&settings, &provider));
     let runner = ProcessingRunner::new();
     let mut stage_ms: Vec<Vec<f64>> = vec![Vec::new(); STAGES.len()];
     let mut onnx_ms: Vec<Vec<f64>> = vec![Vec::new(); COMPONENTS.len() + 1];
     let mut it_per_s = Vec::new();
     for run in 0..args.warmup + args.runs {
-        let request = Txt2ImgRequest { base: common.base_request(), ..Txt2ImgRequest::default() };
+        let request = Txt2ImgRequest { base: base.clone(), ..Txt2ImgRequest::default() };
         let before = onnx_times(&*handle.model.lock().map_err(|_| anyhow::anyhow!("model lock poisoned"))?);
         let job = GenerationJob::new(ProcessingRequest::Txt2Img(request), settings.clone(), provider.clone());
         let (_, metrics) = runner.run_with(job, std::sync::Arc::new(NoProgress), JobControl::default())?;
@@ -110,13 +111,13 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let report = serde_json::json!({
         "provider": config.provider.to_string(),
         "precision": match config.provider {
-            sdrt_models::ExecutionProvider::OpenVino { precision } => precision.name(),
+            sdrt_models::ExecutionProvider::OpenVino { precision, .. } => precision.name(),
             _ => "fp32",
         },
         "cpu_bf16": sdrt_models::cpu_bf16_extension(),
         "model": handle.name,
-        "width": common.width,
-        "height": common.height,
+        "width": base.width,
+        "height": base.height,
         "steps": common.steps,
         "runs": args.runs,
         "warmup": args.warmup,
@@ -147,7 +148,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     } else {
         println!(
             "{} on {}, {}x{}, {} steps, {} runs after {} warm-up",
-            handle.name, config.provider, common.width, common.height, common.steps, args.runs, args.warmup
+            handle.name, config.provider, base.width, base.height, common.steps, args.runs, args.warmup
         );
         println!("load {load_ms:.1} ms");
         for (stage, value) in &medians {

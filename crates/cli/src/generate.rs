@@ -8,7 +8,8 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use sdrt_api_types::{GenerationRequest, Img2ImgRequest, Txt2ImgRequest};
 use sdrt_models::{
-    AttentionKind, ExecutionProvider, GraphOptions, GroupNormKind, OptimizationLevel, PrecisionChoice, SessionConfig,
+    AttentionKind, ExecutionProvider, GraphOptions, GroupNormKind, OpenVinoDevice, OptimizationLevel, PrecisionChoice,
+    SessionConfig,
 };
 use sdrt_processing::RgbImage;
 use sdrt_runtime::{
@@ -58,12 +59,12 @@ pub struct GenerateArgs {
     /// "Resize seed from height" (-1 = off).
     #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
     pub seed_resize_from_h: i64,
-    /// Width in pixels (multiple of 8).
-    #[arg(long, default_value_t = 512)]
-    pub width: u32,
-    /// Height in pixels (multiple of 8).
-    #[arg(long, default_value_t = 512)]
-    pub height: u32,
+    /// Width in pixels (multiple of 8) [default: the model's size from its .yaml, else 512].
+    #[arg(long)]
+    pub width: Option<u32>,
+    /// Height in pixels (multiple of 8) [default: the model's size from its .yaml, else 512].
+    #[arg(long)]
+    pub height: Option<u32>,
     /// Images per batch.
     #[arg(long, default_value_t = 1)]
     pub batch_size: u32,
@@ -113,12 +114,12 @@ pub struct GenerateArgs {
 /// worth (the defaults are the fastest measured; see tools/bench/README.md).
 #[derive(Args, Debug, Clone)]
 pub struct SessionArgs {
-    /// Execution provider: cpu, openvino (`cargo xtask provision-ort --openvino`), cuda[:DEVICE],
-    /// tensorrt[:DEVICE] or coreml (the last three need the cargo feature).
+    /// Execution provider: cpu, openvino[:cpu|gpu|gpu.N|npu] (`cargo xtask provision-ort --openvino`),
+    /// cuda[:DEVICE], tensorrt[:DEVICE] or coreml (the last three need the cargo feature).
     #[arg(long, default_value = "cpu")]
     pub provider: String,
-    /// What the provider computes in: fp32, bf16 or auto (bf16 where the CPU has AVX512_BF16 or AMX, fp32
-    /// elsewhere). Only OpenVINO computes bf16; the CPU provider is fp32.
+    /// What the provider computes in: fp32, bf16, fp16 or auto (OpenVINO's CPU: bf16 where the CPU has
+    /// AVX512_BF16 or AMX, fp32 elsewhere; its GPU and NPU: fp16). The other providers compute fp32.
     #[arg(long, value_enum, default_value = "auto")]
     pub precision: PrecisionArg,
     /// ONNX Runtime intra-op threads (default: physical cores).
@@ -227,7 +228,9 @@ pub enum PrecisionArg {
     Fp32,
     /// bfloat16 (OpenVINO on AVX512_BF16 or AMX CPUs).
     Bf16,
-    /// bf16 where the CPU computes it natively, fp32 elsewhere.
+    /// 16-bit float (OpenVINO on Intel GPUs and NPUs).
+    Fp16,
+    /// OpenVINO's CPU: bf16 where the CPU computes it natively, fp32 elsewhere; its GPU and NPU: fp16.
     Auto,
 }
 
@@ -236,6 +239,7 @@ impl From<PrecisionArg> for PrecisionChoice {
         match value {
             PrecisionArg::Fp32 => Self::Fp32,
             PrecisionArg::Bf16 => Self::Bf16,
+            PrecisionArg::Fp16 => Self::Fp16,
             PrecisionArg::Auto => Self::Auto,
         }
     }
@@ -302,14 +306,22 @@ impl SessionArgs {
                 d.parse().with_context(|| format!("--provider {lowered:?}: the device after `:` must be a number"))
             })
         };
-        if device.is_some() && !matches!(name, "cuda" | "tensorrt") {
-            bail!("--provider {lowered:?}: only cuda and tensorrt take a device number");
+        if device.is_some() && !matches!(name, "cuda" | "tensorrt" | "openvino") {
+            bail!("--provider {lowered:?}: only cuda and tensorrt take a device number, and openvino a device");
         }
         let precision = PrecisionChoice::from(self.precision);
         let provider = match name {
-            "openvino" => ExecutionProvider::OpenVino { precision: precision.resolve()? },
-            "cpu" | "cuda" | "tensorrt" | "coreml" if precision == PrecisionChoice::Bf16 => {
-                bail!("--precision bf16 needs --provider openvino; the {name} provider computes fp32")
+            "openvino" => {
+                let device = device.map_or(Some(OpenVinoDevice::Cpu), OpenVinoDevice::parse).with_context(|| {
+                    format!("--provider {lowered:?}: OpenVINO's devices are cpu, gpu, gpu.N and npu")
+                })?;
+                ExecutionProvider::OpenVino { device, precision: precision.resolve_on(device)? }
+            }
+            "cpu" | "cuda" | "tensorrt" | "coreml"
+                if matches!(precision, PrecisionChoice::Bf16 | PrecisionChoice::Fp16) =>
+            {
+                let asked = format!("{:?}", self.precision).to_lowercase();
+                bail!("--precision {asked} needs --provider openvino; the {name} provider computes fp32")
             }
             "cpu" => ExecutionProvider::Cpu,
             "cuda" => ExecutionProvider::Cuda { device_id: device_id()? },
@@ -324,10 +336,14 @@ impl SessionArgs {
     /// compute in and why.
     pub fn load_runtime(&self) -> Result<SessionConfig> {
         let config = self.session_config()?;
-        if let ExecutionProvider::OpenVino { precision } = config.provider {
+        if let ExecutionProvider::OpenVino { device, precision } = config.provider {
             let cpu = sdrt_models::cpu_bf16_extension().unwrap_or("no AVX512_BF16/AMX");
             let asked = format!("{:?}", self.precision).to_lowercase();
-            eprintln!("OpenVINO computes in {} (--precision {asked}; CPU: {cpu})", precision.name());
+            eprintln!(
+                "OpenVINO ({}) computes in {} (--precision {asked}; CPU: {cpu})",
+                device.name(),
+                precision.name()
+            );
         }
         sdrt_models::ensure_runtime_for(&config.provider)?;
         Ok(config)
@@ -396,10 +412,10 @@ pub struct Txt2ImgArgs {
 }
 
 impl Txt2ImgArgs {
-    /// The API request these flags describe.
-    pub fn request(&self) -> Txt2ImgRequest {
+    /// The API request these flags describe, for a model trained at `model_side` pixels (see `model_side`).
+    pub fn request(&self, model_side: Option<u32>) -> Txt2ImgRequest {
         Txt2ImgRequest {
-            base: self.common.base_request(),
+            base: self.common.base_request(model_side),
             enable_hr: self.enable_hr,
             hr_scale: self.hr_scale,
             hr_upscaler: Some(self.hr_upscaler.clone()),
@@ -589,8 +605,22 @@ fn lora_library(dir: &Path) -> Result<Arc<sdrt_runtime::LoraLibrary>> {
     Ok(Arc::new(library))
 }
 
+/// The image side the selected model was trained at, when its checkpoint's `.yaml` says so: the size used
+/// when no `--width`/`--height` is given (as diffusers takes its default size from the model). Models that
+/// say nothing get A1111's 512.
+pub fn model_side(settings: &GenerationSettings, provider: &ModelProvider) -> Option<u32> {
+    let model = settings.model.as_deref()?;
+    let path = provider.registered().get(model).cloned().unwrap_or_else(|| PathBuf::from(model));
+    sdrt_models::native_image_size(&path)
+}
+
+/// A1111's default image side.
+const DEFAULT_SIDE: u32 = 512;
+
 impl GenerateArgs {
-    pub fn base_request(&self) -> GenerationRequest {
+    /// The request the flags describe; `model_side` is the size when none is given (`model_side`).
+    pub fn base_request(&self, model_side: Option<u32>) -> GenerationRequest {
+        let side = model_side.unwrap_or(DEFAULT_SIDE);
         GenerationRequest {
             prompt: self.prompt.clone(),
             negative_prompt: self.negative_prompt.clone(),
@@ -606,8 +636,8 @@ impl GenerateArgs {
             n_iter: self.n_iter,
             steps: self.steps,
             cfg_scale: self.cfg_scale,
-            width: self.width,
-            height: self.height,
+            width: self.width.unwrap_or(side),
+            height: self.height.unwrap_or(side),
             ..GenerationRequest::default()
         }
     }
@@ -708,10 +738,10 @@ pub fn run_job(
 }
 
 pub fn txt2img(args: &Txt2ImgArgs) -> Result<()> {
-    let request = args.request();
-    request.validate(&sdrt_api_types::RequestLimits::default())?;
     let common = &args.common;
     let (settings, provider) = common.prepare(true)?;
+    let request = args.request(model_side(&settings, &provider));
+    request.validate(&sdrt_api_types::RequestLimits::default())?;
     let settings = GenerationSettings { upscaler_dir: args.upscaler_dir.clone(), ..settings };
     let (output, metrics) = run_job(ProcessingRequest::Txt2Img(request), settings, provider, common.json)?;
     report(&output, &metrics, common.json)
@@ -720,8 +750,9 @@ pub fn txt2img(args: &Txt2ImgArgs) -> Result<()> {
 pub fn img2img(args: &Img2ImgArgs) -> Result<()> {
     let init = read_rgb(&args.init_image)?;
     let mask = args.mask.as_deref().map(|path| read_mask(path, !args.no_mask_round)).transpose()?;
+    let (settings, provider) = args.common.prepare(true)?;
     let request = Img2ImgRequest {
-        base: args.common.base_request(),
+        base: args.common.base_request(model_side(&settings, &provider)),
         denoising_strength: args.denoising_strength,
         resize_mode: args.resize_mode,
         // Validation wants non-empty fields; the decoded images travel beside the request.
@@ -737,7 +768,6 @@ pub fn img2img(args: &Img2ImgArgs) -> Result<()> {
         ..Img2ImgRequest::default()
     };
     request.validate(&sdrt_api_types::RequestLimits::default())?;
-    let (settings, provider) = args.common.prepare(true)?;
     let job = ProcessingRequest::Img2Img { request, init_images: vec![init], mask };
     let (output, metrics) = run_job(job, settings, provider, args.common.json)?;
     report(&output, &metrics, args.common.json)
@@ -833,8 +863,12 @@ mod tests {
     #[test]
     fn defaults_are_a1111_ui_defaults() {
         let args = Wrapper::try_parse_from(["sdrt", "--prompt", "x"]).unwrap().args;
-        let request = args.base_request();
+        let request = args.base_request(None);
         assert_eq!((request.steps, request.width, request.height), (20, 512, 512));
+        let request = args.base_request(Some(64));
+        assert_eq!((request.width, request.height), (64, 64), "the model's own size when no size is given");
+        let wide = Wrapper::try_parse_from(["sdrt", "--width", "96"]).unwrap().args.base_request(Some(64));
+        assert_eq!((wide.width, wide.height), (96, 64));
         assert_eq!(request.cfg_scale, 7.0);
         assert_eq!(request.sampler_name.as_deref(), Some("DPM++ 2M"));
         assert_eq!(request.scheduler.as_deref(), Some("Automatic"));
@@ -855,12 +889,16 @@ mod tests {
         assert_eq!(parse(&[]), ExecutionProvider::Cpu);
         assert_eq!(parse(&["--provider", "CUDA:1"]), ExecutionProvider::Cuda { device_id: 1 });
         assert_eq!(parse(&["--provider", "tensorrt"]), ExecutionProvider::TensorRt { device_id: 0 });
-        let fp32 = ExecutionProvider::OpenVino { precision: sdrt_models::Precision::Fp32 };
+        let cpu = OpenVinoDevice::Cpu;
+        let fp32 = ExecutionProvider::OpenVino { device: cpu, precision: sdrt_models::Precision::Fp32 };
         assert_eq!(parse(&["--provider", "openvino", "--precision", "fp32"]), fp32);
         let auto = parse(&["--provider", "openvino"]);
         let native = sdrt_models::cpu_bf16_extension().is_some();
         let expected = if native { sdrt_models::Precision::Bf16 } else { sdrt_models::Precision::Fp32 };
-        assert_eq!(auto, ExecutionProvider::OpenVino { precision: expected });
+        assert_eq!(auto, ExecutionProvider::OpenVino { device: cpu, precision: expected });
+        let gpu = OpenVinoDevice::Gpu { index: Some(1) };
+        let fp16 = ExecutionProvider::OpenVino { device: gpu, precision: sdrt_models::Precision::Fp16 };
+        assert_eq!(parse(&["--provider", "openvino:GPU.1"]), fp16, "GPUs compute fp16 by default");
     }
 
     #[test]
@@ -876,7 +914,11 @@ mod tests {
         assert!(format!("{:#}", args.session.session_config().unwrap_err()).contains("must be a number"));
         let args = Wrapper::try_parse_from(["sdrt", "--provider", "cpu:1"]).unwrap().args;
         assert!(args.session.session_config().unwrap_err().to_string().contains("only cuda and tensorrt"));
+        let args = Wrapper::try_parse_from(["sdrt", "--provider", "openvino:tpu"]).unwrap().args;
+        assert!(format!("{:#}", args.session.session_config().unwrap_err()).contains("cpu, gpu, gpu.N and npu"));
+        let args = Wrapper::try_parse_from(["sdrt", "--provider", "cuda", "--precision", "fp16"]).unwrap().args;
+        assert!(args.session.session_config().unwrap_err().to_string().contains("--precision fp16 needs"));
         let args = Wrapper::try_parse_from(["sdrt", "--seed", "-1", "--subseed", "5"]).unwrap().args;
-        assert_eq!(args.base_request().subseed, 5);
+        assert_eq!(args.base_request(None).subseed, 5);
     }
 }

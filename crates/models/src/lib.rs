@@ -22,13 +22,15 @@ mod unet;
 mod upscaler;
 mod vae;
 
-pub use checkpoint::{Checkpoint, CheckpointKind, CheckpointOptions, NamedTensor, is_checkpoint_file, read_tensors};
+pub use checkpoint::{
+    Checkpoint, CheckpointKind, CheckpointOptions, NamedTensor, is_checkpoint_file, native_image_size, read_tensors,
+};
 pub use error::{Error, Result};
 pub use folder::{ModelFamily, ModelFolder, PredictionType, SchedulerConfig, TokenizerFiles};
 pub use graph::{AttentionKind, GraphOptions, GroupNormKind};
 pub use lora::{AppliedLora, Lora};
 pub use options::{
-    ExecutionProvider, OptimizationLevel, Precision, PrecisionChoice, SessionConfig, cpu_bf16_extension,
+    ExecutionProvider, OpenVinoDevice, OptimizationLevel, Precision, PrecisionChoice, SessionConfig, cpu_bf16_extension,
 };
 pub use pipeline::LoadedModel;
 pub use runtime_library::{

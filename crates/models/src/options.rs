@@ -38,12 +38,53 @@ pub enum ExecutionProvider {
     },
     /// Apple Core ML (cargo feature `coreml`, macOS builds of ONNX Runtime).
     CoreMl,
-    /// Intel OpenVINO on the CPU, through the `onnxruntime-openvino` build
-    /// (`cargo xtask provision-ort --openvino`).
+    /// Intel OpenVINO, through the `onnxruntime-openvino` build (`cargo xtask provision-ort --openvino`).
     OpenVino {
+        /// The OpenVINO device the graphs are compiled for.
+        device: OpenVinoDevice,
         /// What OpenVINO computes in.
         precision: Precision,
     },
+}
+
+/// An OpenVINO device: its CPU plugin, an Intel GPU (integrated or discrete) or an Intel NPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OpenVinoDevice {
+    /// The CPU plugin (fp32, or bf16 on AVX512_BF16/AMX CPUs).
+    #[default]
+    Cpu,
+    /// An Intel GPU; `index` picks one of several (OpenVINO's `GPU.1`).
+    Gpu {
+        /// OpenVINO's GPU number; `None` = its first GPU.
+        index: Option<u8>,
+    },
+    /// An Intel NPU.
+    Npu,
+}
+
+impl OpenVinoDevice {
+    /// Parses `cpu`, `gpu`, `gpu.N` or `npu` (any case).
+    pub fn parse(text: &str) -> Option<Self> {
+        match text.to_ascii_lowercase().as_str() {
+            "cpu" => Some(Self::Cpu),
+            "gpu" => Some(Self::Gpu { index: None }),
+            "npu" => Some(Self::Npu),
+            other => {
+                let index = other.strip_prefix("gpu.")?.parse().ok()?;
+                Some(Self::Gpu { index: Some(index) })
+            }
+        }
+    }
+
+    /// OpenVINO's name for the device: `CPU`, `GPU`, `GPU.1`, `NPU`.
+    pub fn name(self) -> String {
+        match self {
+            Self::Cpu => "CPU".to_owned(),
+            Self::Gpu { index: None } => "GPU".to_owned(),
+            Self::Gpu { index: Some(index) } => format!("GPU.{index}"),
+            Self::Npu => "NPU".to_owned(),
+        }
+    }
 }
 
 /// The number format a provider computes in.
@@ -53,6 +94,8 @@ pub enum Precision {
     Fp32,
     /// bfloat16 matrix multiplies and convolutions with f32 accumulation (AVX512_BF16 or AMX CPUs).
     Bf16,
+    /// 16-bit float: what Intel GPUs and NPUs compute in natively (OpenVINO's default there).
+    Fp16,
 }
 
 impl Precision {
@@ -61,33 +104,63 @@ impl Precision {
         match self {
             Self::Fp32 => "fp32",
             Self::Bf16 => "bf16",
+            Self::Fp16 => "fp16",
         }
     }
 }
 
-/// `--precision`: a precision, or `auto` (bf16 where the CPU computes it natively, fp32 elsewhere).
+/// `--precision`: a precision, or `auto` (OpenVINO's CPU: bf16 where the CPU computes it natively, fp32
+/// elsewhere; OpenVINO's GPU and NPU: fp16).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PrecisionChoice {
     /// Always fp32.
     Fp32,
-    /// bf16; an error on a CPU without native bf16.
+    /// bf16; an error on a CPU without native bf16 and on GPUs and NPUs.
     Bf16,
-    /// bf16 on CPUs with AVX512_BF16 or AMX, fp32 elsewhere.
+    /// fp16; OpenVINO GPUs and NPUs only.
+    Fp16,
+    /// What the device computes fastest without a visible loss: see the type's docs.
     #[default]
     Auto,
 }
 
 impl PrecisionChoice {
-    /// The precision this choice comes to on this CPU.
+    /// The precision this choice comes to on OpenVINO's CPU plugin on this CPU.
     pub fn resolve(self) -> Result<Precision> {
-        self.resolve_for(cpu_bf16_extension())
+        self.resolve_on(OpenVinoDevice::Cpu)
     }
 
-    /// The precision this choice comes to on a CPU whose native bf16 extension is `bf16_extension`.
+    /// The precision this choice comes to on `device` (this machine's CPU for the CPU plugin).
+    pub fn resolve_on(self, device: OpenVinoDevice) -> Result<Precision> {
+        match device {
+            OpenVinoDevice::Cpu => self.resolve_for(cpu_bf16_extension()),
+            OpenVinoDevice::Gpu { .. } | OpenVinoDevice::Npu => match self {
+                Self::Fp32 => Ok(Precision::Fp32),
+                Self::Fp16 | Self::Auto => Ok(Precision::Fp16),
+                Self::Bf16 => Err(Error::Precision {
+                    precision: "bf16",
+                    reason: format!(
+                        "OpenVINO's {} computes fp16 or fp32, not bf16; use --precision fp16, fp32 or \
+                                     auto",
+                        device.name()
+                    ),
+                }),
+            },
+        }
+    }
+
+    /// The precision this choice comes to on OpenVINO's CPU plugin, on a CPU whose native bf16 extension is
+    /// `bf16_extension`.
     pub fn resolve_for(self, bf16_extension: Option<&'static str>) -> Result<Precision> {
         match (self, bf16_extension) {
             (Self::Fp32, _) | (Self::Auto, None) => Ok(Precision::Fp32),
             (Self::Bf16 | Self::Auto, Some(_)) => Ok(Precision::Bf16),
+            (Self::Fp16, _) => Err(Error::Precision {
+                precision: "fp16",
+                reason: "OpenVINO's CPU plugin computes fp32 or bf16; fp16 is for --provider openvino:gpu or \
+                         openvino:npu"
+                    .to_owned(),
+            }),
             // OpenVINO ignores a bf16 hint on such a CPU and computes f32 (measured: outputs identical to fp32), so
             // accepting it would report a precision that never ran.
             (Self::Bf16, None) => Err(Error::Precision {
@@ -154,7 +227,7 @@ impl std::fmt::Display for ExecutionProvider {
             Self::Cuda { device_id } => write!(f, "CUDA (device {device_id})"),
             Self::TensorRt { device_id } => write!(f, "TensorRT (device {device_id})"),
             Self::CoreMl => write!(f, "CoreML"),
-            Self::OpenVino { precision } => write!(f, "OpenVINO (CPU, {})", precision.name()),
+            Self::OpenVino { device, precision } => write!(f, "OpenVINO ({}, {})", device.name(), precision.name()),
         }
     }
 }
@@ -300,7 +373,7 @@ fn provider_dispatch(
     memory_arena: bool,
 ) -> std::result::Result<ort::ep::ExecutionProviderDispatch, String> {
     match config.provider {
-        ExecutionProvider::OpenVino { precision } => Ok(openvino_dispatch(config, precision)),
+        ExecutionProvider::OpenVino { device, precision } => Ok(openvino_dispatch(config, device, precision)),
         ExecutionProvider::Cpu => Ok(ort::ep::CPU::default().with_arena_allocator(memory_arena).build()),
         ExecutionProvider::Cuda { device_id } => cuda_dispatch(device_id),
         ExecutionProvider::TensorRt { device_id } => tensorrt_dispatch(device_id),
@@ -308,23 +381,28 @@ fn provider_dispatch(
     }
 }
 
-/// OpenVINO's CPU plugin configuration: the inference precision, stated even for f32 so the CPU's default
-/// (bf16 on AMX machines) never decides silently.
-fn openvino_load_config(precision: Precision) -> String {
+/// OpenVINO's device configuration: the inference precision, stated even for f32 so the device's default
+/// (bf16 on AMX CPUs, f16 on GPUs) never decides silently.
+fn openvino_load_config(device: OpenVinoDevice, precision: Precision) -> String {
     let hint = match precision {
         Precision::Fp32 => "f32",
         Precision::Bf16 => "bf16",
+        Precision::Fp16 => "f16",
     };
-    format!(r#"{{"CPU":{{"INFERENCE_PRECISION_HINT":"{hint}"}}}}"#)
+    format!(r#"{{"{}":{{"INFERENCE_PRECISION_HINT":"{hint}"}}}}"#, device.name())
 }
 
-fn openvino_dispatch(config: &SessionConfig, precision: Precision) -> ort::ep::ExecutionProviderDispatch {
+fn openvino_dispatch(
+    config: &SessionConfig,
+    device: OpenVinoDevice,
+    precision: Precision,
+) -> ort::ep::ExecutionProviderDispatch {
     use ort::ep::ArbitrarilyConfigurableExecutionProvider;
     let mut openvino = ort::ep::OpenVINO::default()
-        .with_device_type("CPU")
+        .with_device_type(device.name())
         .with_num_threads(config.resolved_intra_op_threads())
         .with_dynamic_shapes(!config.openvino_static_shapes)
-        .with_arbitrary_config("load_config", openvino_load_config(precision));
+        .with_arbitrary_config("load_config", openvino_load_config(device, precision));
     if let Some(dir) = &config.openvino_cache {
         openvino = openvino.with_cache_dir(dir.display());
     }
@@ -382,9 +460,12 @@ mod tests {
     fn providers_have_onnx_runtime_names() {
         assert_eq!(ExecutionProvider::Cuda { device_id: 0 }.onnx_runtime_name(), "CUDAExecutionProvider");
         assert_eq!(ExecutionProvider::TensorRt { device_id: 1 }.to_string(), "TensorRT (device 1)");
-        let openvino = ExecutionProvider::OpenVino { precision: Precision::Bf16 };
+        let openvino = ExecutionProvider::OpenVino { device: OpenVinoDevice::Cpu, precision: Precision::Bf16 };
         assert_eq!(openvino.onnx_runtime_name(), "OpenVINOExecutionProvider");
         assert_eq!(openvino.to_string(), "OpenVINO (CPU, bf16)");
+        let gpu =
+            ExecutionProvider::OpenVino { device: OpenVinoDevice::Gpu { index: Some(1) }, precision: Precision::Fp16 };
+        assert_eq!(gpu.to_string(), "OpenVINO (GPU.1, fp16)");
         assert_eq!(openvino.runtime_build(), crate::RuntimeBuild::OpenVino);
         assert!(!openvino.runs_contrib_ops() && ExecutionProvider::Cpu.runs_contrib_ops());
     }
@@ -405,14 +486,40 @@ mod tests {
         assert_eq!(PrecisionChoice::Fp32.resolve_for(Some("AVX512_BF16")).unwrap(), Precision::Fp32);
         let message = PrecisionChoice::Bf16.resolve_for(None).unwrap_err().to_string();
         assert!(message.contains("--precision bf16") && message.contains("AVX512_BF16"), "{message}");
+        let message = PrecisionChoice::Fp16.resolve_for(Some("AMX_BF16")).unwrap_err().to_string();
+        assert!(message.contains("openvino:gpu"), "{message}");
+    }
+
+    #[test]
+    fn gpus_and_npus_compute_fp16_unless_told_fp32() {
+        let gpu = OpenVinoDevice::Gpu { index: None };
+        assert_eq!(PrecisionChoice::Auto.resolve_on(gpu).unwrap(), Precision::Fp16);
+        assert_eq!(PrecisionChoice::Fp32.resolve_on(OpenVinoDevice::Npu).unwrap(), Precision::Fp32);
+        let message = PrecisionChoice::Bf16.resolve_on(gpu).unwrap_err().to_string();
+        assert!(message.contains("GPU") && message.contains("fp16"), "{message}");
+    }
+
+    #[test]
+    fn openvino_devices_parse_as_openvino_names_them() {
+        for (text, name) in [("cpu", "CPU"), ("GPU", "GPU"), ("gpu.1", "GPU.1"), ("Npu", "NPU")] {
+            assert_eq!(OpenVinoDevice::parse(text).map(OpenVinoDevice::name).as_deref(), Some(name), "{text}");
+        }
+        for bad in ["tpu", "gpu.", "gpu.x", "gpu.1000", ""] {
+            assert_eq!(OpenVinoDevice::parse(bad), None, "{bad}");
+        }
     }
 
     #[test]
     fn openvino_is_told_the_precision_in_json() {
-        for precision in [Precision::Fp32, Precision::Bf16] {
-            let config: serde_json::Value = serde_json::from_str(&openvino_load_config(precision)).expect("json");
-            let hint = config["CPU"]["INFERENCE_PRECISION_HINT"].as_str().expect("hint");
-            assert_eq!(hint, if precision == Precision::Bf16 { "bf16" } else { "f32" });
+        let cases = [
+            (OpenVinoDevice::Cpu, Precision::Fp32, "CPU", "f32"),
+            (OpenVinoDevice::Cpu, Precision::Bf16, "CPU", "bf16"),
+            (OpenVinoDevice::Gpu { index: Some(1) }, Precision::Fp16, "GPU.1", "f16"),
+        ];
+        for (device, precision, key, hint) in cases {
+            let config: serde_json::Value =
+                serde_json::from_str(&openvino_load_config(device, precision)).expect("json");
+            assert_eq!(config[key]["INFERENCE_PRECISION_HINT"].as_str(), Some(hint), "{config}");
         }
     }
 

@@ -69,7 +69,7 @@ pub(crate) fn detect(file: &TensorFile, options: CheckpointOptions) -> Result<Ar
              <lora:NAME:1> in the prompt"
         )));
     }
-    let yaml = read_yaml(file)?;
+    let yaml = read_yaml(file.path())?;
     let mut detected_by = Vec::new();
     let groups = yaml_int(&yaml, &["sdrt", "norm_groups"]).unwrap_or(32);
     if !has(&format!("{UNET}input_blocks.0.0.weight")) {
@@ -238,8 +238,17 @@ fn sdxl_time_id_width(yaml: &Option<Yaml>) -> Option<usize> {
     models.iter().find_map(|m| m["params"]["outdim"].as_i64()).filter(|v| *v > 0).map(|v| v as usize)
 }
 
-fn read_yaml(file: &TensorFile) -> Result<Option<Yaml>> {
-    let path = sibling_yaml(file.path());
+/// The image side a checkpoint was trained at, when its sibling `.yaml` says so: LDM configs give the latent
+/// side as `model.params.image_size` (64 for SD 1.x and SD 2.x base, 96 for SD 2.x 768-v); pixels are 8× that.
+/// A missing or unreadable `.yaml` says nothing (A1111's 512 applies).
+pub fn native_image_size(checkpoint: &std::path::Path) -> Option<u32> {
+    let yaml = read_yaml(checkpoint).ok()?;
+    let latent_side = yaml_int(&yaml, &["model", "params", "image_size"])?;
+    u32::try_from(latent_side).ok()?.checked_mul(8)
+}
+
+fn read_yaml(checkpoint: &std::path::Path) -> Result<Option<Yaml>> {
+    let path = sibling_yaml(checkpoint);
     let Ok(text) = std::fs::read_to_string(&path) else { return Ok(None) };
     let mut docs = YamlLoader::load_from_str(&text).map_err(|e| Error::Config {
         path: path.clone(),
@@ -269,4 +278,24 @@ fn yaml_ints(yaml: &Option<Yaml>, keys: &[&str]) -> Vec<i64> {
         .and_then(Yaml::as_vec)
         .map(|v| v.iter().filter_map(Yaml::as_i64).collect())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::native_image_size;
+
+    #[test]
+    fn the_native_size_is_the_yaml_latent_side_times_eight() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let checkpoint = dir.path().join("model.safetensors");
+        assert_eq!(native_image_size(&checkpoint), None, "no yaml says nothing");
+        let yaml = dir.path().join("model.yaml");
+        std::fs::write(&yaml, "model:\n  params:\n    parameterization: v\n    image_size: 96\n").expect("write");
+        assert_eq!(native_image_size(&checkpoint), Some(768));
+        std::fs::write(&yaml, "model:\n  params:\n    unet_config:\n      params:\n        image_size: 32\n")
+            .expect("write");
+        assert_eq!(native_image_size(&checkpoint), None, "the UNet's own image_size is LDM's unused legacy field");
+        std::fs::write(&yaml, "model: [unclosed").expect("write");
+        assert_eq!(native_image_size(&checkpoint), None);
+    }
 }

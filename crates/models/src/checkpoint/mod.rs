@@ -37,8 +37,8 @@ mod pickle;
 use std::path::{Path, PathBuf};
 
 pub(crate) use build::model_folder;
-pub use detect::CheckpointKind;
 pub(crate) use detect::{Architecture, PredictionSource};
+pub use detect::{CheckpointKind, native_image_size};
 pub(crate) use file::TensorFile;
 
 use crate::error::{Error, Result};

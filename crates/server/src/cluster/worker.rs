@@ -37,7 +37,8 @@ pub struct WorkerOptions {
     pub max_attempts: u32,
     /// How long a finished job's result stays in Redis.
     pub result_ttl: Duration,
-    /// How long an idle worker waits before looking at the streams again.
+    /// How long an idle worker blocks reading its own stream before it looks again for dead workers' jobs
+    /// and for jobs of models no worker holds.
     pub poll: Duration,
     /// A job running longer is stopped and ends `timed_out` (`None`: no limit).
     pub job_timeout: Option<Duration>,
@@ -90,12 +91,12 @@ pub async fn run_worker(state: Arc<ServerState>, options: WorkerOptions, shutdow
     let mut worker = Worker::new(state, options).await?;
     let mut backoff = Backoff::default();
     while !shutdown.load(Ordering::SeqCst) {
-        match worker.step().await {
-            Ok(true) => backoff.reset(),
-            Ok(false) => {
-                backoff.reset();
-                tokio::time::sleep(worker.options.poll).await;
-            }
+        let outcome = match worker.step().await {
+            Ok(false) => worker.wait_for_own_job().await,
+            other => other,
+        };
+        match outcome {
+            Ok(_) => backoff.reset(),
             Err(error) => {
                 let wait = backoff.next();
                 tracing::warn!(worker = %worker.options.name, %error, "queue unreachable; retrying in {wait:?}");
@@ -177,6 +178,16 @@ impl Worker {
         Ok(true)
     }
 
+    /// Waits up to `options.poll` for a new job on this worker's own stream and runs it; false when none came.
+    /// A blocking read, so that a job posted to an idle worker starts at once rather than at its next poll.
+    async fn wait_for_own_job(&mut self) -> Result<bool> {
+        let Some(delivery) = self.read_within(&[queue_key(&self.held)], Some(self.options.poll)).await? else {
+            return Ok(false);
+        };
+        self.handle(delivery).await?;
+        Ok(true)
+    }
+
     async fn heartbeat(&mut self, running: Option<u64>) -> Result<()> {
         if running.is_none() && self.last_heartbeat.is_some_and(|at| at.elapsed() < Duration::from_secs(2)) {
             return Ok(());
@@ -217,7 +228,16 @@ impl Worker {
     /// The next new entry of the first of `streams` that has one, delivered to this worker (one stream at a
     /// time: an entry read is pending on this worker until it acknowledges it).
     async fn read(&mut self, streams: &[String]) -> Result<Option<Delivery>> {
-        let options = StreamReadOptions::default().group(GROUP, &self.options.name).count(1);
+        self.read_within(streams, None).await
+    }
+
+    /// `read`, waiting up to `block` on each stream for an entry to arrive (keep it well under the connection's
+    /// 5 s response timeout).
+    async fn read_within(&mut self, streams: &[String], block: Option<Duration>) -> Result<Option<Delivery>> {
+        let mut options = StreamReadOptions::default().group(GROUP, &self.options.name).count(1);
+        if let Some(block) = block {
+            options = options.block(block.as_millis().max(1) as usize);
+        }
         for stream in streams {
             let reply: Option<StreamReadReply> =
                 self.connection.xread_options(&[stream], &[">"], &options).await.map_err(|e| unavailable(&e))?;
