@@ -320,7 +320,7 @@ impl SessionArgs {
             "cpu" | "cuda" | "tensorrt" | "coreml"
                 if matches!(precision, PrecisionChoice::Bf16 | PrecisionChoice::Fp16) =>
             {
-                let asked = format!("{:?}", self.precision).to_lowercase();
+                let asked = self.precision_flag();
                 bail!("--precision {asked} needs --provider openvino; the {name} provider computes fp32")
             }
             "cpu" => ExecutionProvider::Cpu,
@@ -332,13 +332,18 @@ impl SessionArgs {
         Ok(provider)
     }
 
+    /// `--precision` as it was spelled on the command line.
+    fn precision_flag(&self) -> String {
+        format!("{:?}", self.precision).to_lowercase()
+    }
+
     /// Loads the ONNX Runtime build the provider needs and says, on stderr, what a bf16-capable provider will
     /// compute in and why.
     pub fn load_runtime(&self) -> Result<SessionConfig> {
         let config = self.session_config()?;
         if let ExecutionProvider::OpenVino { device, precision } = config.provider {
             let cpu = sdrt_models::cpu_bf16_extension().unwrap_or("no AVX512_BF16/AMX");
-            let asked = format!("{:?}", self.precision).to_lowercase();
+            let asked = self.precision_flag();
             eprintln!(
                 "OpenVINO ({}) computes in {} (--precision {asked}; CPU: {cpu})",
                 device.name(),

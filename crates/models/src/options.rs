@@ -137,14 +137,13 @@ impl PrecisionChoice {
             OpenVinoDevice::Gpu { .. } | OpenVinoDevice::Npu => match self {
                 Self::Fp32 => Ok(Precision::Fp32),
                 Self::Fp16 | Self::Auto => Ok(Precision::Fp16),
-                Self::Bf16 => Err(Error::Precision {
-                    precision: "bf16",
-                    reason: format!(
-                        "OpenVINO's {} computes fp16 or fp32, not bf16; use --precision fp16, fp32 or \
-                                     auto",
-                        device.name()
-                    ),
-                }),
+                Self::Bf16 => {
+                    let device = device.name();
+                    let reason = format!(
+                        "OpenVINO's {device} computes fp16 or fp32, not bf16; use --precision fp16, fp32 or auto"
+                    );
+                    Err(Error::Precision { precision: "bf16", reason })
+                }
             },
         }
     }
