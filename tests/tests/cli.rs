@@ -109,3 +109,29 @@ fn grid_lays_images_out_as_a1111_does() {
     let stderr = String::from_utf8_lossy(&failed.stderr);
     assert!(!failed.status.success() && stderr.contains("bad.png: not an image"), "{stderr}");
 }
+
+/// `--provider cuda` either runs (a machine with the driver and every NVIDIA library) or fails before any work
+/// with one message naming each missing piece and its fix, never a CPU run in its place.
+#[test]
+fn cuda_runs_where_everything_is_present_and_otherwise_names_what_is_missing() {
+    let out = tempfile::tempdir().unwrap();
+    let mut args = vec!["txt2img", "--provider", "cuda", "--outdir", out.path().to_str().unwrap(), "--json"];
+    args.extend(["--prompt", "a cat", "--steps", "2", "--width", "64", "--height", "64", "--threads", "1"]);
+    let output = Command::new(SDRT).args(&args).env("RUST_LOG", "warn").env("RUST_BACKTRACE", "0").output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let gpu_build = sdrt_models::RuntimeSearch::for_build(sdrt_models::RuntimeBuild::Gpu).locate();
+    let cuda = sdrt_models::ExecutionProvider::Cuda { device_id: 0 };
+    let problems = sdrt_models::CudaSearch::from_env().report(&cuda).problems();
+    if gpu_build.is_err() {
+        assert!(!output.status.success() && stderr.contains("cargo xtask provision-ort --gpu"), "{stderr}");
+    } else if problems.is_empty() {
+        assert!(output.status.success(), "this machine has everything CUDA needs, yet:\n{stderr}");
+    } else {
+        assert!(!output.status.success(), "CUDA cannot start here ({problems:?}), yet sdrt succeeded");
+        assert!(stderr.contains("the CUDA (device 0) provider cannot run on this machine"), "{stderr}");
+        for problem in &problems {
+            assert!(stderr.contains(problem.as_str()), "{problem} not reported:\n{stderr}");
+        }
+        assert_eq!(std::fs::read_dir(out.path()).map_or(0, |entries| entries.count()), 0, "nothing was written");
+    }
+}

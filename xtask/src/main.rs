@@ -15,9 +15,11 @@ usage: cargo xtask <command>
 commands:
   layers [--metadata FILE]  check the crate layering rules against `cargo metadata` (or a saved JSON)
   tidy                      check //! headers, stub macros and exact dependency pins
-  provision-ort [--openvino] install the pinned ONNX Runtime library (or its OpenVINO build) into the cache
-                            folder (idempotent)
-  test [ARGS…]              provision-ort (both builds: the tests run OpenVINO too), redis-server (from apt
+  provision-ort [--openvino|--gpu]
+                            install the pinned ONNX Runtime library (or its OpenVINO or CUDA/TensorRT
+                            build) into the cache folder (idempotent)
+  test [ARGS…]              provision-ort (all three builds: the tests run OpenVINO, and CUDA's refusals on
+                            machines without a GPU), redis-server (from apt
                             when missing: the scale-out tests start one), then `cargo test --workspace ARGS…`
   sdrt [ARGS…]              provision-ort, then run the release `sdrt` binary with ARGS
   fuzz [CASES]              generated inputs for every outside-input parser (default 1000000 each, release)
@@ -35,21 +37,23 @@ fn main() -> Result<()> {
             let path = match as_strs(&rest).as_slice() {
                 [] => provision::provision()?,
                 ["--openvino"] => provision::provision_openvino()?,
-                _ => bail!("usage: cargo xtask provision-ort [--openvino]"),
+                ["--gpu"] => provision::provision_gpu()?,
+                _ => bail!("usage: cargo xtask provision-ort [--openvino|--gpu]"),
             };
             println!("ONNX Runtime ready: {}", path.display());
             Ok(())
         }
         "test" => {
-            provision::provision()?;
-            provision::provision_openvino()?;
-            provision::redis_server()?;
+            provision_for_tests()?;
             cargo(&root, &[&["test", "--workspace"][..], &as_strs(&rest)].concat())
         }
         "sdrt" => {
             provision::provision()?;
             if rest.iter().any(|arg| arg.contains("openvino")) {
                 provision::provision_openvino()?;
+            }
+            if rest.iter().any(|arg| arg.contains("cuda") || arg.contains("tensorrt")) {
+                provision::provision_gpu()?;
             }
             let args =
                 [&["run", "--quiet", "--release", "--package", "sdrt-cli", "--bin", "sdrt", "--"][..], &as_strs(&rest)]
@@ -113,10 +117,16 @@ fn run_ci(root: &Path) -> Result<()> {
     run_layers(root, &[])?;
     run_tidy(root)?;
     cargo(root, &["check", "--package", "sdrt-models", "--features", "cuda,tensorrt,coreml"])?;
+    provision_for_tests()?;
+    cargo(root, &["test", "--workspace"])
+}
+
+/// Everything the test suite runs against: the three ONNX Runtime builds and redis-server.
+fn provision_for_tests() -> Result<()> {
     provision::provision()?;
     provision::provision_openvino()?;
-    provision::redis_server()?;
-    cargo(root, &["test", "--workspace"])
+    provision::provision_gpu()?;
+    provision::redis_server()
 }
 
 fn cargo(root: &Path, args: &[&str]) -> Result<()> {

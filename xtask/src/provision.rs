@@ -1,4 +1,4 @@
-//! `cargo xtask provision-ort [--openvino]`: installs the pinned ONNX Runtime libraries from their PyPI wheels.
+//! `cargo xtask provision-ort [--openvino|--gpu]`: installs the pinned ONNX Runtime libraries from their PyPI wheels.
 //!
 //! The `ort` crate's own binary download cannot work offline; PyPI can. pip fetches one pinned wheel
 //! (platform and Python tag fixed so the file and its sha256 never change), we verify it and unpack the
@@ -48,6 +48,20 @@ const OPENVINO: Wheel = Wheel {
     ],
 };
 
+/// NVIDIA's build: the CUDA and TensorRT providers (CUDA 13). 255 MB to download, 314 MB unpacked, so only
+/// `--gpu` fetches it; NVIDIA's own libraries (CUDA, cuDNN, TensorRT) are the user's, found at run time.
+const GPU: Wheel = Wheel {
+    build: RuntimeBuild::Gpu,
+    file: "onnxruntime_gpu-1.31.1-cp311-cp311-manylinux_2_28_x86_64.whl",
+    sha256: "e26c475fe361b2015f45b4b824bd13f0bb20204e59b62814e6f0acd5f3d491a6",
+    libraries: &[
+        ("libonnxruntime.so.1.31.1", "5104254339ecadae808da771bd0b63b240f0dbd466514234905e54372435c303"),
+        ("libonnxruntime_providers_shared.so", "086ec1d5388f64153d9c63470d126693db9a182c8ce236d3a1119068471b8a0d"),
+        ("libonnxruntime_providers_cuda.so", "d5290158115fa5569a3fe8f1f4037ee9b0e86658a96e52f852bbb7039aa88137"),
+        ("libonnxruntime_providers_tensorrt.so", "1882ee49fdb0e6fc2d272b00cfaf9a3310bf8580a34385c0eec4d82014ea172e"),
+    ],
+};
+
 /// Makes sure the standard library is in its cache folder; returns its path. Does nothing when it already is.
 pub(crate) fn provision() -> Result<PathBuf> {
     provision_wheel(&STANDARD)
@@ -56,6 +70,11 @@ pub(crate) fn provision() -> Result<PathBuf> {
 /// The same for the OpenVINO build (`--openvino`).
 pub(crate) fn provision_openvino() -> Result<PathBuf> {
     provision_wheel(&OPENVINO)
+}
+
+/// The same for NVIDIA's build (`--gpu`).
+pub(crate) fn provision_gpu() -> Result<PathBuf> {
+    provision_wheel(&GPU)
 }
 
 fn provision_wheel(wheel: &Wheel) -> Result<PathBuf> {

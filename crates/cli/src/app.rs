@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use sdrt_models::{ExecutionProvider, RuntimeBuild};
 
 use crate::{bench, convert, generate, inspect, serve};
 
@@ -113,18 +114,45 @@ fn run(command: Command, shutdown: Arc<AtomicBool>) -> Result<()> {
     }
 }
 
-/// `sdrt doctor`: loads the standard ONNX Runtime and says where the OpenVINO build is and what this CPU computes.
+/// `sdrt doctor`: loads the standard ONNX Runtime and says where the OpenVINO and GPU builds are, what this CPU
+/// computes, and what the CUDA provider would find (driver, CUDA, cuBLAS, cuRAND, cuDNN).
 fn doctor() -> Result<()> {
     let runtime = sdrt_models::ensure_runtime()?;
     println!("{} from {} ({})", runtime.build, runtime.path.display(), runtime.source);
-    let openvino = sdrt_models::RuntimeBuild::OpenVino;
-    match sdrt_models::RuntimeSearch::for_build(openvino).locate() {
-        Ok(found) => println!("{openvino} for --provider openvino: {} ({})", found.path.display(), found.source),
-        Err(_) => println!("{openvino} for --provider openvino: not installed (`{}`)", openvino.provision_command()),
+    for (build, flag) in [(RuntimeBuild::OpenVino, "openvino"), (RuntimeBuild::Gpu, "cuda|tensorrt")] {
+        match sdrt_models::RuntimeSearch::for_build(build).locate() {
+            Ok(found) => println!("{build} for --provider {flag}: {} ({})", found.path.display(), found.source),
+            Err(_) => println!("{build} for --provider {flag}: not installed (`{}`)", build.provision_command()),
+        }
     }
     match sdrt_models::cpu_bf16_extension() {
         Some(extension) => println!("CPU computes bf16 natively ({extension}): --provider openvino runs bf16"),
         None => println!("CPU has no AVX512_BF16/AMX: --provider openvino runs fp32"),
     }
+    print_cuda_report(&sdrt_models::CudaSearch::from_env().report(&ExecutionProvider::Cuda { device_id: 0 }));
     Ok(())
+}
+
+fn print_cuda_report(report: &sdrt_models::CudaReport) {
+    match &report.driver {
+        Ok(driver) => println!(
+            "NVIDIA driver {} (CUDA {} needs {}+)",
+            driver.version,
+            sdrt_models::CUDA_MAJOR,
+            sdrt_models::MIN_DRIVER_MAJOR
+        ),
+        Err(reason) => println!("NVIDIA driver: {reason}"),
+    }
+    for found in &report.libraries {
+        match &found.location {
+            Some((path, source)) => println!("  {}: {} ({source})", found.library.soname, path.display()),
+            None => println!("  {}: missing ({})", found.library.soname, found.library.fix),
+        }
+    }
+    let problems = report.problems();
+    if problems.is_empty() {
+        println!("--provider cuda can start here");
+    } else {
+        println!("--provider cuda cannot start here ({} problems above)", problems.len());
+    }
 }

@@ -22,6 +22,9 @@ pub enum Error {
          build, so start a separate sdrt process for {provider}"
     )]
     RuntimeMismatch { loaded: String, provider: String, wanted: String },
+    /// The NVIDIA driver or a library the CUDA/TensorRT provider needs is missing or too old.
+    #[error("the {provider} provider cannot run on this machine: {problems}")]
+    NvidiaLibraries { provider: String, problems: String },
     /// The CPU cannot compute in the precision asked for.
     #[error("--precision {precision}: {reason}")]
     Precision { precision: &'static str, reason: String },

@@ -6,6 +6,7 @@
 //! tensor conventions.
 
 mod checkpoint;
+mod cuda_libraries;
 mod error;
 mod folder;
 mod graph;
@@ -24,6 +25,9 @@ mod vae;
 
 pub use checkpoint::{
     Checkpoint, CheckpointKind, CheckpointOptions, NamedTensor, is_checkpoint_file, native_image_size, read_tensors,
+};
+pub use cuda_libraries::{
+    CUDA_MAJOR, CudaReport, CudaSearch, FoundLibrary, MIN_DRIVER_MAJOR, NvidiaDriver, NvidiaLibrary,
 };
 pub use error::{Error, Result};
 pub use folder::{ModelFamily, ModelFolder, PredictionType, SchedulerConfig, TokenizerFiles};

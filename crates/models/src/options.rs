@@ -208,7 +208,8 @@ impl ExecutionProvider {
     pub fn runtime_build(&self) -> crate::RuntimeBuild {
         match self {
             Self::OpenVino { .. } => crate::RuntimeBuild::OpenVino,
-            _ => crate::RuntimeBuild::Standard,
+            Self::Cuda { .. } | Self::TensorRt { .. } => crate::RuntimeBuild::Gpu,
+            Self::Cpu | Self::CoreMl => crate::RuntimeBuild::Standard,
         }
     }
 
@@ -352,6 +353,7 @@ impl SessionConfig {
 
     fn register_provider(&self, builder: SessionBuilder, component: &str, arena: bool) -> Result<SessionBuilder> {
         let provider = self.provider;
+        crate::cuda_libraries::prepare_nvidia_libraries(&provider)?;
         let dispatch = provider_dispatch(self, arena).map_err(|reason| Error::Provider {
             provider: provider.onnx_runtime_name(),
             component: component.to_owned(),

@@ -1,8 +1,9 @@
 //! Finding and loading the ONNX Runtime shared library (the `ort` crate is built with `load-dynamic`).
 //!
-//! Two builds are provisioned: the standard one (CPU provider) and OpenVINO's (`onnxruntime-openvino`, an older
-//! release that carries the OpenVINO provider and its libraries). A process loads one of them, chosen by the
-//! provider its first session asks for. Search order for each: `ORT_DYLIB_PATH`, the provisioned cache
+//! Three builds are provisioned: the standard one (CPU provider), OpenVINO's (`onnxruntime-openvino`, an older
+//! release that carries the OpenVINO provider and its libraries) and NVIDIA's (`onnxruntime-gpu`: the CUDA and
+//! TensorRT providers, only on request). A process loads one of them, chosen by the provider its first session
+//! asks for. Search order for each: `ORT_DYLIB_PATH`, the provisioned cache
 //! folder, an installed Python package. `ort::init()` panics when the library is missing, so every path is
 //! checked and loaded with `ort::init_from`, which returns an error instead.
 
@@ -25,13 +26,16 @@ pub enum RuntimeBuild {
     Standard,
     /// PyPI `onnxruntime-openvino`: the OpenVINO provider, its OpenVINO and TBB libraries, and the CPU provider.
     OpenVino,
+    /// PyPI `onnxruntime-gpu`: the CUDA and TensorRT providers (they need NVIDIA's own libraries, see
+    /// [`crate::CudaSearch`]) and the CPU provider.
+    Gpu,
 }
 
 impl RuntimeBuild {
     /// The release provisioned for this build.
     pub fn version(self) -> &'static str {
         match self {
-            Self::Standard => PROVISIONED_ORT_VERSION,
+            Self::Standard | Self::Gpu => PROVISIONED_ORT_VERSION,
             Self::OpenVino => "1.24.1",
         }
     }
@@ -41,6 +45,7 @@ impl RuntimeBuild {
         match self {
             Self::Standard => "onnxruntime",
             Self::OpenVino => "onnxruntime-openvino",
+            Self::Gpu => "onnxruntime-gpu",
         }
     }
 
@@ -49,25 +54,30 @@ impl RuntimeBuild {
         match self {
             Self::Standard => "cargo xtask provision-ort",
             Self::OpenVino => "cargo xtask provision-ort --openvino",
+            Self::Gpu => "cargo xtask provision-ort --gpu",
         }
     }
 
     /// Whether a session on `provider` can run in a process that loaded this build.
     pub fn serves(self, provider: &ExecutionProvider) -> bool {
         match self {
-            // The GPU providers come with their own library (ORT_DYLIB_PATH); the standard search is theirs.
-            Self::Standard => !matches!(provider, ExecutionProvider::OpenVino { .. }),
+            Self::Standard => matches!(provider, ExecutionProvider::Cpu | ExecutionProvider::CoreMl),
             Self::OpenVino => matches!(provider, ExecutionProvider::Cpu | ExecutionProvider::OpenVino { .. }),
+            Self::Gpu => matches!(
+                provider,
+                ExecutionProvider::Cpu | ExecutionProvider::Cuda { .. } | ExecutionProvider::TensorRt { .. }
+            ),
         }
     }
 
-    /// Folder where `cargo xtask provision-ort` unpacks this build: `$SDRT_ORT_DIR` (standard) or
-    /// `$SDRT_ORT_OPENVINO_DIR`, else `$XDG_CACHE_HOME/sdrt/<package>-<version>`, else
+    /// Folder where `cargo xtask provision-ort` unpacks this build: `$SDRT_ORT_DIR` (standard),
+    /// `$SDRT_ORT_OPENVINO_DIR` or `$SDRT_ORT_GPU_DIR`, else `$XDG_CACHE_HOME/sdrt/<package>-<version>`, else
     /// `~/.cache/sdrt/<package>-<version>`.
     pub fn cache_dir(self) -> PathBuf {
         let override_variable = match self {
             Self::Standard => "SDRT_ORT_DIR",
             Self::OpenVino => "SDRT_ORT_OPENVINO_DIR",
+            Self::Gpu => "SDRT_ORT_GPU_DIR",
         };
         if let Some(dir) = non_empty_env(override_variable) {
             return PathBuf::from(dir);
@@ -94,6 +104,7 @@ impl RuntimeBuild {
         match self {
             Self::Standard => None,
             Self::OpenVino => Some("libonnxruntime_providers_openvino.so"),
+            Self::Gpu => Some("libonnxruntime_providers_cuda.so"),
         }
     }
 }
