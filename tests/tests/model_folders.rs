@@ -174,8 +174,11 @@ fn an_sdxl_folder_without_text_encoder_2_is_reported() {
     assert!(message.contains("text_encoder_2/model.onnx"), "{message}");
 }
 
+/// CoreML cannot register here; CUDA and TensorRT need the GPU build, which a process that loaded the standard
+/// one cannot switch to (tests/tests/cli.rs runs CUDA in its own process). Each is an error, never a CPU run.
 #[test]
 fn a_provider_that_cannot_register_is_an_error_not_a_silent_cpu_fallback() {
+    sdrt_models::ensure_runtime().unwrap();
     for provider in [
         ExecutionProvider::Cuda { device_id: 0 },
         ExecutionProvider::TensorRt { device_id: 0 },
@@ -187,6 +190,9 @@ fn a_provider_that_cannot_register_is_an_error_not_a_silent_cpu_fallback() {
             Error::Provider { provider: name, component, reason } => {
                 assert_eq!(*name, provider.onnx_runtime_name());
                 assert!(!component.is_empty() && !reason.is_empty());
+            }
+            Error::RuntimeMismatch { provider: name, .. } if provider != ExecutionProvider::CoreMl => {
+                assert_eq!(*name, provider.to_string());
             }
             other => panic!("{provider}: expected a provider error, got {other:?}"),
         }

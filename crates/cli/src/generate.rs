@@ -208,6 +208,7 @@ impl GraphArgs {
             fused_qkv: !self.no_fused_qkv,
             group_norm,
             transposed_matmul: !self.no_transposed_matmul,
+            half_unet: false,
         })
     }
 }
@@ -278,9 +279,10 @@ impl SessionArgs {
             bound_io: !self.no_bound_io,
             parallel_load: !self.sequential_load,
             profiling: None,
-            graph: self.graph.options()?,
+            graph: GraphOptions { half_unet: self.half_unet(provider), ..self.graph.options()? },
             network_cache: self.lora_cache,
             openvino_cache: self.openvino_cache(),
+            tensorrt_cache: sdrt_io::cache_dir().map(|dir| dir.join("tensorrt")),
             openvino_static_shapes: self.openvino_static_shapes,
         })
     }
@@ -317,11 +319,15 @@ impl SessionArgs {
                 })?;
                 ExecutionProvider::OpenVino { device, precision: precision.resolve_on(device)? }
             }
-            "cpu" | "cuda" | "tensorrt" | "coreml"
-                if matches!(precision, PrecisionChoice::Bf16 | PrecisionChoice::Fp16) =>
-            {
+            "cpu" | "coreml" if matches!(precision, PrecisionChoice::Bf16 | PrecisionChoice::Fp16) => {
                 let asked = self.precision_flag();
-                bail!("--precision {asked} needs --provider openvino; the {name} provider computes fp32")
+                bail!(
+                    "--precision {asked} needs --provider openvino (or, for fp16, cuda or tensorrt); the {name} \
+                     provider computes fp32"
+                )
+            }
+            "cuda" | "tensorrt" if precision == PrecisionChoice::Bf16 => {
+                bail!("--precision bf16: sdrt runs NVIDIA GPUs in fp16 or fp32; use --precision fp16, fp32 or auto")
             }
             "cpu" => ExecutionProvider::Cpu,
             "cuda" => ExecutionProvider::Cuda { device_id: device_id()? },
@@ -330,6 +336,13 @@ impl SessionArgs {
             other => bail!("--provider {other:?} is not a provider; use cpu, openvino, cuda, tensorrt or coreml"),
         };
         Ok(provider)
+    }
+
+    /// Whether the UNet computes in fp16: on CUDA and TensorRT unless `--precision fp32` (the text encoder and VAE
+    /// stay fp32 there, see docs/gpu.md).
+    fn half_unet(&self, provider: ExecutionProvider) -> bool {
+        let gpu = matches!(provider, ExecutionProvider::Cuda { .. } | ExecutionProvider::TensorRt { .. });
+        gpu && PrecisionChoice::from(self.precision) != PrecisionChoice::Fp32
     }
 
     /// `--precision` as it was spelled on the command line.
@@ -348,6 +361,15 @@ impl SessionArgs {
                 "OpenVINO ({}) computes in {} (--precision {asked}; CPU: {cpu})",
                 device.name(),
                 precision.name()
+            );
+        }
+        if matches!(config.provider, ExecutionProvider::Cuda { .. } | ExecutionProvider::TensorRt { .. }) {
+            let unet = if config.graph.half_unet { "fp16" } else { "fp32" };
+            eprintln!(
+                "{} computes a checkpoint's UNet in {unet}, its text encoder and VAE in fp32 (--precision {}); \
+                 exported ONNX folders run in the precision they were exported in",
+                config.provider,
+                self.precision_flag()
             );
         }
         sdrt_models::ensure_runtime_for(&config.provider)?;
@@ -907,6 +929,17 @@ mod tests {
     }
 
     #[test]
+    fn nvidia_gpus_compute_the_unet_in_fp16_unless_fp32_is_asked_for() {
+        let half = |flags: &[&str]| {
+            let args = Wrapper::try_parse_from([&["sdrt"][..], flags].concat()).unwrap().args;
+            args.session.session_config().unwrap().graph.half_unet
+        };
+        assert!(half(&["--provider", "cuda"]) && half(&["--provider", "tensorrt:1", "--precision", "fp16"]));
+        assert!(!half(&["--provider", "cuda", "--precision", "fp32"]));
+        assert!(!half(&["--provider", "cpu"]) && !half(&["--provider", "openvino"]));
+    }
+
+    #[test]
     fn bad_flags_say_what_to_use() {
         let args = Wrapper::try_parse_from(["sdrt", "--rng", "quantum"]).unwrap().args;
         let err = flag_settings(&args).unwrap_err().to_string();
@@ -921,8 +954,10 @@ mod tests {
         assert!(args.session.session_config().unwrap_err().to_string().contains("only cuda and tensorrt"));
         let args = Wrapper::try_parse_from(["sdrt", "--provider", "openvino:tpu"]).unwrap().args;
         assert!(format!("{:#}", args.session.session_config().unwrap_err()).contains("cpu, gpu, gpu.N and npu"));
-        let args = Wrapper::try_parse_from(["sdrt", "--provider", "cuda", "--precision", "fp16"]).unwrap().args;
+        let args = Wrapper::try_parse_from(["sdrt", "--provider", "cpu", "--precision", "fp16"]).unwrap().args;
         assert!(args.session.session_config().unwrap_err().to_string().contains("--precision fp16 needs"));
+        let args = Wrapper::try_parse_from(["sdrt", "--provider", "cuda", "--precision", "bf16"]).unwrap().args;
+        assert!(args.session.session_config().unwrap_err().to_string().contains("fp16 or fp32"));
         let args = Wrapper::try_parse_from(["sdrt", "--seed", "-1", "--subseed", "5"]).unwrap().args;
         assert_eq!(args.base_request(None).subseed, 5);
     }

@@ -266,6 +266,9 @@ pub struct SessionConfig {
     /// OpenVINO keeps the models it compiled here (its `CACHE_DIR`), so the next load of the same graph skips
     /// compilation; `None` compiles on every load.
     pub openvino_cache: Option<PathBuf>,
+    /// TensorRT keeps the engines it built here (`trt_engine_cache_path`), so the next load of the same graph
+    /// skips the build; `None` builds on every load.
+    pub tensorrt_cache: Option<PathBuf>,
     /// OpenVINO compiles each graph for the input shapes it is run with (recompiling when they change) instead
     /// of once for dynamic shapes.
     pub openvino_static_shapes: bool,
@@ -287,6 +290,7 @@ impl Default for SessionConfig {
             graph: crate::graph::GraphOptions::default(),
             network_cache: 1,
             openvino_cache: None,
+            tensorrt_cache: None,
             openvino_static_shapes: false,
         }
     }
@@ -377,7 +381,7 @@ fn provider_dispatch(
         ExecutionProvider::OpenVino { device, precision } => Ok(openvino_dispatch(config, device, precision)),
         ExecutionProvider::Cpu => Ok(ort::ep::CPU::default().with_arena_allocator(memory_arena).build()),
         ExecutionProvider::Cuda { device_id } => cuda_dispatch(device_id),
-        ExecutionProvider::TensorRt { device_id } => tensorrt_dispatch(device_id),
+        ExecutionProvider::TensorRt { device_id } => tensorrt_dispatch(device_id, config.tensorrt_cache.as_deref()),
         ExecutionProvider::CoreMl => coreml_dispatch(),
     }
 }
@@ -426,12 +430,22 @@ fn cuda_dispatch(_device_id: i32) -> std::result::Result<ort::ep::ExecutionProvi
 }
 
 #[cfg(feature = "tensorrt")]
-fn tensorrt_dispatch(device_id: i32) -> std::result::Result<ort::ep::ExecutionProviderDispatch, String> {
-    Ok(ort::ep::TensorRT::default().with_device_id(device_id).build())
+fn tensorrt_dispatch(
+    device_id: i32,
+    engine_cache: Option<&std::path::Path>,
+) -> std::result::Result<ort::ep::ExecutionProviderDispatch, String> {
+    let mut tensorrt = ort::ep::TensorRT::default().with_device_id(device_id);
+    if let Some(dir) = engine_cache {
+        tensorrt = tensorrt.with_engine_cache(true).with_engine_cache_path(dir.display());
+    }
+    Ok(tensorrt.build())
 }
 
 #[cfg(not(feature = "tensorrt"))]
-fn tensorrt_dispatch(_device_id: i32) -> std::result::Result<ort::ep::ExecutionProviderDispatch, String> {
+fn tensorrt_dispatch(
+    _device_id: i32,
+    _engine_cache: Option<&std::path::Path>,
+) -> std::result::Result<ort::ep::ExecutionProviderDispatch, String> {
     Err(not_compiled_in("tensorrt"))
 }
 

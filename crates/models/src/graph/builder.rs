@@ -24,7 +24,7 @@ const WEIGHT_ALIGNMENT: u64 = 64;
 
 /// An ONNX model whose weights are byte ranges of `source`.
 pub(crate) struct BuiltGraph {
-    model: ModelProto,
+    pub(super) model: ModelProto,
     source: PathBuf,
 }
 

@@ -46,6 +46,9 @@ pub struct GraphOptions {
     /// Linear layers as `com.microsoft.FusedMatMul` with `transB` on the stored weight, instead of MatMul on a
     /// Transpose the runtime folds (a transposed copy of every linear weight at load).
     pub transposed_matmul: bool,
+    /// The UNet computes in fp16 downstream of `sample` and `encoder_hidden_states` (its inputs and output stay
+    /// f32); the text encoder and VAE stay f32. For GPUs: CPUs have few fp16 kernels and run it slower.
+    pub half_unet: bool,
 }
 
 impl Default for GraphOptions {
@@ -55,6 +58,7 @@ impl Default for GraphOptions {
             fused_qkv: true,
             group_norm: GroupNormKind::InstanceNorm,
             transposed_matmul: true,
+            half_unet: false,
         }
     }
 }

@@ -4,6 +4,7 @@
 
 mod builder;
 mod clip;
+mod half;
 mod layers;
 mod proto;
 mod unet;

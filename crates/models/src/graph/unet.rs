@@ -101,7 +101,12 @@ pub(crate) fn build(weights: Weights<'_>, spec: &UnetSpec, options: GraphOptions
         ElementType::F32,
         &[Dim::Named("batch"), Dim::Fixed(out_channels as i64), Dim::Named("height"), Dim::Named("width")],
     );
-    Ok(net.g.finish(net.w.path()))
+    let half = net.options.half_unet;
+    let mut graph = net.g.finish(net.w.path());
+    if half {
+        super::half::compute_in_half(&mut graph.model, &["sample", "encoder_hidden_states"]);
+    }
+    Ok(graph)
 }
 
 struct BlockInputs {
