@@ -211,6 +211,33 @@ fn sd15_components_match_torch_with_the_other_graph_options() {
     check_components("sd15-tiny", "sd15-tiny", native);
 }
 
+/// The conditioning kept in ONNX Runtime's memory between UNet runs (what CUDA does with GPU memory) is copied
+/// once per distinct value and gives the same numbers, bit for bit, as passing it on every run.
+#[test]
+fn resident_conditioning_is_copied_once_per_value_and_changes_nothing() {
+    let entry = &fixture_json("checkpoints/references/sd15-tiny.json")["unet"];
+    let sample = npy(entry, "inputs", "sample").into_dimensionality::<Ix4>().unwrap();
+    let timesteps = npy(entry, "inputs", "timestep").into_dimensionality::<ndarray::Ix1>().unwrap();
+    let context = npy(entry, "inputs", "encoder_hidden_states").into_dimensionality::<Ix3>().unwrap();
+    let other_context = context.mapv(|v| v * 0.5);
+    let path = checkpoint("sd15-tiny.safetensors");
+    let runs = |resident: bool| {
+        sdrt_models::ensure_runtime().unwrap();
+        let config = SessionConfig { intra_op_threads: Some(1), resident_inputs: Some(resident), ..Default::default() };
+        let mut model = LoadedModel::load(ModelFolder::open(&path).unwrap(), &config).unwrap();
+        let outputs: Vec<_> = [&context, &context, &other_context, &other_context]
+            .into_iter()
+            .map(|c| model.unet.predict(&UnetInput::new(sample.view(), timesteps.view(), c.view())).unwrap())
+            .collect();
+        (outputs, model.unet.model().resident_uploads())
+    };
+    let (kept, uploads) = runs(true);
+    let (passed, no_uploads) = runs(false);
+    assert_eq!((uploads, no_uploads), (2, 0), "one copy per distinct conditioning");
+    assert_eq!(kept, passed);
+    assert_ne!(kept[1], kept[2], "the changed conditioning was used");
+}
+
 /// A tensor of a derived checkpoint: dtype, shape, little-endian bytes.
 type Stored = (String, Vec<u64>, Vec<u8>);
 

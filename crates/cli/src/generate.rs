@@ -283,6 +283,7 @@ impl SessionArgs {
             network_cache: self.lora_cache,
             openvino_cache: self.openvino_cache(),
             tensorrt_cache: sdrt_io::cache_dir().map(|dir| dir.join("tensorrt")),
+            resident_inputs: None,
             openvino_static_shapes: self.openvino_static_shapes,
         })
     }

@@ -269,6 +269,10 @@ pub struct SessionConfig {
     /// TensorRT keeps the engines it built here (`trt_engine_cache_path`), so the next load of the same graph
     /// skips the build; `None` builds on every load.
     pub tensorrt_cache: Option<PathBuf>,
+    /// Keep the inputs that stay the same across a generation's steps (the conditioning) in the provider's
+    /// memory between UNet runs: `None` = on for CUDA and TensorRT (copied to the GPU once, not once per step),
+    /// off elsewhere; `Some(true)` on CPU keeps them in ONNX Runtime-owned memory (tests the same path).
+    pub resident_inputs: Option<bool>,
     /// OpenVINO compiles each graph for the input shapes it is run with (recompiling when they change) instead
     /// of once for dynamic shapes.
     pub openvino_static_shapes: bool,
@@ -291,6 +295,7 @@ impl Default for SessionConfig {
             network_cache: 1,
             openvino_cache: None,
             tensorrt_cache: None,
+            resident_inputs: None,
             openvino_static_shapes: false,
         }
     }
@@ -306,6 +311,20 @@ impl SessionConfig {
     /// operators when the provider does not run contrib operators.
     pub fn graph_options(&self) -> crate::graph::GraphOptions {
         if self.provider.runs_contrib_ops() { self.graph } else { self.graph.standard_ops_only() }
+    }
+
+    /// Where [`SessionConfig::resident_inputs`] keeps inputs: the GPU for CUDA and TensorRT, ONNX Runtime's CPU
+    /// memory when forced on elsewhere, `None` when off.
+    pub(crate) fn resident_device(&self) -> Option<(ort::memory::AllocationDevice<'static>, i32)> {
+        let gpu = match self.provider {
+            ExecutionProvider::Cuda { device_id } | ExecutionProvider::TensorRt { device_id } => Some(device_id),
+            _ => None,
+        };
+        match (self.resident_inputs.unwrap_or(gpu.is_some()), gpu) {
+            (false, _) => None,
+            (true, Some(device_id)) => Some((ort::memory::AllocationDevice::CUDA, device_id)),
+            (true, None) => Some((ort::memory::AllocationDevice::CPU, 0)),
+        }
     }
 
     /// Whether a session uses the CPU memory arena. Unless set, measured on SD1.5-shaped weights at 512²

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use half::f16;
 use ndarray::{ArrayD, ArrayViewD};
-use ort::memory::Allocator;
+use ort::memory::{AllocationDevice, Allocator};
 use ort::session::{HasSelectedOutputs, OutputSelector, RunOptions, Session, SessionInputValue};
 use ort::value::{DynValue, Tensor, TensorElementType, TensorRef, ValueType};
 
@@ -76,6 +76,21 @@ pub struct OnnxModel {
     runs: u64,
     /// Runs that wrote into pre-allocated outputs.
     bound_runs: u64,
+    /// Where inputs named by [`OnnxModel::keep_resident`] are kept between runs; `None` = not kept.
+    resident_device: Option<(AllocationDevice<'static>, i32)>,
+    /// Inputs kept on `resident_device` while their data stays the same.
+    resident: Vec<ResidentInput>,
+    /// Copies of resident inputs made to the device (once per distinct value, not once per run).
+    uploads: u64,
+}
+
+/// An input that stays on the provider's device between runs (the conditioning across a generation's steps): it is
+/// copied there once, and again only when the caller's data changes.
+struct ResidentInput {
+    name: String,
+    /// The data now on the device (`None` until the first run), to tell whether the next run's is the same.
+    host: Option<(Vec<usize>, Vec<f32>)>,
+    value: Option<DynValue>,
 }
 
 impl std::fmt::Debug for OnnxModel {
@@ -159,6 +174,9 @@ impl OnnxModel {
             run_time: std::time::Duration::ZERO,
             runs: 0,
             bound_runs: 0,
+            resident_device: config.resident_device(),
+            resident: Vec::new(),
+            uploads: 0,
         }
     }
 
@@ -219,9 +237,53 @@ impl OnnxModel {
         Ok(names.into_iter().zip(outputs).collect())
     }
 
+    /// Keeps these f32 inputs on the provider's device between runs while their data stays the same, on providers
+    /// with device memory (CUDA, TensorRT; `SessionConfig::resident_inputs`). Names the model lacks are ignored.
+    pub(crate) fn keep_resident(&mut self, names: &[&str]) {
+        if self.resident_device.is_none() {
+            return;
+        }
+        for name in names {
+            if self.input(name).is_some_and(|info| info.dtype == "f32") {
+                self.resident.push(ResidentInput { name: (*name).to_owned(), host: None, value: None });
+            }
+        }
+    }
+
+    /// How many times a resident input was copied to the device.
+    pub fn resident_uploads(&self) -> u64 {
+        self.uploads
+    }
+
+    /// Copies resident inputs whose data changed since the last run to the device.
+    fn refresh_resident(&mut self, inputs: &[(String, Input<'_>)]) -> Result<()> {
+        let Some((device, device_id)) = self.resident_device.clone() else { return Ok(()) };
+        for resident in &mut self.resident {
+            let Some((_, Input::F32(array))) = inputs.iter().find(|(name, _)| *name == resident.name) else { continue };
+            let same = resident
+                .host
+                .as_ref()
+                .is_some_and(|(shape, data)| shape == array.shape() && array.iter().eq(data.iter()));
+            if same {
+                continue;
+            }
+            let upload_error = |e: ort::Error| Error::Tensor {
+                component: self.component.clone(),
+                tensor: resident.name.clone(),
+                problem: format!("could not be copied to the device: {e}"),
+            };
+            let host = Tensor::from_array(array.to_owned()).map_err(upload_error)?;
+            resident.value = Some(host.to(device.clone(), device_id).map_err(upload_error)?.into_dyn());
+            resident.host = Some((array.shape().to_vec(), array.iter().copied().collect()));
+            self.uploads += 1;
+        }
+        Ok(())
+    }
+
     /// Runs the model and returns the outputs named in `wanted`, in that order, as f32.
     pub(crate) fn run(&mut self, inputs: Vec<(String, Input<'_>)>, wanted: &[String]) -> Result<Vec<ArrayD<f32>>> {
         let shapes: Vec<Vec<usize>> = inputs.iter().map(|(_, input)| input.shape().to_vec()).collect();
+        self.refresh_resident(&inputs)?;
         let mut values: Vec<(String, SessionInputValue<'_>)> = Vec::with_capacity(inputs.len());
         for (name, input) in inputs {
             let info = self.input(&name).ok_or_else(|| Error::Tensor {
@@ -229,7 +291,18 @@ impl OnnxModel {
                 tensor: name.clone(),
                 problem: format!("is not an input of {} (inputs: {})", self.path.display(), self.input_list()),
             })?;
-            let value = self.to_value(info, input)?;
+            let resident = self.resident.iter().find(|r| r.name == name).and_then(|r| r.value.as_ref());
+            let value = match resident {
+                Some(on_device) => {
+                    check_shape(info, input.shape()).map_err(|problem| Error::Tensor {
+                        component: self.component.clone(),
+                        tensor: name.clone(),
+                        problem,
+                    })?;
+                    SessionInputValue::from(on_device)
+                }
+                None => self.to_value(info, input)?,
+            };
             values.push((name, value));
         }
         let component = self.component.clone();

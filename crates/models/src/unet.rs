@@ -108,6 +108,8 @@ impl Unet {
         model.input("encoder_hidden_states").ok_or_else(|| missing("encoder_hidden_states"))?;
         let timestep_rank = timestep.rank();
         let output = model.outputs().first().map(|o| o.name.clone()).ok_or_else(|| missing("(an output)"))?;
+        let mut model = model;
+        model.keep_resident(&["encoder_hidden_states", "text_embeds", "time_ids"]);
         Ok(Self { model, in_channels, timestep_rank, output })
     }
 
