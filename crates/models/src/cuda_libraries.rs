@@ -279,8 +279,10 @@ pub(crate) fn prepare_nvidia_libraries(provider: &ExecutionProvider) -> Result<(
     if !matches!(provider, ExecutionProvider::Cuda { .. } | ExecutionProvider::TensorRt { .. }) {
         return Ok(());
     }
-    static PREPARED: OnceLock<std::result::Result<(), Vec<String>>> = OnceLock::new();
-    let outcome = PREPARED.get_or_init(|| {
+    // One outcome per provider kind: TensorRT needs more libraries than CUDA.
+    static PREPARED: [OnceLock<std::result::Result<(), Vec<String>>>; 2] = [OnceLock::new(), OnceLock::new()];
+    let kind = usize::from(matches!(provider, ExecutionProvider::TensorRt { .. }));
+    let outcome = PREPARED[kind].get_or_init(|| {
         let report = CudaSearch::from_env().report(provider);
         let problems = report.problems();
         if !problems.is_empty() {

@@ -455,6 +455,7 @@ fn tensorrt_dispatch(
 ) -> std::result::Result<ort::ep::ExecutionProviderDispatch, String> {
     let mut tensorrt = ort::ep::TensorRT::default().with_device_id(device_id);
     if let Some(dir) = engine_cache {
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating the engine cache {}: {e}", dir.display()))?;
         tensorrt = tensorrt.with_engine_cache(true).with_engine_cache_path(dir.display());
     }
     Ok(tensorrt.build())
