@@ -41,6 +41,31 @@ enum Command {
     Doctor,
 }
 
+/// An error and its causes as one message, each cause on its own line, leaving out a cause whose text the
+/// message above it already includes (the library errors print their source inside their own text, and also
+/// expose it as `source()`: a plain chain would say everything twice).
+pub fn error_report(error: &anyhow::Error) -> String {
+    let mut lines: Vec<String> = Vec::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if !lines.last().is_some_and(|above| above.contains(&text)) {
+            lines.push(text);
+        }
+    }
+    lines.join("\n  caused by: ")
+}
+
+/// `main` of the `sdrt` binary: [`run_cli`], with a failure printed as [`error_report`] and exit status 1.
+pub fn main_exit_code() -> std::process::ExitCode {
+    match run_cli() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("Error: {}", error_report(&error));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Runs the `sdrt` command line: parses the arguments, installs the log subscriber and signal handling, and
 /// runs the command.
 pub fn run_cli() -> Result<()> {
@@ -154,5 +179,17 @@ fn print_cuda_report(report: &sdrt_models::CudaReport) {
         println!("--provider cuda can start here");
     } else {
         println!("--provider cuda cannot start here ({} problems above)", problems.len());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_report_says_each_cause_once() {
+        let io = std::io::Error::other("disk on fire");
+        let error = anyhow::Error::new(io).context("loading the model in m: disk on fire").context("txt2img");
+        assert_eq!(error_report(&error), "txt2img\n  caused by: loading the model in m: disk on fire");
     }
 }

@@ -8,4 +8,4 @@ mod generate;
 mod inspect;
 mod serve;
 
-pub use app::run_cli;
+pub use app::{error_report, main_exit_code, run_cli};
