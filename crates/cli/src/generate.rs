@@ -115,11 +115,13 @@ pub struct GenerateArgs {
 #[derive(Args, Debug, Clone)]
 pub struct SessionArgs {
     /// Execution provider: cpu, openvino[:cpu|gpu|gpu.N|npu] (`cargo xtask provision-ort --openvino`),
-    /// cuda[:DEVICE], tensorrt[:DEVICE] or coreml (the last three need the cargo feature).
+    /// cuda[:DEVICE] or tensorrt[:DEVICE] (`cargo xtask provision-ort --gpu`; `sdrt doctor` says what NVIDIA
+    /// libraries are missing), or coreml (needs the `coreml` cargo feature).
     #[arg(long, default_value = "cpu")]
     pub provider: String,
     /// What the provider computes in: fp32, bf16, fp16 or auto (OpenVINO's CPU: bf16 where the CPU has
-    /// AVX512_BF16 or AMX, fp32 elsewhere; its GPU and NPU: fp16). The other providers compute fp32.
+    /// AVX512_BF16 or AMX, fp32 elsewhere; its GPU and NPU: fp16; CUDA and TensorRT: a checkpoint's UNet in fp16,
+    /// the rest fp32). The CPU provider computes fp32.
     #[arg(long, value_enum, default_value = "auto")]
     pub precision: PrecisionArg,
     /// ONNX Runtime intra-op threads (default: physical cores).
@@ -229,9 +231,10 @@ pub enum PrecisionArg {
     Fp32,
     /// bfloat16 (OpenVINO on AVX512_BF16 or AMX CPUs).
     Bf16,
-    /// 16-bit float (OpenVINO on Intel GPUs and NPUs).
+    /// 16-bit float (OpenVINO on Intel GPUs and NPUs; a checkpoint's UNet on CUDA and TensorRT).
     Fp16,
-    /// OpenVINO's CPU: bf16 where the CPU computes it natively, fp32 elsewhere; its GPU and NPU: fp16.
+    /// OpenVINO's CPU: bf16 where the CPU computes it natively, fp32 elsewhere; its GPU and NPU: fp16; CUDA and
+    /// TensorRT: fp16 for a checkpoint's UNet.
     Auto,
 }
 
