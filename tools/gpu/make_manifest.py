@@ -25,7 +25,8 @@ def main() -> None:
             tensors[key] = {"shape": list(value.shape), "mean": round(float(value.mean()), 7),
                             "std": round(float(value.std()), 7)}
     out = HERE / "sd15-shaped.json"
-    out.write_text(json.dumps({"source": source.name, "tensors": tensors}, indent=0) + "\n")
+    lines = [f"  {json.dumps(key)}: {json.dumps(entry, separators=(',', ':'))}" for key, entry in tensors.items()]
+    out.write_text(f'{{"source": {json.dumps(source.name)}, "tensors": {{\n' + ",\n".join(lines) + "\n}}\n")
     print(f"{out}: {len(tensors)} tensors")
 
 
