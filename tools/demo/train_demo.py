@@ -61,6 +61,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--scale", type=float, default=1.0, help="multiplies every step and pool count (smoke runs)")
     p.add_argument("--vae-steps", type=int, default=1500)
+    p.add_argument("--vae-batch", type=int, default=32,
+                   help="16 lost green against black (round trip 214/256 shape colours); 32: 255/256")
     p.add_argument("--pool", type=int, default=8000)
     p.add_argument("--text-steps", type=int, default=300, help="phase 3: text encoder on caption attributes")
     p.add_argument("--unet-steps", type=int, default=3000)
@@ -142,9 +144,9 @@ def shape_weight(x: torch.Tensor) -> torch.Tensor:
     return 1 + SHAPE_WEIGHT * ((x - background).abs().sum(1, keepdim=True) > 0.05).float()
 
 
-def train_vae(vae, steps: int, rng: random.Random, log: Log) -> None:
+def train_vae(vae, steps: int, batch: int, rng: random.Random, log: Log) -> None:
     opt = torch.optim.Adam(vae.parameters(), lr=2e-3)
-    crop, batch, smooth = min(64, shapes.SIZE), 16, None
+    crop, smooth = min(64, shapes.SIZE), None
     vae.train()
     for step in range(steps):
         for group in opt.param_groups:
@@ -424,7 +426,7 @@ def main() -> None:
     te, unet, vae = build_models(args.unet_channels, args.unet_heads)
     for name, m in (("text encoder", te), ("unet", unet), ("vae", vae)):
         log(f"{name}: {sum(p.numel() for p in m.parameters())} parameters")
-    train_vae(vae, args.vae_steps, random.Random(args.seed + 1), log)
+    train_vae(vae, args.vae_steps, args.vae_batch, random.Random(args.seed + 1), log)
     scenes, latents = encode_pool(vae, args.pool, random.Random(args.seed + 2), log)
     latents = rescale_latents(vae, latents, log)
     pretrain_text_encoder(te, args.text_steps, random.Random(args.seed + 4), log)
