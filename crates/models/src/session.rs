@@ -291,16 +291,14 @@ impl OnnxModel {
                 tensor: name.clone(),
                 problem: format!("is not an input of {} (inputs: {})", self.path.display(), self.input_list()),
             })?;
+            check_shape(info, input.shape()).map_err(|problem| Error::Tensor {
+                component: self.component.clone(),
+                tensor: name.clone(),
+                problem,
+            })?;
             let resident = self.resident.iter().find(|r| r.name == name).and_then(|r| r.value.as_ref());
             let value = match resident {
-                Some(on_device) => {
-                    check_shape(info, input.shape()).map_err(|problem| Error::Tensor {
-                        component: self.component.clone(),
-                        tensor: name.clone(),
-                        problem,
-                    })?;
-                    SessionInputValue::from(on_device)
-                }
+                Some(on_device) => SessionInputValue::from(on_device),
                 None => self.to_value(info, input)?,
             };
             values.push((name, value));
@@ -362,7 +360,6 @@ impl OnnxModel {
     fn to_value<'v>(&self, info: &TensorInfo, input: Input<'v>) -> Result<SessionInputValue<'v>> {
         let tensor_error =
             |problem: String| Error::Tensor { component: self.component.clone(), tensor: info.name.clone(), problem };
-        check_shape(info, input.shape()).map_err(&tensor_error)?;
         let created: ort::Result<SessionInputValue<'v>> = match (input, info.dtype.as_str()) {
             (Input::F32(a), "f32") if self.bound_io && a.is_standard_layout() => {
                 TensorRef::from_array_view(a).map(SessionInputValue::from)
