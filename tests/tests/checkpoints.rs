@@ -205,6 +205,7 @@ fn sd15_components_match_torch_with_the_other_graph_options() {
         group_norm: GroupNormKind::LayerNorm,
         transposed_matmul: false,
         half_unet: false,
+        subpixel_upsample: false,
     };
     check_components("sd15-tiny", "sd15-tiny", plain);
     let native = GraphOptions { group_norm: GroupNormKind::Native, ..GraphOptions::default() };

@@ -63,6 +63,7 @@ VARIANTS.update({
     "ckpt-layernorm-groupnorm": ["--model", CHECKPOINT, "--graph-group-norm", "layernorm"],
     "ckpt-native-groupnorm": ["--model", CHECKPOINT, "--graph-group-norm", "native"],
     "ckpt-transpose-matmul": ["--model", CHECKPOINT, "--no-transposed-matmul"],
+    "ckpt-nearest-upsample": ["--model", CHECKPOINT, "--no-subpixel-upsample"],
     "ckpt-memory-arena": ["--model", CHECKPOINT, "--memory-arena", "on"],
     "ckpt-no-prepacking": ["--model", CHECKPOINT, "--no-prepacking"],
 })
@@ -87,7 +88,8 @@ WORKLOADS = {
     "sd15-checkpoint": dict(model=str(pathlib.Path.home() / ".cache" / "sdrt" / "sd15-shaped"), width=512,
                             height=512, steps=3, runs=1, warmup=1, rounds=1, threads=2,
                             variants=["default", "checkpoint", "checkpoint-fp16", "ckpt-plain-attention",
-                                      "ckpt-unfused-qkv", "ckpt-layernorm-groupnorm", "ckpt-transpose-matmul"]),
+                                      "ckpt-unfused-qkv", "ckpt-layernorm-groupnorm", "ckpt-transpose-matmul",
+                                      "ckpt-nearest-upsample"]),
     # Loading only (no generation), more rounds: load time and memory of the load-time optimisations.
     "sd15-load": dict(model=str(pathlib.Path.home() / ".cache" / "sdrt" / "sd15-shaped"), width=512, height=512,
                       steps=1, runs=0, warmup=0, rounds=5, threads=2,

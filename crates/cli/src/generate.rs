@@ -187,6 +187,10 @@ pub struct GraphArgs {
     /// instead of FusedMatMul with transB.
     #[arg(long)]
     pub no_transposed_matmul: bool,
+    /// Graphs built from checkpoints: upsamplers convolve the ×2 nearest-upsampled picture instead of running
+    /// folded kernels at the input's size.
+    #[arg(long)]
+    pub no_subpixel_upsample: bool,
 }
 
 impl GraphArgs {
@@ -211,6 +215,7 @@ impl GraphArgs {
             group_norm,
             transposed_matmul: !self.no_transposed_matmul,
             half_unet: false,
+            subpixel_upsample: !self.no_subpixel_upsample,
         })
     }
 }

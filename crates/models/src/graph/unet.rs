@@ -160,8 +160,7 @@ fn run_modules(
         } else if net.w.has(&format!("{module}.op.weight")) {
             net.conv(&h, &format!("{module}.op"), channels, 2, [1; 4])?
         } else if net.w.has(&format!("{module}.conv.weight")) {
-            let upsampled = net.upsample_nearest(&h);
-            net.conv(&upsampled, &format!("{module}.conv"), channels, 1, [1; 4])?
+            net.upsample_conv(&h, &format!("{module}.conv"), channels)?
         } else {
             break;
         };

@@ -74,8 +74,7 @@ pub(crate) fn build_decoder(weights: Weights<'_>, norm_groups: usize, options: G
         }
         let upsample = format!("decoder.up.{level}.upsample.conv");
         if net.w.has(&format!("{upsample}.weight")) {
-            let upsampled = net.upsample_nearest(&h);
-            (h, channels) = net.conv(&upsampled, &upsample, channels, 1, [1; 4])?;
+            (h, channels) = net.upsample_conv(&h, &upsample, channels)?;
         }
     }
     let h = net.group_norm(&h, "decoder.norm_out", channels, norm_groups, NORM_EPS)?;
