@@ -337,16 +337,8 @@ impl<'w> Net<'w> {
         stride: i64,
         pads: [i64; 4],
     ) -> Result<(String, usize)> {
-        let weight_key = format!("{key}.weight");
-        let expected = [None, Some(in_channels), None, None];
-        let shape = self.shape(&weight_key, &expected)?;
-        let weight = self.param(&weight_key, &expected)?;
-        let bias_key = format!("{key}.bias");
-        let mut inputs = vec![x.to_owned(), weight];
-        if self.w.has(&bias_key) {
-            inputs.push(self.param(&bias_key, &[Some(shape[0])])?);
-        }
-        let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        let (shape, weights) = self.conv_weights(key, &[None, Some(in_channels), None, None])?;
+        let inputs: Vec<&str> = std::iter::once(x).chain(weights.iter().map(String::as_str)).collect();
         let kernel = [shape[2] as i64, shape[3] as i64];
         let y = self.g.op(
             "Conv",
@@ -354,6 +346,19 @@ impl<'w> Net<'w> {
             vec![attr_ints("kernel_shape", &kernel), attr_ints("strides", &[stride, stride]), attr_ints("pads", &pads)],
         );
         Ok((y, shape[0]))
+    }
+
+    /// A convolution's `{key}.weight` (checked against `expected`) and `{key}.bias` when it has one, with the
+    /// weight's shape.
+    fn conv_weights(&mut self, key: &str, expected: &[Option<usize>]) -> Result<(Vec<usize>, Vec<String>)> {
+        let weight_key = format!("{key}.weight");
+        let shape = self.shape(&weight_key, expected)?;
+        let mut weights = vec![self.param(&weight_key, expected)?];
+        let bias_key = format!("{key}.bias");
+        if self.w.has(&bias_key) {
+            weights.push(self.param(&bias_key, &[Some(shape[0])])?);
+        }
+        Ok((shape, weights))
     }
 
     /// A 1×1 convolution stored either as `[out, in, 1, 1]` or as a linear `[out, in]`, applied to `[B, S, in]`
@@ -511,19 +516,15 @@ impl<'w> Net<'w> {
             let upsampled = self.upsample_nearest(x);
             return self.conv(&upsampled, key, in_channels, 1, [1; 4]);
         }
-        let weight_key = format!("{key}.weight");
-        let expected = [None, Some(in_channels), Some(3), Some(3)];
-        let out_channels = self.shape(&weight_key, &expected)?[0];
-        let weight = self.param(&weight_key, &expected)?;
-        let bias_key = format!("{key}.bias");
-        let bias = if self.w.has(&bias_key) { Some(self.param(&bias_key, &[Some(out_channels)])?) } else { None };
+        let (shape, weights) = self.conv_weights(key, &[None, Some(in_channels), Some(3), Some(3)])?;
+        let (weight, bias) = (&weights[0], weights.get(1));
         // Row r of `fold` says which kernel rows reach input row r of a block's window: rows 0–1 serve output
         // row 0 of the block (input rows i−1, i), rows 2–3 output row 1 (input rows i, i+1).
         const FOLD: [[f32; 3]; 4] = [[1.0, 0.0, 0.0], [0.0, 1.0, 1.0], [1.0, 1.0, 0.0], [0.0, 0.0, 1.0]];
         let fold = self.g.const_f32(&[4, 3], FOLD.as_flattened());
         let transposed: Vec<f32> = (0..3).flat_map(|c| FOLD.map(|row| row[c])).collect();
         let fold_t = self.g.const_f32(&[3, 4], &transposed);
-        let columns = self.g.op("MatMul", &[&weight, &fold_t], vec![]);
+        let columns = self.g.op("MatMul", &[weight, &fold_t], vec![]);
         let folded = self.g.op("MatMul", &[&fold, &columns], vec![]);
         let axes = self.g.const_i64(&[2, 3]);
         let mut phases = Vec::with_capacity(4);
@@ -532,7 +533,7 @@ impl<'w> Net<'w> {
             let ends = self.g.const_i64(&[2 * a + 2, 2 * b + 2]);
             let kernel = self.g.op("Slice", &[&folded, &starts, &ends, &axes], vec![]);
             let mut inputs = vec![x, kernel.as_str()];
-            inputs.extend(bias.as_deref());
+            inputs.extend(bias.map(String::as_str));
             let pads = [1 - a, 1 - b, a, b];
             phases.push(self.g.op(
                 "Conv",
@@ -543,7 +544,7 @@ impl<'w> Net<'w> {
         let phases: Vec<&str> = phases.iter().map(String::as_str).collect();
         let stacked = self.g.op("Concat", &phases, vec![attr_int("axis", 1)]);
         let y = self.g.op("DepthToSpace", &[&stacked], vec![attr_int("blocksize", 2), attr_string("mode", "DCR")]);
-        Ok((y, out_channels))
+        Ok((y, shape[0]))
     }
 
     /// Nearest-neighbour ×2 upsampling (torch's `F.interpolate(scale_factor=2, mode="nearest")`).
