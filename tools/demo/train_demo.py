@@ -65,7 +65,7 @@ def parse_args() -> argparse.Namespace:
                    help="16 lost green against black (round trip 214/256 shape colours); 32: 255/256")
     p.add_argument("--pool", type=int, default=8000)
     p.add_argument("--text-steps", type=int, default=300, help="phase 3: text encoder on caption attributes")
-    p.add_argument("--unet-steps", type=int, default=3000)
+    p.add_argument("--unet-steps", type=int, default=5000)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--lr", type=float, default=1.5e-3)
     p.add_argument("--unet-channels", default=",".join(map(str, UNET_CHANNELS)),

@@ -89,7 +89,7 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub pad_cond_uncond: bool,
     /// Model: an A1111 `.safetensors` checkpoint or an optimum/diffusers ONNX folder; default: --data-dir's
-    /// selected checkpoint, else the bundled tiny random-weight pipeline.
+    /// selected checkpoint, else the bundled demo model (models/demo: coloured shapes at 64×64).
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// An AUTOMATIC1111 data folder as it is (A1111's flag): its models, LoRAs, VAEs, embeddings, styles and
@@ -508,9 +508,15 @@ pub struct Img2ImgArgs {
     pub no_mask_round: bool,
 }
 
-/// The tiny random-weight pipeline committed with the repository.
+/// The tiny random-weight pipeline committed with the repository: `sdrt serve`'s default model.
 pub fn bundled_model() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/models/sd15-tiny")
+}
+
+/// The demo model committed with the repository (`models/demo`, trained by `tools/demo/train.sh`): a tiny
+/// SD 1.x checkpoint that draws coloured shapes; the default model of `txt2img`, `img2img` and `bench`.
+pub fn demo_model() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/demo/sdrt-shapes-demo.safetensors")
 }
 
 /// The styles of `path`.
@@ -723,12 +729,12 @@ impl GenerateArgs {
         if settings.model.is_none() {
             if !self.json {
                 eprintln!(
-                    "note: no --model given; using the bundled tiny pipeline {} — it has RANDOM weights, so the \
-                     image is noise-like by design. Pass --model PATH for a real model.",
-                    bundled_model().display()
+                    "note: no --model given; using the bundled demo model {} — a tiny model that draws coloured \
+                     shapes at 64×64 (see models/demo/README.md). Pass --model PATH for a real model.",
+                    demo_model().display()
                 );
             }
-            settings.model = Some(bundled_model().display().to_string());
+            settings.model = Some(demo_model().display().to_string());
         }
         let models_dir = self.model.as_deref().and_then(Path::parent);
         self.libraries.apply(&mut settings, models_dir)?;
@@ -912,8 +918,10 @@ mod tests {
         let settings = flag_settings(&args).unwrap();
         assert_eq!(settings.randn_source, sdrt_processing::RandomSource::Gpu);
         assert_eq!(settings.clip_skip, 1);
-        assert!(args.model.is_none(), "no --model means the bundled pipeline");
-        assert!(bundled_model().join("model_index.json").is_file());
+        assert!(args.model.is_none(), "no --model means the demo model");
+        assert!(demo_model().is_file() && bundled_model().join("model_index.json").is_file());
+        let side = sdrt_models::native_image_size(&demo_model());
+        assert_eq!(side, Some(64), "the demo model's .yaml gives its 64×64 size, the default when it is the model");
     }
 
     #[test]

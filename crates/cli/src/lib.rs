@@ -9,3 +9,4 @@ mod inspect;
 mod serve;
 
 pub use app::{error_report, main_exit_code, run_cli};
+pub use generate::demo_model;

@@ -33,15 +33,15 @@ done
 import sys
 from PIL import Image, ImageDraw
 mask = Image.new("L", (64, 64), 0)
-ImageDraw.Draw(mask).rectangle([12, 12, 52, 52], fill=255)
+ImageDraw.Draw(mask).rectangle([4, 4, 60, 60], fill=255)
 mask.save(sys.argv[1])
 PY
 inpainted=$(picture inpaint img2img --init-image "${cells[0]}" --mask "$work/mask.png" --denoising-strength 1.0 \
   --prompt "a yellow star on a blue background" --seed 5)
 "$sdrt" grid --rows 1 --out "$docs/inpaint.png" "${cells[0]}" "$work/mask.png" "$inpainted"
 
-# Hires fix: 64² first pass, latent upscale to 128², second pass at denoising 0.6.
+# Hires fix: 64² first pass, latent upscale to 128², second pass at denoising 0.35.
 hires=$(picture hires txt2img --prompt "a red circle on a blue background" --seed 1 --enable-hr --hr-scale 2 \
-  --denoising-strength 0.6)
+  --denoising-strength 0.35)
 cp "$hires" "$docs/hires.png"
 ls -l "$docs"
