@@ -65,6 +65,7 @@ VARIANTS.update({
     "ckpt-transpose-matmul": ["--model", CHECKPOINT, "--no-transposed-matmul"],
     "ckpt-nearest-upsample": ["--model", CHECKPOINT, "--no-subpixel-upsample"],
     "ckpt-memory-arena": ["--model", CHECKPOINT, "--memory-arena", "on"],
+    "ckpt-no-memory-arena": ["--model", CHECKPOINT, "--memory-arena", "off"],
     "ckpt-no-prepacking": ["--model", CHECKPOINT, "--no-prepacking"],
 })
 

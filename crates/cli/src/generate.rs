@@ -161,6 +161,10 @@ pub struct SessionArgs {
     /// once for any shape.
     #[arg(long)]
     pub openvino_static_shapes: bool,
+    /// Write ONNX Runtime's per-operator profile of every session as `PREFIX-COMPONENT_TIME.json`
+    /// (`tools/bench/profile.py` sums it by operator).
+    #[arg(long, value_name = "PREFIX")]
+    pub ort_profile: Option<PathBuf>,
     /// How graphs built from checkpoints are written.
     #[command(flatten)]
     pub graph: GraphArgs,
@@ -286,7 +290,7 @@ impl SessionArgs {
             memory_pattern: !self.no_memory_pattern,
             bound_io: !self.no_bound_io,
             parallel_load: !self.sequential_load,
-            profiling: None,
+            profiling: self.ort_profile.clone(),
             graph: GraphOptions { half_unet: self.half_unet(provider), ..self.graph.options()? },
             network_cache: self.lora_cache,
             openvino_cache: self.openvino_cache(),

@@ -328,11 +328,12 @@ impl SessionConfig {
     }
 
     /// Whether a session uses the CPU memory arena. Unless set, measured on SD1.5-shaped weights at 512²
-    /// (tools/bench/README.md): off for VAE sessions (decode 0.72–0.81× the time) and for graphs built from
-    /// checkpoints (peak RSS 6.4 → 5.1 GiB, step unchanged), on for exported UNets and text encoders (the export's
-    /// step took 1.27× as long without it).
+    /// (tools/bench/README.md): on for every UNet (without it each step's activations are fresh pages the kernel
+    /// faults in and zeroes: the built graph's 3 steps took 24.3 s instead of 23.6 s, the export's 1.27× as long),
+    /// off for VAE sessions (decode 0.72–0.81× the time, and the decode's activations are not held beside the
+    /// UNet's) and for text encoders built from checkpoints (small activations), on for exported text encoders.
     pub fn arena_for(&self, component: &str, built_from_checkpoint: bool) -> bool {
-        self.memory_arena.unwrap_or(!built_from_checkpoint && !component.starts_with("vae"))
+        self.memory_arena.unwrap_or(component == "unet" || (!built_from_checkpoint && !component.starts_with("vae")))
     }
 
     /// Applies every option to `builder`; `component` names the model in errors.
@@ -364,6 +365,8 @@ impl SessionConfig {
             .with_prepacking(self.prepacking)
             .map_err(option_error("setting weight pre-packing"))?;
         if let Some(prefix) = &self.profiling {
+            // Sessions load in parallel within one second, so the component keeps their files apart.
+            let prefix = format!("{}-{component}", prefix.display());
             builder = builder.with_profiling(prefix).map_err(option_error("enabling profiling"))?;
         }
         if matches!(self.provider, ExecutionProvider::OpenVino { .. }) {
@@ -509,7 +512,8 @@ mod tests {
     fn the_arena_is_off_for_vaes_and_checkpoint_graphs_unless_set() {
         let config = SessionConfig::default();
         assert!(config.arena_for("unet", false) && config.arena_for("text_encoder", false));
-        assert!(!config.arena_for("vae_decoder", false) && !config.arena_for("unet", true));
+        assert!(!config.arena_for("vae_decoder", false) && !config.arena_for("text_encoder", true));
+        assert!(config.arena_for("unet", true));
         let forced = SessionConfig { memory_arena: Some(true), ..SessionConfig::default() };
         assert!(forced.arena_for("vae_decoder", true));
     }
