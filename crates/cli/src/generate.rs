@@ -162,7 +162,7 @@ pub struct SessionArgs {
     #[arg(long)]
     pub openvino_static_shapes: bool,
     /// Write ONNX Runtime's per-operator profile of every session as `PREFIX-COMPONENT_TIME.json`
-    /// (`tools/bench/profile.py` sums it by operator).
+    /// (`tools/bench/ort_profile.py` sums it by operator).
     #[arg(long, value_name = "PREFIX")]
     pub ort_profile: Option<PathBuf>,
     /// How graphs built from checkpoints are written.

@@ -11,6 +11,7 @@ mod error;
 mod folder;
 mod graph;
 mod lora;
+mod mapped_pages;
 mod onnx_proto;
 mod options;
 mod pipeline;

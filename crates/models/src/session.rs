@@ -82,6 +82,41 @@ pub struct OnnxModel {
     resident: Vec<ResidentInput>,
     /// Copies of resident inputs made to the device (once per distinct value, not once per run).
     uploads: u64,
+    /// The weight files whose mapped pages are handed back after loading and after each run with new input
+    /// shapes; `None` where the provider computes from them.
+    weight_pages: Option<WeightPages>,
+}
+
+/// A provider that compiles its own copy of the weights (OpenVINO) reads ONNX Runtime's mapping of the weight
+/// files while it loads the graph and again in its first run with each input shape (where it converts them into
+/// its own layout), and not after that: those reads are dropped from the resident set (`mapped_pages`), 1.1 GiB of
+/// peak memory on SD1.5-shaped bf16.
+#[derive(Debug)]
+struct WeightPages {
+    /// The weight file (a checkpoint), or the folder of an export's external data.
+    root: PathBuf,
+    /// Input shapes whose first run has been seen.
+    seen_shapes: Vec<Vec<Vec<usize>>>,
+}
+
+impl WeightPages {
+    fn for_provider(provider: ExecutionProvider, root: &Path) -> Option<Self> {
+        matches!(provider, ExecutionProvider::OpenVino { .. })
+            .then(|| Self { root: root.to_owned(), seen_shapes: Vec::new() })
+    }
+
+    fn release(&self) {
+        let bytes = crate::mapped_pages::release_file_pages(&self.root);
+        tracing::debug!(path = %self.root.display(), bytes, "released mapped weight pages");
+    }
+
+    /// After a run: releases again when these input shapes ran for the first time.
+    fn after_run(&mut self, shapes: &[Vec<usize>]) {
+        if !self.seen_shapes.iter().any(|seen| seen == shapes) {
+            self.seen_shapes.push(shapes.to_vec());
+            self.release();
+        }
+    }
 }
 
 /// An input that stays on the provider's device between runs (the conditioning across a generation's steps): it is
@@ -128,7 +163,9 @@ impl OnnxModel {
             reason: format!("{e} (file {})", path.display()),
         })?;
         tracing::info!(provider = %config.provider, "session ready");
-        Ok(Self::from_session(component, path, session, config))
+        // An export keeps its external data beside the graph file.
+        let weights = path.parent().unwrap_or(path);
+        Ok(Self::from_session(component, path, weights, session, config))
     }
 
     /// Loads a graph built in memory (a checkpoint's); `source` names the file it came from in messages.
@@ -156,10 +193,14 @@ impl OnnxModel {
             .commit_from_memory(&model)
             .map_err(|e| session_error("loading the built graph")(format!("{e} (built from {})", source.display())))?;
         tracing::info!(provider = %config.provider, "built session ready");
-        Ok(Self::from_session(component, source, session, config))
+        Ok(Self::from_session(component, source, source, session, config))
     }
 
-    fn from_session(component: &str, path: &Path, session: Session, config: &SessionConfig) -> Self {
+    fn from_session(component: &str, path: &Path, weights: &Path, session: Session, config: &SessionConfig) -> Self {
+        let weight_pages = WeightPages::for_provider(config.provider, weights);
+        if let Some(pages) = &weight_pages {
+            pages.release();
+        }
         let inputs = session.inputs().iter().map(|o| tensor_info(o.name(), o.dtype())).collect();
         let outputs = session.outputs().iter().map(|o| tensor_info(o.name(), o.dtype())).collect();
         Self {
@@ -177,6 +218,7 @@ impl OnnxModel {
             resident_device: config.resident_device(),
             resident: Vec::new(),
             uploads: 0,
+            weight_pages,
         }
     }
 
@@ -315,6 +357,9 @@ impl OnnxModel {
         .map_err(run_error)?;
         self.run_time += started.elapsed();
         self.runs += 1;
+        if let Some(pages) = &mut self.weight_pages {
+            pages.after_run(&shapes);
+        }
         self.bound_runs += u64::from(bound.is_some());
         let mut result = Vec::with_capacity(wanted.len());
         for name in wanted {

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Sum an ONNX Runtime profile (`sdrt … --ort-profile PREFIX`) by operator type, for the last model run.
 
-Usage: python3 tools/bench/profile.py PROFILE.json [--top N] [--nodes]
+Usage: python3 tools/bench/ort_profile.py PROFILE.json [--top N] [--nodes]
 
 Prints, per operator type, the kernel time of the session's last `model_run`, its share, and the node count;
 `--nodes` lists the slowest single nodes instead. Standard library only.
