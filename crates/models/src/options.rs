@@ -509,7 +509,7 @@ mod tests {
     }
 
     #[test]
-    fn the_arena_is_off_for_vaes_and_checkpoint_graphs_unless_set() {
+    fn the_arena_is_on_for_unets_and_off_for_vaes_unless_set() {
         let config = SessionConfig::default();
         assert!(config.arena_for("unet", false) && config.arena_for("text_encoder", false));
         assert!(!config.arena_for("vae_decoder", false) && !config.arena_for("text_encoder", true));
