@@ -67,6 +67,20 @@ VARIANTS.update({
     "ckpt-memory-arena": ["--model", CHECKPOINT, "--memory-arena", "on"],
     "ckpt-no-memory-arena": ["--model", CHECKPOINT, "--memory-arena", "off"],
     "ckpt-no-prepacking": ["--model", CHECKPOINT, "--no-prepacking"],
+    # Winograd 3×3 convolutions in the UNet (crates/models/src/graph/winograd.rs): off, and other layer sets,
+    # tiles and kernel placements than the default (layers 128–640 channels wide, F(4,3), kernels per run).
+    "ckpt-no-winograd": ["--model", CHECKPOINT, "--no-winograd"],
+    "ckpt-winograd-upto640-f4-at-load": ["--model", CHECKPOINT, "--winograd-kernels-at-load"],
+    "ckpt-winograd-upto640-f2-at-load": ["--model", CHECKPOINT, "--winograd-small-tiles-from", "1",
+                                         "--winograd-kernels-at-load"],
+    "ckpt-winograd-all-f4": ["--model", CHECKPOINT, "--winograd-max-channels", "100000"],
+    "ckpt-winograd-all-f4-at-load": ["--model", CHECKPOINT, "--winograd-max-channels", "100000",
+                                     "--winograd-kernels-at-load"],
+    "ckpt-winograd-1280-f2-at-load": ["--model", CHECKPOINT, "--winograd-min-channels", "1280",
+                                      "--winograd-max-channels", "100000", "--winograd-small-tiles-from", "1280",
+                                      "--winograd-kernels-at-load"],
+    "ckpt-winograd-f2-1280-at-load": ["--model", CHECKPOINT, "--winograd-max-channels", "100000",
+                                      "--winograd-small-tiles-from", "1280", "--winograd-kernels-at-load"],
 })
 
 # OpenVINO through ONNX Runtime's onnxruntime-openvino build (`cargo xtask provision-ort --openvino`): the same
@@ -90,7 +104,13 @@ WORKLOADS = {
                             height=512, steps=3, runs=1, warmup=1, rounds=1, threads=2,
                             variants=["default", "checkpoint", "checkpoint-fp16", "ckpt-plain-attention",
                                       "ckpt-unfused-qkv", "ckpt-layernorm-groupnorm", "ckpt-transpose-matmul",
-                                      "ckpt-nearest-upsample"]),
+                                      "ckpt-nearest-upsample", "ckpt-no-winograd"]),
+    "sd15-winograd": dict(model=str(pathlib.Path.home() / ".cache" / "sdrt" / "sd15-shaped"), width=512,
+                          height=512, steps=3, runs=1, warmup=1, rounds=2, threads=2,
+                          variants=["default", "checkpoint", "ckpt-no-winograd", "ckpt-winograd-upto640-f4-at-load",
+                                    "ckpt-winograd-upto640-f2-at-load", "ckpt-winograd-all-f4",
+                                    "ckpt-winograd-all-f4-at-load", "ckpt-winograd-1280-f2-at-load",
+                                    "ckpt-winograd-f2-1280-at-load"]),
     # Loading only (no generation), more rounds: load time and memory of the load-time optimisations.
     "sd15-load": dict(model=str(pathlib.Path.home() / ".cache" / "sdrt" / "sd15-shaped"), width=512, height=512,
                       steps=1, runs=0, warmup=0, rounds=5, threads=2,

@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use sdrt_api_types::{GenerationRequest, Img2ImgRequest, Txt2ImgRequest};
 use sdrt_models::{
     AttentionKind, ExecutionProvider, GraphOptions, GroupNormKind, OpenVinoDevice, OptimizationLevel, PrecisionChoice,
-    SessionConfig,
+    SessionConfig, Winograd,
 };
 use sdrt_processing::RgbImage;
 use sdrt_runtime::{
@@ -195,6 +195,24 @@ pub struct GraphArgs {
     /// folded kernels at the input's size.
     #[arg(long)]
     pub no_subpixel_upsample: bool,
+    /// Graphs built from checkpoints: every 3×3 convolution direct (no Winograd; the CPU provider only uses it).
+    #[arg(long)]
+    pub no_winograd: bool,
+    /// Graphs built from checkpoints: the narrowest 3×3 convolution (input or output channels) computed by
+    /// Winograd's method.
+    #[arg(long, default_value_t = GraphOptions::default().winograd.map_or(0, |w| w.min_channels))]
+    pub winograd_min_channels: usize,
+    /// Graphs built from checkpoints: 3×3 convolutions with more output channels than this stay direct.
+    #[arg(long, default_value_t = GraphOptions::default().winograd.map_or(0, |w| w.max_channels))]
+    pub winograd_max_channels: usize,
+    /// Graphs built from checkpoints: Winograd convolutions with this many output channels or more use 2×2
+    /// output tiles, narrower ones 4×4.
+    #[arg(long, default_value_t = GraphOptions::default().winograd.map_or(0, |w| w.small_tiles_from))]
+    pub winograd_small_tiles_from: usize,
+    /// Graphs built from checkpoints: transform the Winograd kernels at load and keep them (more memory)
+    /// instead of on every run.
+    #[arg(long)]
+    pub winograd_kernels_at_load: bool,
 }
 
 impl GraphArgs {
@@ -220,6 +238,12 @@ impl GraphArgs {
             transposed_matmul: !self.no_transposed_matmul,
             half_unet: false,
             subpixel_upsample: !self.no_subpixel_upsample,
+            winograd: (!self.no_winograd).then_some(Winograd {
+                min_channels: self.winograd_min_channels,
+                max_channels: self.winograd_max_channels,
+                small_tiles_from: self.winograd_small_tiles_from,
+                kernels_at_load: self.winograd_kernels_at_load,
+            }),
         })
     }
 }

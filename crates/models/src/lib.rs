@@ -32,7 +32,7 @@ pub use cuda_libraries::{
 };
 pub use error::{Error, Result};
 pub use folder::{ModelFamily, ModelFolder, PredictionType, SchedulerConfig, TokenizerFiles};
-pub use graph::{AttentionKind, GraphOptions, GroupNormKind};
+pub use graph::{AttentionKind, GraphOptions, GroupNormKind, Winograd};
 pub use lora::{AppliedLora, Lora};
 pub use options::{
     ExecutionProvider, OpenVinoDevice, OptimizationLevel, Precision, PrecisionChoice, SessionConfig, cpu_bf16_extension,

@@ -308,9 +308,12 @@ impl SessionConfig {
     }
 
     /// The graph options checkpoint graphs are built with: [`SessionConfig::graph`], limited to standard ONNX
-    /// operators when the provider does not run contrib operators.
+    /// operators when the provider does not run contrib operators, and with Winograd convolutions on ONNX
+    /// Runtime's CPU kernels only (the other providers choose their own convolution algorithms).
     pub fn graph_options(&self) -> crate::graph::GraphOptions {
-        if self.provider.runs_contrib_ops() { self.graph } else { self.graph.standard_ops_only() }
+        let graph = if self.provider.runs_contrib_ops() { self.graph } else { self.graph.standard_ops_only() };
+        let winograd = graph.winograd.filter(|_| self.provider == ExecutionProvider::Cpu);
+        crate::graph::GraphOptions { winograd, ..graph }
     }
 
     /// Where [`SessionConfig::resident_inputs`] keeps inputs: the GPU for CUDA and TensorRT, ONNX Runtime's CPU

@@ -5,6 +5,7 @@
 
 use super::builder::{GraphBuilder, attr_float, attr_int, attr_ints, attr_string};
 use super::proto::data_type;
+use super::winograd::Winograd;
 use crate::checkpoint::Weights;
 use crate::error::Result;
 
@@ -52,6 +53,8 @@ pub struct GraphOptions {
     /// Upsamplers run their convolution at the input's size on kernels folded for each output position,
     /// instead of on the ×2 nearest-upsampled picture (see `Net::upsample_conv`).
     pub subpixel_upsample: bool,
+    /// 3×3 convolutions by Winograd's minimal filtering (see `winograd.rs`); `None`: direct convolutions only.
+    pub winograd: Option<Winograd>,
 }
 
 impl Default for GraphOptions {
@@ -63,6 +66,12 @@ impl Default for GraphOptions {
             transposed_matmul: true,
             half_unet: false,
             subpixel_upsample: true,
+            winograd: Some(Winograd {
+                min_channels: 128,
+                max_channels: 640,
+                small_tiles_from: usize::MAX,
+                kernels_at_load: false,
+            }),
         }
     }
 }
@@ -340,6 +349,14 @@ impl<'w> Net<'w> {
         let (shape, weights) = self.conv_weights(key, &[None, Some(in_channels), None, None])?;
         let inputs: Vec<&str> = std::iter::once(x).chain(weights.iter().map(String::as_str)).collect();
         let kernel = [shape[2] as i64, shape[3] as i64];
+        let winograd = self.options.winograd.filter(|_| kernel == [3, 3] && stride == 1 && pads == [1; 4]);
+        if let Some(rule) = winograd
+            && let Some(m) = rule.tile(in_channels, shape[0])
+        {
+            let bias = weights.get(1).map(String::as_str);
+            let y = self.winograd_conv(x, &weights[0], bias, [in_channels, shape[0]], m, rule.kernels_at_load);
+            return Ok((y, shape[0]));
+        }
         let y = self.g.op(
             "Conv",
             &inputs,

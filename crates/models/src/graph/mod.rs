@@ -9,6 +9,7 @@ mod layers;
 mod proto;
 mod unet;
 mod vae;
+mod winograd;
 
 pub(crate) use builder::BuiltGraph;
 pub(crate) use clip::{
@@ -18,3 +19,4 @@ pub(crate) use layers::Activation;
 pub use layers::{AttentionKind, GraphOptions, GroupNormKind};
 pub(crate) use unet::{Heads, UnetSpec, build as build_unet};
 pub(crate) use vae::{build_decoder as build_vae_decoder, build_encoder as build_vae_encoder};
+pub use winograd::Winograd;

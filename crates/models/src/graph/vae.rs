@@ -9,9 +9,16 @@ use crate::error::Result;
 
 const NORM_EPS: f32 = 1e-6;
 
+/// The VAE keeps direct convolutions: with Winograd's (`winograd.rs`) an SD1.5-shaped decode at 512×512 measured
+/// 1.05× slower (11.4 → 12.0 s, `tools/bench/README.md`), its largest layers being its shallowest and widest
+/// pictures, where the tile transforms' memory traffic outweighs the multiplies saved.
+fn vae_options(options: GraphOptions) -> GraphOptions {
+    GraphOptions { winograd: None, ..options }
+}
+
 /// Builds the encoder: `sample` `[B, 3, H, W]` → `latent_parameters` `[B, 2·z, H/8, W/8]`.
 pub(crate) fn build_encoder(weights: Weights<'_>, norm_groups: usize, options: GraphOptions) -> Result<BuiltGraph> {
-    let mut net = Net::new("vae_encoder", weights, options);
+    let mut net = Net::new("vae_encoder", weights, vae_options(options));
     let image_channels = net.shape("encoder.conv_in.weight", &[None, None, Some(3), Some(3)])?[1];
     let x = net.g.input(
         "sample",
@@ -50,7 +57,7 @@ pub(crate) fn build_encoder(weights: Weights<'_>, norm_groups: usize, options: G
 
 /// Builds the decoder: `latent_sample` `[B, z, h, w]` → `sample` `[B, 3, 8h, 8w]`.
 pub(crate) fn build_decoder(weights: Weights<'_>, norm_groups: usize, options: GraphOptions) -> Result<BuiltGraph> {
-    let mut net = Net::new("vae_decoder", weights, options);
+    let mut net = Net::new("vae_decoder", weights, vae_options(options));
     let latent_channels = net.shape("post_quant_conv.weight", &[None, None, Some(1), Some(1)])?[1];
     let z = net.g.input(
         "latent_sample",
