@@ -512,6 +512,17 @@ mod tests {
     }
 
     #[test]
+    fn winograd_convolutions_are_built_for_the_cpu_provider_only() {
+        let cpu = SessionConfig::default();
+        assert!(cpu.graph.winograd.is_some() && cpu.graph_options().winograd.is_some());
+        let openvino = ExecutionProvider::OpenVino { device: OpenVinoDevice::Cpu, precision: Precision::Fp32 };
+        for provider in [openvino, ExecutionProvider::Cuda { device_id: 0 }, ExecutionProvider::CoreMl] {
+            let config = SessionConfig { provider, ..SessionConfig::default() };
+            assert_eq!(config.graph_options().winograd, None, "{provider}");
+        }
+    }
+
+    #[test]
     fn the_arena_is_on_for_unets_and_off_for_vaes_unless_set() {
         let config = SessionConfig::default();
         assert!(config.arena_for("unet", false) && config.arena_for("text_encoder", false));
