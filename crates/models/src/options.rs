@@ -309,10 +309,11 @@ impl SessionConfig {
 
     /// The graph options checkpoint graphs are built with: [`SessionConfig::graph`], limited to standard ONNX
     /// operators when the provider does not run contrib operators, and with Winograd convolutions on ONNX
-    /// Runtime's CPU kernels only (the other providers choose their own convolution algorithms).
+    /// Runtime's CPU kernels in f32 only (the other providers choose their own convolution algorithms, and F(4,3)'s
+    /// tile transforms scale values up to 100×, too close to fp16's range).
     pub fn graph_options(&self) -> crate::graph::GraphOptions {
         let graph = if self.provider.runs_contrib_ops() { self.graph } else { self.graph.standard_ops_only() };
-        let winograd = graph.winograd.filter(|_| self.provider == ExecutionProvider::Cpu);
+        let winograd = graph.winograd.filter(|_| self.provider == ExecutionProvider::Cpu && !graph.half_unet);
         crate::graph::GraphOptions { winograd, ..graph }
     }
 
@@ -520,6 +521,9 @@ mod tests {
             let config = SessionConfig { provider, ..SessionConfig::default() };
             assert_eq!(config.graph_options().winograd, None, "{provider}");
         }
+        let half_unet = crate::graph::GraphOptions { half_unet: true, ..cpu.graph };
+        let half = SessionConfig { graph: half_unet, ..cpu };
+        assert_eq!(half.graph_options().winograd, None);
     }
 
     #[test]
