@@ -187,8 +187,8 @@ impl Net<'_> {
             // A factor of 1 that depends on the input keeps ONNX Runtime from folding the transform at load.
             let zero = g.const_i64(&[0]);
             let present = g.op("Greater", &[&batch, &zero], vec![]);
-            let one = g.op("Cast", &[&present], vec![attr_int("to", 1)]);
-            kronecker = g.op("Mul", &[&kronecker, &one], vec![]);
+            let input_dependent_one = g.op("Cast", &[&present], vec![attr_int("to", 1)]);
+            kronecker = g.op("Mul", &[&kronecker, &input_dependent_one], vec![]);
         }
         let flat = g.op("Gemm", &[&kronecker, &kernel_rows], vec![attr_int("transB", 1)]);
         let kernels_shape = g.const_i64(&[positions, out_channels, in_channels]);
