@@ -85,7 +85,15 @@ pub struct OnnxModel {
     /// The weight files whose mapped pages are handed back after loading and after each run with new input
     /// shapes; `None` where the provider computes from them.
     weight_pages: Option<WeightPages>,
+    /// Whether the session allocates from ONNX Runtime's CPU arena (`SessionConfig::arena_for`).
+    cpu_arena: bool,
+    /// Hand the arena's free blocks back to the system at the end of the next run.
+    release_arena: bool,
 }
+
+/// ONNX Runtime's run option that shrinks the named devices' arenas at the end of a run: every block no tensor
+/// holds any more goes back to the system.
+const ARENA_SHRINKAGE: &str = "memory.enable_memory_arena_shrinkage";
 
 /// A provider that compiles its own copy of the weights (OpenVINO) reads ONNX Runtime's mapping of the weight
 /// files while it loads the graph and again in its first run with each input shape (where it converts them into
@@ -165,7 +173,8 @@ impl OnnxModel {
         tracing::info!(provider = %config.provider, "session ready");
         // An export keeps its external data beside the graph file.
         let weights = path.parent().unwrap_or(path);
-        Ok(Self::from_session(component, path, weights, session, config))
+        let arena = config.arena_for(component, false);
+        Ok(Self::from_session(component, path, weights, session, config, arena))
     }
 
     /// Loads a graph built in memory (a checkpoint's); `source` names the file it came from in messages.
@@ -193,10 +202,18 @@ impl OnnxModel {
             .commit_from_memory(&model)
             .map_err(|e| session_error("loading the built graph")(format!("{e} (built from {})", source.display())))?;
         tracing::info!(provider = %config.provider, "built session ready");
-        Ok(Self::from_session(component, source, source, session, config))
+        let arena = config.arena_for(component, true);
+        Ok(Self::from_session(component, source, source, session, config, arena))
     }
 
-    fn from_session(component: &str, path: &Path, weights: &Path, session: Session, config: &SessionConfig) -> Self {
+    fn from_session(
+        component: &str,
+        path: &Path,
+        weights: &Path,
+        session: Session,
+        config: &SessionConfig,
+        arena: bool,
+    ) -> Self {
         let weight_pages = WeightPages::for_provider(config.provider, weights);
         if let Some(pages) = &weight_pages {
             pages.release();
@@ -219,7 +236,16 @@ impl OnnxModel {
             resident: Vec::new(),
             uploads: 0,
             weight_pages,
+            cpu_arena: arena && config.provider == ExecutionProvider::Cpu,
+            release_arena: false,
         }
+    }
+
+    /// Makes the next run hand the CPU memory arena's free blocks back to the system when it ends, so that what
+    /// runs next (another model, or nothing until the next job) does not sit beside this session's activations.
+    /// The run after that one faults its activations in afresh. No effect on sessions without a CPU arena.
+    pub(crate) fn release_arena_after_next_run(&mut self) {
+        self.release_arena = self.cpu_arena;
     }
 
     /// The component name given at load time.
@@ -348,11 +374,18 @@ impl OnnxModel {
         let component = self.component.clone();
         let run_error =
             |e: ort::Error| Error::Session { component: component.clone(), action: "running", reason: e.to_string() };
+        let release = std::mem::take(&mut self.release_arena);
+        let shrinkage = if release { "cpu:0" } else { "" };
+        if let Some(bound) = self.bound_outputs.as_mut().filter(|b| b.fits(&shapes, wanted)) {
+            bound.options.set(ARENA_SHRINKAGE, shrinkage).map_err(run_error)?;
+        }
         let bound = self.bound_outputs.as_ref().filter(|b| b.fits(&shapes, wanted));
+        let mut plain_options = RunOptions::new().map_err(run_error)?;
+        plain_options.set(ARENA_SHRINKAGE, shrinkage).map_err(run_error)?;
         let started = std::time::Instant::now();
         let outputs = match bound {
             Some(bound) => self.session.run_with_options(values, &bound.options),
-            None => self.session.run(values),
+            None => self.session.run_with_options(values, &plain_options),
         }
         .map_err(run_error)?;
         self.run_time += started.elapsed();
@@ -361,6 +394,9 @@ impl OnnxModel {
             pages.after_run(&shapes);
         }
         self.bound_runs += u64::from(bound.is_some());
+        if release {
+            tracing::debug!(component = %component, "released the memory arena's free blocks");
+        }
         let mut result = Vec::with_capacity(wanted.len());
         for name in wanted {
             let value = outputs.get(name.as_str()).ok_or_else(|| Error::Tensor {

@@ -296,7 +296,19 @@ impl<'m> Pipeline<'m> {
         }
         let is_xl = self.model.unet.takes_sdxl_conditioning();
         let time_ids = is_xl.then(|| unet::sdxl_time_ids(spec.width, spec.height));
-        let unet = unet::OnnxUnet::new(&mut self.model.unet, time_ids, conditioning.empty.clone());
+        let img2img = match (inputs.init_latent, spec.denoising_strength) {
+            (Some(init), Some(strength)) => Some((init, spec.img2img_steps(strength)?)),
+            (Some(_), None) => {
+                return Err(invalid("denoising_strength", "img2img needs a denoising strength in 0..=1".into()));
+            }
+            (None, _) => None,
+        };
+        let schedule_steps = img2img.map_or(spec.steps, |(_, steps)| steps.total);
+        // The timestep as `DiscreteDenoiser` computes it from σ, so the comparison is exact.
+        let last_timestep = spec.sampler.last_sigma(schedule_steps, &self.schedule)?;
+        let last_timestep = last_timestep.map(|sigma| self.schedule.sigma_to_t(sigma) as f32);
+        let unet = unet::OnnxUnet::new(&mut self.model.unet, time_ids, conditioning.empty.clone())
+            .releasing_memory_at(last_timestep);
         let inner = DiscreteDenoiser::new(unet, self.schedule.clone(), self.prediction);
         let conds = conditioning
             .conds
@@ -309,16 +321,8 @@ impl<'m> Pipeline<'m> {
         if let Some(image) = inputs.image_conditioning {
             denoiser = denoiser.with_image_conditioning(image.clone())?;
         }
-        let img2img = match (inputs.init_latent, spec.denoising_strength) {
-            (Some(init), Some(strength)) => Some((init, spec.img2img_steps(strength)?)),
-            (Some(_), None) => {
-                return Err(invalid("denoising_strength", "img2img needs a denoising strength in 0..=1".into()));
-            }
-            (None, _) => None,
-        };
         // The SDE samplers draw their noise from Brownian trees over the whole schedule (A1111
         // `create_noise_sampler`), everything else from the seeds' streams.
-        let schedule_steps = img2img.map_or(spec.steps, |(_, steps)| steps.total);
         let mut brownian = brownian_noise(spec, schedule_steps, &self.schedule)?;
         let noise_source: &mut dyn crate::sampling::NoiseSource = match &mut brownian {
             Some(brownian) => brownian,

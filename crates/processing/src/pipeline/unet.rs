@@ -23,6 +23,9 @@ pub(crate) struct OnnxUnet<'m> {
     /// Stacked conditioning of the most recent calls: the same rows come back every step, so they are
     /// stacked once (two entries: cond and uncond alternate when they need separate calls).
     stacked: Vec<StackedConds>,
+    /// Calls at or below this timestep are the pass's last: the UNet hands its activations' memory back after
+    /// them (`Unet::release_memory_after_next_run`), so the decode that follows does not sit beside it.
+    last_timestep: Option<f32>,
 }
 
 /// The batched conditioning inputs for one list of rows.
@@ -37,7 +40,14 @@ const STACK_CACHE_ENTRIES: usize = 2;
 
 impl<'m> OnnxUnet<'m> {
     pub(crate) fn new(unet: &'m mut Unet, time_ids: Option<[f32; 6]>, empty: Option<Arc<Cond>>) -> Self {
-        Self { unet, time_ids, empty, stacked: Vec::with_capacity(STACK_CACHE_ENTRIES) }
+        Self { unet, time_ids, empty, stacked: Vec::with_capacity(STACK_CACHE_ENTRIES), last_timestep: None }
+    }
+
+    /// Releases the UNet's working memory after calls at or below `timestep` (the pass's last model call, as
+    /// `Sampler::last_sigma` finds it); `None` keeps it.
+    pub(crate) fn releasing_memory_at(mut self, timestep: Option<f32>) -> Self {
+        self.last_timestep = timestep;
+        self
     }
 
     /// Where the stacked inputs for `conds` are in the cache, built on first sight of these rows (compared by
@@ -170,6 +180,9 @@ impl UNetModel for OnnxUnet<'_> {
             time_ids: stacked.time_ids.as_ref().map(|t| t.view()),
             timestep_cond: None,
         };
+        if self.last_timestep.is_some_and(|last| timestep <= last) {
+            self.unet.release_memory_after_next_run();
+        }
         let out = self.unet.predict(&input).map_err(|source| Error::Model { stage: STAGE, source })?;
         Ok(out.into_dyn())
     }

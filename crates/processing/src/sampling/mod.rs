@@ -177,6 +177,22 @@ impl Sampler {
         Ok(sigmas)
     }
 
+    /// The σ of the model's last call in a pass over a schedule of `steps` (txt2img, or img2img's tail of it):
+    /// the smallest σ the sampler evaluates at (DDIM and PLMS: their second timestep's, the first being only the
+    /// step's target). Second-order samplers may call the model there twice. `None` where the last call's σ
+    /// depends on more than the schedule: UniPC (its own time grid and final-step options), DPM fast and
+    /// adaptive (they step between the schedule's levels).
+    pub fn last_sigma(&self, steps: usize, model: &ModelSchedule) -> Result<Option<f64>> {
+        match self.kind {
+            SamplerKind::UniPc | SamplerKind::DpmFast | SamplerKind::DpmAdaptive => Ok(None),
+            kind if kind.is_timestep_sampler() => {
+                let ts = timesteps::a1111_timesteps(steps + usize::from(kind.discards_penultimate_sigma()));
+                Ok(ts.get(1).map(|&t| model.t_to_sigma(t as f64)))
+            }
+            _ => Ok(self.sigmas(steps, model)?.into_iter().filter(|s| *s > 0.0).reduce(f64::min)),
+        }
+    }
+
     /// txt2img: starts from `noise`·σ₀ (timestep samplers: from `noise`) and samples `steps` steps.
     pub fn txt2img(
         &self,
@@ -572,6 +588,52 @@ mod tests {
             let steps = Img2ImgSteps::from_strength(10, 0.5).unwrap();
             let out = sampler.img2img(&model, &mut d, &mut n, &init, &start(), steps, Hooks::default()).unwrap();
             assert!(out.latent.iter().all(|v| v.is_finite()), "{kind:?} img2img");
+        }
+    }
+
+    /// Records the σ of every call.
+    struct Recording {
+        sigmas: Vec<f64>,
+    }
+
+    impl Denoiser for Recording {
+        fn denoise(&mut self, x: &Tensor, sigma: f64) -> Result<Tensor> {
+            self.sigmas.push(sigma);
+            Ok(x.mapv(|v| (f64::from(v) * 0.5 / (sigma * sigma + 1.0) + 0.1) as f32))
+        }
+        fn set_guidance_multiplier(&mut self, _multiplier: f64) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn the_last_model_call_is_at_the_last_sigma() {
+        let model = ModelSchedule::scaled_linear();
+        // DDIM CFG++ runs DDIM's loop (and needs an unconditional prediction this fake does not make).
+        for kind in SamplerKind::ALL.into_iter().filter(|k| *k != SamplerKind::DdimCfgPp) {
+            let sampler =
+                Sampler::new(kind, Schedule::Automatic, ScheduleOptions::default(), SamplerParams::default()).unwrap();
+            for img2img in [None, Some(Img2ImgSteps::from_strength(10, 0.5).unwrap())] {
+                let mut d = Recording { sigmas: Vec::new() };
+                let mut n = Pattern { calls: 0 };
+                let steps = img2img.map_or(8, |s| s.total);
+                match img2img {
+                    None => sampler.txt2img(&model, &mut d, &mut n, &start(), steps, Hooks::default()).unwrap(),
+                    Some(s) => {
+                        let init = start().mapv(|v| v * 0.1);
+                        sampler.img2img(&model, &mut d, &mut n, &init, &start(), s, Hooks::default()).unwrap()
+                    }
+                };
+                let Some(last) = sampler.last_sigma(steps, &model).unwrap() else {
+                    assert!(matches!(kind, SamplerKind::UniPc | SamplerKind::DpmFast | SamplerKind::DpmAdaptive));
+                    continue;
+                };
+                let at_last = |s: f64| s <= last * (1.0 + 1e-9);
+                let final_call = *d.sigmas.last().unwrap();
+                assert!(at_last(final_call), "{kind:?} {img2img:?}: last call at σ {final_call}, expected {last}");
+                let calls_there = d.sigmas.iter().filter(|s| at_last(**s)).count();
+                assert!(calls_there <= 2, "{kind:?} {img2img:?}: {calls_there} calls at σ ≤ {last}: {:?}", d.sigmas);
+            }
         }
     }
 
