@@ -207,23 +207,26 @@ fn sd15_components_match_torch_with_the_other_graph_options() {
         half_unet: false,
         subpixel_upsample: false,
         winograd: None,
+        vae_winograd: None,
     };
     check_components("sd15-tiny", "sd15-tiny", plain);
     let native = GraphOptions { group_norm: GroupNormKind::Native, ..GraphOptions::default() };
     check_components("sd15-tiny", "sd15-tiny", native);
 }
 
-/// Winograd convolutions on every 3×3 UNet layer of the tiny models (by default only layers 128 to 640 channels
-/// wide use them): F(4,3) below 16 output channels, F(2,3) from 16, on pictures from 8×8 down to 2×2, with the
-/// kernels transformed at load and (sd15) on every run.
+/// Winograd convolutions on every 3×3 UNet and VAE layer of the tiny models (by default only UNet layers 128 to
+/// 640 channels wide and VAE layers from 512 use them): F(4,3) below 16 output channels, F(2,3) from 16, on
+/// pictures from 64×64 down to 2×2, with the kernels transformed at load and (sd15) on every run.
 #[test]
 fn components_match_torch_with_winograd_convolutions_everywhere() {
     let rule = Winograd { min_channels: 1, max_channels: usize::MAX, small_tiles_from: 16, kernels_at_load: true };
     for name in ["sd15-tiny", "sd2-tiny-v", "sdxl-tiny", "sd15-inpaint-tiny"] {
-        check_components(name, name, GraphOptions { winograd: Some(rule), ..GraphOptions::default() });
+        let everywhere = GraphOptions { winograd: Some(rule), vae_winograd: Some(rule), ..GraphOptions::default() };
+        check_components(name, name, everywhere);
     }
-    let per_run = Winograd { kernels_at_load: false, ..rule };
-    check_components("sd15-tiny", "sd15-tiny", GraphOptions { winograd: Some(per_run), ..GraphOptions::default() });
+    let per_run = Some(Winograd { kernels_at_load: false, ..rule });
+    let options = GraphOptions { winograd: per_run, vae_winograd: per_run, ..GraphOptions::default() };
+    check_components("sd15-tiny", "sd15-tiny", options);
 }
 
 /// The conditioning kept in ONNX Runtime's memory between UNet runs (what CUDA does with GPU memory) is copied

@@ -272,8 +272,10 @@ fn load_with(pipeline: &str, config: SessionConfig) -> LoadedModel {
 
 #[test]
 fn bound_io_gives_the_same_outputs_as_plain_runs_while_shapes_change_and_memory_is_released() {
-    let mut bound = load_with("sd15-tiny", SessionConfig::default());
-    let plain_config = SessionConfig { bound_io: false, parallel_load: false, ..SessionConfig::default() };
+    // An export keeps its UNet arena unless told otherwise (`SessionConfig::releases_unet_memory`).
+    let release = SessionConfig { release_unet_memory: Some(true), ..SessionConfig::default() };
+    let mut bound = load_with("sd15-tiny", release.clone());
+    let plain_config = SessionConfig { bound_io: false, parallel_load: false, ..release };
     let mut plain = load_with("sd15-tiny", plain_config);
     let dim = bound.unet.model().inputs().iter().find(|t| t.name == "encoder_hidden_states").expect("cond").shape[2];
     let dim = usize::try_from(dim).expect("fixed width");

@@ -81,6 +81,9 @@ VARIANTS.update({
                                       "--winograd-kernels-at-load"],
     "ckpt-winograd-f2-1280-at-load": ["--model", CHECKPOINT, "--winograd-max-channels", "100000",
                                       "--winograd-small-tiles-from", "1280", "--winograd-kernels-at-load"],
+    # The VAE's own Winograd rule (default: layers from 256 channels): off, and from 512.
+    "ckpt-no-vae-winograd": ["--model", CHECKPOINT, "--no-vae-winograd"],
+    "ckpt-vae-winograd-512": ["--model", CHECKPOINT, "--vae-winograd-min-channels", "512"],
 })
 
 # OpenVINO through ONNX Runtime's onnxruntime-openvino build (`cargo xtask provision-ort --openvino`): the same
@@ -111,6 +114,10 @@ WORKLOADS = {
                                     "ckpt-winograd-upto640-f2-at-load", "ckpt-winograd-all-f4",
                                     "ckpt-winograd-all-f4-at-load", "ckpt-winograd-1280-f2-at-load",
                                     "ckpt-winograd-f2-1280-at-load"]),
+    # One step per run, three runs: the VAE decode's share of the time is large.
+    "sd15-vae": dict(model=str(pathlib.Path.home() / ".cache" / "sdrt" / "sd15-shaped"), width=512, height=512,
+                     steps=1, runs=3, warmup=1, rounds=2, threads=2,
+                     variants=["default", "checkpoint", "ckpt-no-vae-winograd", "ckpt-vae-winograd-512"]),
     # Loading only (no generation), more rounds: load time and memory of the load-time optimisations.
     "sd15-load": dict(model=str(pathlib.Path.home() / ".cache" / "sdrt" / "sd15-shaped"), width=512, height=512,
                       steps=1, runs=0, warmup=0, rounds=5, threads=2,

@@ -127,6 +127,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             "intra_op_spinning": config.intra_op_spinning,
             "prepacking": config.prepacking,
             "memory_arena": config.memory_arena.map_or("auto".to_owned(), |on| on.to_string()),
+            "release_unet_memory": config.release_unet_memory.map_or("auto".to_owned(), |on| on.to_string()),
             "memory_pattern": config.memory_pattern,
             "bound_io": config.bound_io,
             "parallel_load": config.parallel_load,

@@ -140,6 +140,10 @@ pub struct SessionArgs {
     /// on for exported UNets and text encoders, as measured].
     #[arg(long)]
     pub memory_arena: Option<OnOff>,
+    /// Hand the UNet's arena back after each pass's last call: on or off [default: on for graphs built from
+    /// checkpoints, off for exports, as measured].
+    #[arg(long)]
+    pub release_unet_memory: Option<OnOff>,
     /// Disable memory-pattern planning.
     #[arg(long)]
     pub no_memory_pattern: bool,
@@ -213,6 +217,13 @@ pub struct GraphArgs {
     /// instead of on every run.
     #[arg(long)]
     pub winograd_kernels_at_load: bool,
+    /// Graphs built from checkpoints: the VAE's 3×3 convolutions all direct.
+    #[arg(long)]
+    pub no_vae_winograd: bool,
+    /// Graphs built from checkpoints: the narrowest VAE 3×3 convolution (input or output channels) computed by
+    /// Winograd's method.
+    #[arg(long, default_value_t = GraphOptions::default().vae_winograd.map_or(0, |w| w.min_channels))]
+    pub vae_winograd_min_channels: usize,
 }
 
 impl GraphArgs {
@@ -244,6 +255,10 @@ impl GraphArgs {
                 small_tiles_from: self.winograd_small_tiles_from,
                 kernels_at_load: self.winograd_kernels_at_load,
             }),
+            vae_winograd: GraphOptions::default()
+                .vae_winograd
+                .filter(|_| !self.no_vae_winograd)
+                .map(|rule| Winograd { min_channels: self.vae_winograd_min_channels, ..rule }),
         })
     }
 }
@@ -311,6 +326,7 @@ impl SessionArgs {
             intra_op_spinning: !self.no_spinning,
             prepacking: !self.no_prepacking,
             memory_arena: self.memory_arena.map(|choice| choice == OnOff::On),
+            release_unet_memory: self.release_unet_memory.map(|choice| choice == OnOff::On),
             memory_pattern: !self.no_memory_pattern,
             bound_io: !self.no_bound_io,
             parallel_load: !self.sequential_load,

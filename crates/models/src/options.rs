@@ -242,6 +242,9 @@ pub struct SessionConfig {
     /// CPU memory arena (faster repeated runs, more resident memory); `None` = sdrt's measured choice, see
     /// [`SessionConfig::arena_for`].
     pub memory_arena: Option<bool>,
+    /// Hand the UNet's arena back after each pass's last call ([`crate::Unet::release_memory_after_next_run`]);
+    /// `None` = sdrt's measured choice, see [`SessionConfig::releases_unet_memory`].
+    pub release_unet_memory: Option<bool>,
     /// Memory-pattern planning (helps fixed shapes; ONNX Runtime's default is on).
     pub memory_pattern: bool,
     /// Let idle intra-op threads spin waiting for work (lower latency per operator, busier cores; ONNX
@@ -284,6 +287,7 @@ impl Default for SessionConfig {
             optimization: OptimizationLevel::All,
             intra_op_threads: None,
             memory_arena: None,
+            release_unet_memory: None,
             memory_pattern: true,
             intra_op_spinning: true,
             prepacking: true,
@@ -313,8 +317,10 @@ impl SessionConfig {
     /// tile transforms scale values up to 100×, too close to fp16's range).
     pub fn graph_options(&self) -> crate::graph::GraphOptions {
         let graph = if self.provider.runs_contrib_ops() { self.graph } else { self.graph.standard_ops_only() };
-        let winograd = graph.winograd.filter(|_| self.provider == ExecutionProvider::Cpu && !graph.half_unet);
-        crate::graph::GraphOptions { winograd, ..graph }
+        let cpu = self.provider == ExecutionProvider::Cpu;
+        let winograd = graph.winograd.filter(|_| cpu && !graph.half_unet);
+        let vae_winograd = graph.vae_winograd.filter(|_| cpu);
+        crate::graph::GraphOptions { winograd, vae_winograd, ..graph }
     }
 
     /// Where [`SessionConfig::resident_inputs`] keeps inputs: the GPU for CUDA and TensorRT, ONNX Runtime's CPU
@@ -338,6 +344,14 @@ impl SessionConfig {
     /// UNet's) and for text encoders built from checkpoints (small activations), on for exported text encoders.
     pub fn arena_for(&self, component: &str, built_from_checkpoint: bool) -> bool {
         self.memory_arena.unwrap_or(component == "unet" || (!built_from_checkpoint && !component.starts_with("vae")))
+    }
+
+    /// Whether the UNet hands its arena's memory back after a pass's last call. Unless set, measured on
+    /// SD1.5-shaped weights at 512² (tools/bench/README.md): yes for graphs built from checkpoints (0.8 GiB less
+    /// peak and between jobs; the next job's first step took no measurable longer), no for exports, whose arena
+    /// (3 GiB, for the attention scores they materialise) took the next job's first step 2.5–4 s longer to refill.
+    pub fn releases_unet_memory(&self, built_from_checkpoint: bool) -> bool {
+        self.release_unet_memory.unwrap_or(built_from_checkpoint)
     }
 
     /// Applies every option to `builder`; `component` names the model in errors.
@@ -515,15 +529,17 @@ mod tests {
     #[test]
     fn winograd_convolutions_are_built_for_the_cpu_provider_only() {
         let cpu = SessionConfig::default();
-        assert!(cpu.graph.winograd.is_some() && cpu.graph_options().winograd.is_some());
+        assert!(cpu.graph_options().winograd.is_some() && cpu.graph_options().vae_winograd.is_some());
         let openvino = ExecutionProvider::OpenVino { device: OpenVinoDevice::Cpu, precision: Precision::Fp32 };
         for provider in [openvino, ExecutionProvider::Cuda { device_id: 0 }, ExecutionProvider::CoreMl] {
             let config = SessionConfig { provider, ..SessionConfig::default() };
-            assert_eq!(config.graph_options().winograd, None, "{provider}");
+            let options = config.graph_options();
+            assert_eq!((options.winograd, options.vae_winograd), (None, None), "{provider}");
         }
         let half_unet = crate::graph::GraphOptions { half_unet: true, ..cpu.graph };
         let half = SessionConfig { graph: half_unet, ..cpu };
         assert_eq!(half.graph_options().winograd, None);
+        assert!(half.graph_options().vae_winograd.is_some(), "an fp16 UNet leaves the f32 VAE as it is");
     }
 
     #[test]
@@ -532,6 +548,7 @@ mod tests {
         assert!(config.arena_for("unet", false) && config.arena_for("text_encoder", false));
         assert!(!config.arena_for("vae_decoder", false) && !config.arena_for("text_encoder", true));
         assert!(config.arena_for("unet", true));
+        assert!(config.releases_unet_memory(true) && !config.releases_unet_memory(false));
         let forced = SessionConfig { memory_arena: Some(true), ..SessionConfig::default() };
         assert!(forced.arena_for("vae_decoder", true));
     }

@@ -85,8 +85,9 @@ pub struct OnnxModel {
     /// The weight files whose mapped pages are handed back after loading and after each run with new input
     /// shapes; `None` where the provider computes from them.
     weight_pages: Option<WeightPages>,
-    /// Whether the session allocates from ONNX Runtime's CPU arena (`SessionConfig::arena_for`).
-    cpu_arena: bool,
+    /// Whether the session allocates from ONNX Runtime's CPU arena (`SessionConfig::arena_for`) and may hand it
+    /// back (`SessionConfig::releases_unet_memory`).
+    releasable_arena: bool,
     /// Hand the arena's free blocks back to the system at the end of the next run.
     release_arena: bool,
 }
@@ -173,8 +174,7 @@ impl OnnxModel {
         tracing::info!(provider = %config.provider, "session ready");
         // An export keeps its external data beside the graph file.
         let weights = path.parent().unwrap_or(path);
-        let arena = config.arena_for(component, false);
-        Ok(Self::from_session(component, path, weights, session, config, arena))
+        Ok(Self::from_session(component, path, weights, session, config, false))
     }
 
     /// Loads a graph built in memory (a checkpoint's); `source` names the file it came from in messages.
@@ -202,8 +202,7 @@ impl OnnxModel {
             .commit_from_memory(&model)
             .map_err(|e| session_error("loading the built graph")(format!("{e} (built from {})", source.display())))?;
         tracing::info!(provider = %config.provider, "built session ready");
-        let arena = config.arena_for(component, true);
-        Ok(Self::from_session(component, source, source, session, config, arena))
+        Ok(Self::from_session(component, source, source, session, config, true))
     }
 
     fn from_session(
@@ -212,7 +211,7 @@ impl OnnxModel {
         weights: &Path,
         session: Session,
         config: &SessionConfig,
-        arena: bool,
+        built_from_checkpoint: bool,
     ) -> Self {
         let weight_pages = WeightPages::for_provider(config.provider, weights);
         if let Some(pages) = &weight_pages {
@@ -236,16 +235,19 @@ impl OnnxModel {
             resident: Vec::new(),
             uploads: 0,
             weight_pages,
-            cpu_arena: arena && config.provider == ExecutionProvider::Cpu,
+            releasable_arena: config.provider == ExecutionProvider::Cpu
+                && config.arena_for(component, built_from_checkpoint)
+                && config.releases_unet_memory(built_from_checkpoint),
             release_arena: false,
         }
     }
 
     /// Makes the next run hand the CPU memory arena's free blocks back to the system when it ends, so that what
     /// runs next (another model, or nothing until the next job) does not sit beside this session's activations.
-    /// The run after that one faults its activations in afresh. No effect on sessions without a CPU arena.
+    /// The run after that one faults its activations in afresh. No effect on sessions without a CPU arena or
+    /// configured to keep it.
     pub(crate) fn release_arena_after_next_run(&mut self) {
-        self.release_arena = self.cpu_arena;
+        self.release_arena = self.releasable_arena;
     }
 
     /// The component name given at load time.

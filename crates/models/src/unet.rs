@@ -134,9 +134,10 @@ impl Unet {
     }
 
     /// Makes the next [`Unet::predict`] return the memory its activations took to the system when it ends
-    /// (ONNX Runtime's CPU arena keeps it otherwise: ~1 GiB at 512×512 with CFG on SD1.5). Call it before a
-    /// job's last UNet call, so that the VAE decode and the wait for the next job do not hold it; the next job's
-    /// first call takes it back page by page. No effect on providers other than the CPU's.
+    /// (ONNX Runtime's CPU arena keeps it otherwise: 0.8 GiB at 512×512 with CFG for an SD1.5 checkpoint's graphs,
+    /// 3 GiB for its export). Call it before a pass's last UNet call, so that the VAE decode and the wait for the
+    /// next job do not hold it; the next job's first call takes it back page by page. No effect on providers
+    /// other than the CPU's, nor where `SessionConfig::releases_unet_memory` says to keep it.
     pub fn release_memory_after_next_run(&mut self) {
         self.model.release_arena_after_next_run();
     }

@@ -53,9 +53,18 @@ pub struct GraphOptions {
     /// Upsamplers run their convolution at the input's size on kernels folded for each output position,
     /// instead of on the ×2 nearest-upsampled picture (see `Net::upsample_conv`).
     pub subpixel_upsample: bool,
-    /// 3×3 convolutions by Winograd's minimal filtering (see `winograd.rs`); `None`: direct convolutions only.
+    /// The UNet's 3×3 convolutions by Winograd's minimal filtering (see `winograd.rs`);
+    /// `None`: direct convolutions only.
     pub winograd: Option<Winograd>,
+    /// The VAE's, by its own rule: its widest layers run on its smallest pictures, its narrow ones on pictures
+    /// so large that the tile transforms' memory traffic outweighs the multiplies saved.
+    pub vae_winograd: Option<Winograd>,
 }
+
+/// The narrowest VAE convolution computed by Winograd's method. SD's decoder at 512×512 is 512 channels wide on
+/// 64² and 128² pictures, 256 on 256², 128 on 512²; measured (`tools/bench/README.md`), from 256 decoded fastest
+/// and from 128 slowest, slower than direct.
+const VAE_WINOGRAD_MIN_CHANNELS: usize = 256;
 
 impl Default for GraphOptions {
     fn default() -> Self {
@@ -69,6 +78,12 @@ impl Default for GraphOptions {
             winograd: Some(Winograd {
                 min_channels: 128,
                 max_channels: 640,
+                small_tiles_from: usize::MAX,
+                kernels_at_load: false,
+            }),
+            vae_winograd: Some(Winograd {
+                min_channels: VAE_WINOGRAD_MIN_CHANNELS,
+                max_channels: usize::MAX,
                 small_tiles_from: usize::MAX,
                 kernels_at_load: false,
             }),

@@ -9,11 +9,9 @@ use crate::error::Result;
 
 const NORM_EPS: f32 = 1e-6;
 
-/// The VAE keeps direct convolutions: with Winograd's (`winograd.rs`) an SD1.5-shaped decode at 512×512 measured
-/// 1.05× slower (11.4 → 12.0 s, `tools/bench/README.md`), its largest layers being its shallowest and widest
-/// pictures, where the tile transforms' memory traffic outweighs the multiplies saved.
+/// The VAE's graph options: its own Winograd rule (`GraphOptions::vae_winograd`) in place of the UNet's.
 fn vae_options(options: GraphOptions) -> GraphOptions {
-    GraphOptions { winograd: None, ..options }
+    GraphOptions { winograd: options.vae_winograd, ..options }
 }
 
 /// Builds the encoder: `sample` `[B, 3, H, W]` → `latent_parameters` `[B, 2·z, H/8, W/8]`.
