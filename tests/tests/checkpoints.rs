@@ -215,7 +215,7 @@ fn sd15_components_match_torch_with_the_other_graph_options() {
 }
 
 /// Winograd convolutions on every 3×3 UNet and VAE layer of the tiny models (by default only UNet layers 128 to
-/// 640 channels wide and VAE layers from 512 use them): F(4,3) below 16 output channels, F(2,3) from 16, on
+/// 640 channels wide and VAE layers from 256 use them): F(4,3) below 16 output channels, F(2,3) from 16, on
 /// pictures from 64×64 down to 2×2, with the kernels transformed at load and (sd15) on every run.
 #[test]
 fn components_match_torch_with_winograd_convolutions_everywhere() {

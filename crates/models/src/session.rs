@@ -382,12 +382,19 @@ impl OnnxModel {
             bound.options.set(ARENA_SHRINKAGE, shrinkage).map_err(run_error)?;
         }
         let bound = self.bound_outputs.as_ref().filter(|b| b.fits(&shapes, wanted));
-        let mut plain_options = RunOptions::new().map_err(run_error)?;
-        plain_options.set(ARENA_SHRINKAGE, shrinkage).map_err(run_error)?;
+        let shrinking_options = match (bound, release) {
+            (None, true) => {
+                let mut options = RunOptions::new().map_err(run_error)?;
+                options.set(ARENA_SHRINKAGE, shrinkage).map_err(run_error)?;
+                Some(options)
+            }
+            _ => None,
+        };
         let started = std::time::Instant::now();
-        let outputs = match bound {
-            Some(bound) => self.session.run_with_options(values, &bound.options),
-            None => self.session.run_with_options(values, &plain_options),
+        let outputs = match (bound, &shrinking_options) {
+            (Some(bound), _) => self.session.run_with_options(values, &bound.options),
+            (None, Some(options)) => self.session.run_with_options(values, options),
+            (None, None) => self.session.run(values),
         }
         .map_err(run_error)?;
         self.run_time += started.elapsed();
