@@ -378,7 +378,10 @@ impl OnnxModel {
             |e: ort::Error| Error::Session { component: component.clone(), action: "running", reason: e.to_string() };
         let release = std::mem::take(&mut self.release_arena);
         let shrinkage = if release { "cpu:0" } else { "" };
-        if let Some(bound) = self.bound_outputs.as_mut().filter(|b| b.fits(&shapes, wanted)) {
+        // Only a session that may release ever sets the option, so only it needs it reset on the other runs.
+        if self.releasable_arena
+            && let Some(bound) = self.bound_outputs.as_mut().filter(|b| b.fits(&shapes, wanted))
+        {
             bound.options.set(ARENA_SHRINKAGE, shrinkage).map_err(run_error)?;
         }
         let bound = self.bound_outputs.as_ref().filter(|b| b.fits(&shapes, wanted));
