@@ -35,6 +35,15 @@ fn static_shapes_and_the_compiled_model_cache_reproduce_every_case() {
     assert!(cached > 0, "OpenVINO wrote nothing into its cache folder {}", cache.path().display());
 }
 
+/// Graphs built from checkpoints are rebuilt for new shapes from the graph kept in memory, their weights still
+/// read from the checkpoint.
+#[test]
+fn checkpoint_graphs_reproduce_with_static_shapes() {
+    let config = SessionConfig { openvino_static_shapes: true, ..openvino(Precision::Fp32) };
+    let cases = reproduce_cases_with("e2e/cases.json", checkpoint_twin_cases("e2e/cases.json"), config);
+    assert!(!cases["cases"].as_array().unwrap().is_empty());
+}
+
 #[test]
 fn every_reference_case_reproduces_on_openvino_fp32() {
     let cases = reproduce_cases_with("e2e/cases.json", fixture_json("e2e/cases.json"), openvino(Precision::Fp32));
@@ -128,4 +137,44 @@ fn a_missing_openvino_device_is_an_error_naming_it() {
             assert!(message.contains("NPU") && message.contains("text_encoder"), "{message}");
         }
     }
+}
+
+/// With static shapes ONNX Runtime fixes the graph's symbolic dimensions before OpenVINO takes it: the session
+/// declares the run's shapes, a new size builds a new session (the same size again does not), and the outputs are
+/// the ones OpenVINO gives for dynamic shapes.
+#[test]
+fn static_shapes_build_a_session_for_each_new_input_size() {
+    let unet = fixture("models/sd15-tiny/unet/model.onnx");
+    let mut dynamic = OnnxModel::load_with("unet", &unet, &openvino(Precision::Fp32)).unwrap();
+    let config = SessionConfig { openvino_static_shapes: true, ..openvino(Precision::Fp32) };
+    let mut fixed = OnnxModel::load_with("unet", &unet, &config).unwrap();
+    let declared = |model: &OnnxModel, name: &str| {
+        model.session_inputs().into_iter().find(|input| input.name == name).map(|input| input.shape).unwrap()
+    };
+    assert!(declared(&fixed, "sample").contains(&-1), "the load-time session keeps the model's symbolic dimensions");
+    let context = fixed.inputs().into_iter().find(|input| input.name == "encoder_hidden_states").unwrap().shape[2];
+    let inputs = |size: usize| {
+        let ramp = |shape: &[usize]| {
+            let count: usize = shape.iter().product();
+            ndarray::ArrayD::from_shape_vec(shape, (0..count).map(|i| ((i % 97) as f32 / 48.0) - 1.0).collect())
+                .unwrap()
+        };
+        vec![
+            ("sample", ramp(&[2, 4, size, size])),
+            ("timestep", ndarray::ArrayD::from_elem(ndarray::IxDyn(&[]), 500.0)),
+            ("encoder_hidden_states", ramp(&[2, 77, context as usize])),
+        ]
+    };
+    for (size, builds) in [(8, 1), (8, 1), (16, 2)] {
+        let got = fixed.run_f32(inputs(size)).unwrap();
+        assert_eq!(fixed.shape_builds(), builds, "after a run at {size}×{size}");
+        assert_eq!(declared(&fixed, "sample"), vec![2, 4, size as i64, size as i64]);
+        let want = dynamic.run_f32(inputs(size)).unwrap();
+        let (got, want) = (&got[0].1, &want[0].1);
+        assert_eq!(got.shape(), want.shape());
+        let largest = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let worst = got.iter().zip(want.iter()).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(worst <= 1e-4 * largest.max(1.0), "static vs dynamic shapes at {size}: max |Δ| {worst}");
+    }
+    assert_eq!(dynamic.shape_builds(), 0, "dynamic shapes keep their one session");
 }

@@ -161,8 +161,8 @@ pub struct SessionArgs {
     /// [default: openvino/ in sdrt's cache folder]; `off` compiles on every load.
     #[arg(long)]
     pub openvino_cache: Option<PathBuf>,
-    /// OpenVINO compiles each graph for the shapes it runs with (recompiling when the size changes) instead of
-    /// once for any shape.
+    /// OpenVINO compiles each graph for the shapes it runs with (a new session, compiled or taken from the
+    /// cache, whenever the size changes) instead of once for any shape: faster steps for a fixed size.
     #[arg(long)]
     pub openvino_static_shapes: bool,
     /// Write ONNX Runtime's per-operator profile of every session as `PREFIX-COMPONENT_TIME.json`

@@ -276,8 +276,9 @@ pub struct SessionConfig {
     /// memory between UNet runs: `None` = on for CUDA and TensorRT (copied to the GPU once, not once per step),
     /// off elsewhere; `Some(true)` on CPU keeps them in ONNX Runtime-owned memory (tests the same path).
     pub resident_inputs: Option<bool>,
-    /// OpenVINO compiles each graph for the input shapes it is run with (recompiling when they change) instead
-    /// of once for dynamic shapes.
+    /// OpenVINO compiles each graph for the input shapes it is run with instead of once for dynamic shapes:
+    /// ONNX Runtime fixes the graph's symbolic dimensions to the run's sizes before OpenVINO takes it, in a
+    /// session built at the first run with new sizes (the previous one is dropped first).
     pub openvino_static_shapes: bool,
 }
 

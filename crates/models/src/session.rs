@@ -66,7 +66,12 @@ pub struct OnnxModel {
     provider: ExecutionProvider,
     inputs: Vec<TensorInfo>,
     outputs: Vec<TensorInfo>,
-    session: Session,
+    /// `None` only after a rebuild for new input shapes failed; the next run tries again.
+    session: Option<Session>,
+    /// OpenVINO with static shapes: the session is rebuilt for each new set of input shapes.
+    per_shape: Option<PerShapeSessions>,
+    /// Sessions built for a set of input shapes (OpenVINO static shapes).
+    shape_builds: u64,
     /// Pass inputs without copying and reuse pre-allocated outputs (`SessionConfig::bound_io`).
     bound_io: bool,
     /// Outputs of the last input shapes seen, learned from a first run with those shapes.
@@ -128,6 +133,56 @@ impl WeightPages {
     }
 }
 
+/// Where a session's graph comes from, kept so that it can be loaded again for new input shapes.
+#[derive(Debug, Clone)]
+enum GraphSource {
+    /// An ONNX file, its external data beside it.
+    File(PathBuf),
+    /// A graph built in memory whose initializers stay in a file under `folder` (a checkpoint's); `origin` names
+    /// that file in messages.
+    Built { model: Vec<u8>, folder: PathBuf, origin: PathBuf },
+}
+
+/// OpenVINO with static shapes, one session per set of input shapes. ONNX Runtime fixes the graph's symbolic
+/// dimensions (its free-dimension overrides) before the provider takes the graph, so OpenVINO compiles a graph
+/// that is static from its inputs on, once, at session creation. Left to itself the provider would take the
+/// symbolic graph and rewrite only its input shapes at the first run of each size: measured 5–8 % slower per
+/// UNet step on SD1.5-shaped bf16 (tools/bench/README.md). Only the last shapes' session is kept (each holds
+/// its own compiled copy of the weights).
+#[derive(Debug)]
+struct PerShapeSessions {
+    source: GraphSource,
+    config: SessionConfig,
+    built_from_checkpoint: bool,
+    /// Per input: its name and the symbol of each dimension (empty where fixed or unnamed).
+    symbols: Vec<(String, Vec<String>)>,
+    /// The dimension values the current session was built with; `None` = the load-time (symbolic) session.
+    built_for: Option<Vec<(String, i64)>>,
+}
+
+impl PerShapeSessions {
+    /// The symbol values these inputs give. A symbol two inputs disagree on stays symbolic (the provider then
+    /// fixes it at run time).
+    fn dimension_values(&self, inputs: &[(String, Input<'_>)]) -> Vec<(String, i64)> {
+        let mut values: Vec<(String, i64)> = Vec::new();
+        let mut conflicting: Vec<String> = Vec::new();
+        for (name, input) in inputs {
+            let Some((_, symbols)) = self.symbols.iter().find(|(input_name, _)| input_name == name) else { continue };
+            for (symbol, size) in symbols.iter().zip(input.shape()).filter(|(symbol, _)| !symbol.is_empty()) {
+                let size = i64::try_from(*size).unwrap_or(i64::MAX);
+                match values.iter().find(|(known, _)| known == symbol) {
+                    Some((_, known)) if *known != size => conflicting.push(symbol.clone()),
+                    Some(_) => {}
+                    None => values.push((symbol.clone(), size)),
+                }
+            }
+        }
+        values.retain(|(symbol, _)| !conflicting.contains(symbol));
+        values.sort();
+        values
+    }
+}
+
 /// An input that stays on the provider's device between runs (the conditioning across a generation's steps): it is
 /// copied there once, and again only when the caller's data changes.
 struct ResidentInput {
@@ -156,25 +211,12 @@ impl OnnxModel {
     /// Loads `path` as component `component` with `config`'s options and execution provider.
     pub fn load_with(component: &str, path: &Path, config: &SessionConfig) -> Result<Self> {
         let _span = tracing::info_span!("models::load_session", component, path = %path.display()).entered();
-        let environment = environment(&config.provider)?;
         if !path.is_file() {
             return Err(Error::File { path: path.to_owned(), reason: format!("{component} model file is missing") });
         }
-        let builder = Session::builder(environment).map_err(|e| Error::Session {
-            component: component.to_owned(),
-            action: "creating session options",
-            reason: e.to_string(),
-        })?;
-        let mut builder = config.apply(builder, component, false)?;
-        let session = builder.commit_from_file(path).map_err(|e| Error::Session {
-            component: component.to_owned(),
-            action: "loading the model",
-            reason: format!("{e} (file {})", path.display()),
-        })?;
-        tracing::info!(provider = %config.provider, "session ready");
         // An export keeps its external data beside the graph file.
         let weights = path.parent().unwrap_or(path);
-        Ok(Self::from_session(component, path, weights, session, config, false))
+        Self::from_source(component, path, weights, GraphSource::File(path.to_owned()), config, false)
     }
 
     /// Loads a graph built in memory (a checkpoint's); `source` names the file it came from in messages.
@@ -185,24 +227,39 @@ impl OnnxModel {
         config: &SessionConfig,
     ) -> Result<Self> {
         let _span = tracing::info_span!("models::load_built_session", component, source = %source.display()).entered();
-        let environment = environment(&config.provider)?;
-        let session_error = |action: &'static str| {
-            let component = component.to_owned();
-            move |e: String| Error::Session { component, action, reason: e }
-        };
-        let builder =
-            Session::builder(environment).map_err(|e| session_error("creating session options")(e.to_string()))?;
-        let builder = config.apply(builder, component, true)?;
         // The weights stay in the checkpoint: ONNX Runtime reads each initializer's byte range from it.
         let (model, folder) = graph.for_loading();
-        let mut builder = builder
-            .with_config_entry("session.model_external_initializers_file_folder_path", folder.to_string_lossy())
-            .map_err(|e| session_error("pointing at the checkpoint's folder")(e.to_string()))?;
-        let session = builder
-            .commit_from_memory(&model)
-            .map_err(|e| session_error("loading the built graph")(format!("{e} (built from {})", source.display())))?;
-        tracing::info!(provider = %config.provider, "built session ready");
-        Ok(Self::from_session(component, source, source, session, config, true))
+        let graph = GraphSource::Built { model, folder, origin: source.to_owned() };
+        Self::from_source(component, source, source, graph, config, true)
+    }
+
+    fn from_source(
+        component: &str,
+        path: &Path,
+        weights: &Path,
+        source: GraphSource,
+        config: &SessionConfig,
+        built_from_checkpoint: bool,
+    ) -> Result<Self> {
+        let per_shape = config.openvino_static_shapes && matches!(config.provider, ExecutionProvider::OpenVino { .. });
+        // The load-time session of a per-shape model only tells the inputs and outputs: kept out of the compiled
+        // model cache, OpenVINO compiles nothing for it.
+        let load_config =
+            if per_shape { SessionConfig { openvino_cache: None, ..config.clone() } } else { config.clone() };
+        let session = build_session(component, &source, &load_config, built_from_checkpoint, &[])?;
+        tracing::info!(provider = %config.provider, "session ready");
+        let per_shape = per_shape.then(|| PerShapeSessions {
+            symbols: session
+                .inputs()
+                .iter()
+                .map(|input| (input.name().to_owned(), dimension_symbols(input.dtype())))
+                .collect(),
+            source,
+            config: config.clone(),
+            built_from_checkpoint,
+            built_for: None,
+        });
+        Ok(Self::from_session(component, path, weights, session, per_shape, config, built_from_checkpoint))
     }
 
     fn from_session(
@@ -210,6 +267,7 @@ impl OnnxModel {
         path: &Path,
         weights: &Path,
         session: Session,
+        per_shape: Option<PerShapeSessions>,
         config: &SessionConfig,
         built_from_checkpoint: bool,
     ) -> Self {
@@ -225,7 +283,9 @@ impl OnnxModel {
             provider: config.provider,
             inputs,
             outputs,
-            session,
+            session: Some(session),
+            per_shape,
+            shape_builds: 0,
             bound_io: config.bound_io,
             bound_outputs: None,
             run_time: std::time::Duration::ZERO,
@@ -240,6 +300,49 @@ impl OnnxModel {
                 && config.releases_unet_memory(built_from_checkpoint),
             release_arena: false,
         }
+    }
+
+    /// With OpenVINO's static shapes, replaces the session by one built for these inputs' shapes when they differ
+    /// from the current one's. The old session goes first: two compiled copies of the weights never coexist.
+    fn fit_session_to(&mut self, inputs: &[(String, Input<'_>)]) -> Result<()> {
+        let Some(per_shape) = &mut self.per_shape else { return Ok(()) };
+        let values = per_shape.dimension_values(inputs);
+        if self.session.is_some() && per_shape.built_for.as_ref() == Some(&values) {
+            return Ok(());
+        }
+        let _span = tracing::info_span!("models::build_session_for_shapes", component = %self.component).entered();
+        per_shape.built_for = None;
+        self.session = None;
+        let session = build_session(
+            &self.component,
+            &per_shape.source,
+            &per_shape.config,
+            per_shape.built_from_checkpoint,
+            &values,
+        )?;
+        tracing::info!(dimensions = ?values, "session built for these shapes");
+        self.session = Some(session);
+        per_shape.built_for = Some(values);
+        self.shape_builds += 1;
+        if let Some(pages) = &mut self.weight_pages {
+            pages.seen_shapes.clear();
+            pages.release();
+        }
+        Ok(())
+    }
+
+    /// The inputs as the current session declares them: the model's own, or with the symbolic dimensions fixed
+    /// to the last run's sizes where the session was built for them (OpenVINO static shapes).
+    pub fn session_inputs(&self) -> Vec<TensorInfo> {
+        match &self.session {
+            Some(session) => session.inputs().iter().map(|o| tensor_info(o.name(), o.dtype())).collect(),
+            None => self.inputs.clone(),
+        }
+    }
+
+    /// How many sessions were built for a set of input shapes (OpenVINO static shapes; 0 elsewhere).
+    pub fn shape_builds(&self) -> u64 {
+        self.shape_builds
     }
 
     /// Makes the next run hand the CPU memory arena's free blocks back to the system when it ends, so that what
@@ -353,6 +456,7 @@ impl OnnxModel {
     /// Runs the model and returns the outputs named in `wanted`, in that order, as f32.
     pub(crate) fn run(&mut self, inputs: Vec<(String, Input<'_>)>, wanted: &[String]) -> Result<Vec<ArrayD<f32>>> {
         let shapes: Vec<Vec<usize>> = inputs.iter().map(|(_, input)| input.shape().to_vec()).collect();
+        self.fit_session_to(&inputs)?;
         self.refresh_resident(&inputs)?;
         let mut values: Vec<(String, SessionInputValue<'_>)> = Vec::with_capacity(inputs.len());
         for (name, input) in inputs {
@@ -393,11 +497,16 @@ impl OnnxModel {
             }
             _ => None,
         };
+        let session = self.session.as_mut().ok_or_else(|| Error::Session {
+            component: component.clone(),
+            action: "running",
+            reason: "the session for these input shapes could not be built (see the earlier error)".to_owned(),
+        })?;
         let started = std::time::Instant::now();
         let outputs = match (bound, &shrinking_options) {
-            (Some(bound), _) => self.session.run_with_options(values, &bound.options),
-            (None, Some(options)) => self.session.run_with_options(values, options),
-            (None, None) => self.session.run(values),
+            (Some(bound), _) => session.run_with_options(values, &bound.options),
+            (None, Some(options)) => session.run_with_options(values, options),
+            (None, None) => session.run(values),
         }
         .map_err(run_error)?;
         self.run_time += started.elapsed();
@@ -523,6 +632,51 @@ fn extract_f32(component: &str, name: &str, value: &DynValue) -> Result<ArrayD<f
     extracted.map_err(|e| tensor_error(e.to_string()))
 }
 
+/// Creates an ONNX Runtime session for `source` with `config`, its symbolic dimensions fixed to `dimensions`.
+fn build_session(
+    component: &str,
+    source: &GraphSource,
+    config: &SessionConfig,
+    built_from_checkpoint: bool,
+    dimensions: &[(String, i64)],
+) -> Result<Session> {
+    let session_error = |action: &'static str| {
+        let component = component.to_owned();
+        move |reason: String| Error::Session { component, action, reason }
+    };
+    let environment = environment(&config.provider)?;
+    let builder =
+        Session::builder(environment).map_err(|e| session_error("creating session options")(e.to_string()))?;
+    let mut builder = config.apply(builder, component, built_from_checkpoint)?;
+    for (symbol, size) in dimensions {
+        builder = builder
+            .with_dimension_override(symbol, *size)
+            .map_err(|e| session_error("fixing a symbolic dimension")(format!("`{symbol}` = {size}: {e}")))?;
+    }
+    match source {
+        GraphSource::File(path) => builder
+            .commit_from_file(path)
+            .map_err(|e| session_error("loading the model")(format!("{e} (file {})", path.display()))),
+        GraphSource::Built { model, folder, origin } => builder
+            .with_config_entry("session.model_external_initializers_file_folder_path", folder.to_string_lossy())
+            .map_err(|e| session_error("pointing at the checkpoint's folder")(e.to_string()))?
+            .commit_from_memory(model)
+            .map_err(|e| session_error("loading the built graph")(format!("{e} (built from {})", origin.display()))),
+    }
+}
+
+/// The symbol of each dimension of a tensor input (empty where fixed or unnamed).
+fn dimension_symbols(dtype: &ValueType) -> Vec<String> {
+    match dtype {
+        ValueType::Tensor { shape, dimension_symbols, .. } => shape
+            .iter()
+            .zip(dimension_symbols.iter())
+            .map(|(size, symbol)| if *size < 0 { symbol.clone() } else { String::new() })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 fn tensor_info(name: &str, dtype: &ValueType) -> TensorInfo {
     match dtype {
         ValueType::Tensor { ty, shape, .. } => {
@@ -543,6 +697,44 @@ mod tests {
     #[test]
     fn symbolic_dimensions_accept_any_size() {
         assert!(check_shape(&info(&[-1, 4, -1, -1]), &[2, 4, 8, 8]).is_ok());
+    }
+
+    #[test]
+    fn static_shapes_fix_each_named_symbol_once_and_leave_disagreements_symbolic() {
+        let per_shape = PerShapeSessions {
+            source: GraphSource::File(PathBuf::new()),
+            config: SessionConfig::default(),
+            built_from_checkpoint: false,
+            symbols: vec![
+                ("sample".into(), vec!["batch".into(), String::new(), "height".into(), "width".into()]),
+                ("timestep".into(), vec!["steps".into()]),
+                ("context".into(), vec!["batch".into(), "sequence".into(), String::new()]),
+            ],
+            built_for: None,
+        };
+        let (sample, timestep, context) = (
+            ArrayD::<f32>::zeros(vec![2, 4, 8, 16]),
+            ArrayD::<f32>::zeros(vec![1]),
+            ArrayD::<f32>::zeros(vec![2, 77, 8]),
+        );
+        let inputs = vec![
+            ("sample".to_owned(), Input::F32(sample.view())),
+            ("timestep".to_owned(), Input::F32(timestep.view())),
+            ("context".to_owned(), Input::F32(context.view())),
+        ];
+        let fixed = |pairs: &[(&str, i64)]| pairs.iter().map(|(s, v)| ((*s).to_owned(), *v)).collect::<Vec<_>>();
+        assert_eq!(
+            per_shape.dimension_values(&inputs),
+            fixed(&[("batch", 2), ("height", 8), ("sequence", 77), ("steps", 1), ("width", 16)])
+        );
+        let context = ArrayD::<f32>::zeros(vec![1, 77, 8]);
+        let disagreeing =
+            vec![("sample".to_owned(), Input::F32(sample.view())), ("context".to_owned(), Input::F32(context.view()))];
+        assert_eq!(
+            per_shape.dimension_values(&disagreeing),
+            fixed(&[("height", 8), ("sequence", 77), ("width", 16)]),
+            "`batch` is 2 in one input and 1 in the other"
+        );
     }
 
     #[test]
