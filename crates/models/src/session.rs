@@ -9,7 +9,7 @@ use half::f16;
 use ndarray::{ArrayD, ArrayViewD};
 use ort::memory::{AllocationDevice, Allocator};
 use ort::session::{HasSelectedOutputs, OutputSelector, RunOptions, Session, SessionInputValue};
-use ort::value::{DynValue, Tensor, TensorElementType, TensorRef, ValueType};
+use ort::value::{DynValue, Outlet, Tensor, TensorElementType, TensorRef, ValueType};
 
 use crate::error::{Error, Result};
 use crate::options::{ExecutionProvider, SessionConfig};
@@ -275,8 +275,8 @@ impl OnnxModel {
         if let Some(pages) = &weight_pages {
             pages.release();
         }
-        let inputs = session.inputs().iter().map(|o| tensor_info(o.name(), o.dtype())).collect();
-        let outputs = session.outputs().iter().map(|o| tensor_info(o.name(), o.dtype())).collect();
+        let inputs = tensor_infos(session.inputs());
+        let outputs = tensor_infos(session.outputs());
         Self {
             component: component.to_owned(),
             path: path.to_owned(),
@@ -335,7 +335,7 @@ impl OnnxModel {
     /// to the last run's sizes where the session was built for them (OpenVINO static shapes).
     pub fn session_inputs(&self) -> Vec<TensorInfo> {
         match &self.session {
-            Some(session) => session.inputs().iter().map(|o| tensor_info(o.name(), o.dtype())).collect(),
+            Some(session) => tensor_infos(session.inputs()),
             None => self.inputs.clone(),
         }
     }
@@ -677,13 +677,18 @@ fn dimension_symbols(dtype: &ValueType) -> Vec<String> {
     }
 }
 
-fn tensor_info(name: &str, dtype: &ValueType) -> TensorInfo {
-    match dtype {
-        ValueType::Tensor { ty, shape, .. } => {
-            TensorInfo { name: name.to_owned(), dtype: ty.to_string(), shape: shape.iter().copied().collect() }
+/// The names, element types and shapes a session declares for its inputs or outputs.
+fn tensor_infos(outlets: &[Outlet]) -> Vec<TensorInfo> {
+    let info = |outlet: &Outlet| {
+        let name = outlet.name().to_owned();
+        match outlet.dtype() {
+            ValueType::Tensor { ty, shape, .. } => {
+                TensorInfo { name, dtype: ty.to_string(), shape: shape.iter().copied().collect() }
+            }
+            other => TensorInfo { name, dtype: other.to_string(), shape: Vec::new() },
         }
-        other => TensorInfo { name: name.to_owned(), dtype: other.to_string(), shape: Vec::new() },
-    }
+    };
+    outlets.iter().map(info).collect()
 }
 
 #[cfg(test)]
